@@ -1,0 +1,37 @@
+# Everything a fresh machine needs: Python 3.10+ and the package registries.
+#   make demo   # set up .venv, then run the embedded ToyWorld default end to end (CPU, a few minutes)
+#   make test   # set up .venv, then run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-slow lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build first: a bare `torch` requirement would pull several GB of CUDA wheels.
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/align demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+lint: setup
+	$(VENV)/bin/ruff check align data_builders rewards kernels tests bench
+
+bench: setup
+	$(PY) bench/demo.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

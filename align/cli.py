@@ -1,0 +1,124 @@
+"""The `align` command: demo, build-data, train, eval, validate.
+
+    align demo                                          # ToyWorld → SFT base → eval, under runs/demo
+    align build-data configs/toy/toyworld.yaml
+    align train configs/toy/sft_base.yaml optim.lr=3e-4
+    align eval runs/demo/sft_base                       # every checkpoint of a run, or one checkpoint dir
+    align validate                                      # every YAML under configs/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from align.config import ConfigError, load_config
+
+
+def _cmd_validate(args) -> int:
+    files = []
+    for p in args.paths or ["configs"]:
+        path = Path(p)
+        files += sorted(path.rglob("*.yaml")) if path.is_dir() else [path]
+    if not files:
+        raise ConfigError(f"no YAML files under {', '.join(args.paths or ['configs'])}")
+    for f in files:
+        first = f.read_text().splitlines()[:1]
+        if not first or not first[0].startswith("# align "):
+            raise ConfigError(f"{f}: first line must be a comment with the command that runs it, e.g. '# align train {f}'")
+        load_config(f)
+        print(f"ok  {f}")
+    print(f"{len(files)} config files valid")
+    return 0
+
+
+def _cmd_run(args, command: str) -> int:
+    from align.recipes import RECIPES, run_recipe
+
+    cfg = load_config(args.config, args.overrides)
+    if RECIPES[cfg.recipe].command != command:
+        raise ConfigError(f"{args.config}: recipe {cfg.recipe!r} runs with `align {RECIPES[cfg.recipe].command}`, "
+                          f"not `align {command}`")
+    result = run_recipe(cfg)
+    if command == "build-data":
+        print(json.dumps(result, indent=2))
+    elif isinstance(result, dict) and "eval" in result:
+        from align.eval.runner import format_table
+
+        print(format_table({result["final"]: result["eval"]}))
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from align.eval.runner import evaluate_checkpoint, format_table, resolve_checkpoints
+    from align.sections import EvalConfig, GenerationConfig
+
+    eval_cfg = EvalConfig(limit=args.limit, pope=not args.no_pope,
+                          generation=GenerationConfig(batch_size=args.batch_size))
+    checkpoints = [c for p in args.paths for c in resolve_checkpoints(p)]
+    results = {}
+    for i, ckpt in enumerate(checkpoints, 1):
+        print(f"[eval {i}/{len(checkpoints)}] {ckpt}", file=sys.stderr)
+        results[str(ckpt)] = evaluate_checkpoint(ckpt, eval_cfg, force=args.force)
+    print(format_table(results))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results if len(results) > 1 else next(iter(results.values())), indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from align.demo import run_demo
+
+    run_demo(args.workdir, seed=args.seed, overrides=args.overrides)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="align", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="run the embedded ToyWorld default end to end")
+    p.add_argument("--workdir", default="runs/demo", help="where everything is written (default runs/demo)")
+    p.add_argument("--seed", type=int, default=0, help="world and training seed")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the SFT config, e.g. optim.max_steps=300")
+    p.set_defaults(func=_cmd_demo)
+
+    for name, helptext in (("build-data", "build a dataset from a config"), ("train", "run a training recipe")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("config", help="YAML config file")
+        p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4")
+        p.set_defaults(func=lambda a, c=name: _cmd_run(a, c))
+
+    p = sub.add_parser("eval", help="hallucination eval of checkpoints or run directories")
+    p.add_argument("paths", nargs="+", help="checkpoint dirs or run dirs (every checkpoint-*/ and final/)")
+    p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--limit", type=int, help="evaluate on the first N test images")
+    p.add_argument("--no-pope", action="store_true", help="skip the POPE questions")
+    p.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
+    p.add_argument("--force", action="store_true", help="re-score checkpoints that already have results")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("validate", help="check config files (default: every YAML under configs/)")
+    p.add_argument("paths", nargs="*", help="files or directories")
+    p.set_defaults(func=_cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # errors print one line; ALIGN_DEBUG=1 shows the traceback
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        if os.environ.get("ALIGN_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

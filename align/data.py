@@ -1,0 +1,133 @@
+"""Turn `{id, image, prompt, response}` rows into training tensors without ever cutting image tokens.
+
+Rules (a known failure of general trainers is truncating through the image tokens and then training on rows
+whose image no longer matches its text):
+- over-long rows lose *response* tokens from the end;
+- a row whose prompt and image tokens alone reach `max_length` is skipped and counted, never cut;
+- a row whose image-token count differs from what the model's vision tower produces raises
+  `ImageTokenMismatch` naming the row and both counts;
+- a row without a decodable image raises `DataError` naming the row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+
+class DataError(ValueError):
+    """A dataset row is unusable. The message names the row."""
+
+
+class ImageTokenMismatch(DataError):
+    """The text of a row holds a different number of image tokens than the model makes image features."""
+
+
+def user_prompt(processor, prompt: str) -> str:
+    """The model's chat-formatted prompt with one image placeholder before the text, ending where the reply starts."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def to_pil(image, row_id: str) -> Image.Image:
+    """Accept a PIL image, `{"bytes": ...}` as datasets stores it, or raw bytes; anything else names the row."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    data = image.get("bytes") if isinstance(image, dict) else image
+    if isinstance(image, dict) and data is None and image.get("path"):
+        try:
+            return Image.open(image["path"]).convert("RGB")
+        except OSError as e:
+            raise DataError(f"row {row_id}: cannot open image file {image['path']!r}: {e}") from e
+    if not isinstance(data, (bytes, bytearray)) or not data:
+        raise DataError(f"row {row_id}: no image (got {type(image).__name__}); every row needs one image")
+    try:
+        return Image.open(io.BytesIO(data)).convert("RGB")
+    except OSError as e:
+        raise DataError(f"row {row_id}: image bytes cannot be decoded: {e}") from e
+
+
+def image_seq_length(model_config) -> int:
+    """Image features the vision tower + projector produce per image (LLaVA-1.5: 576)."""
+    return int(model_config.image_seq_length)
+
+
+@dataclasses.dataclass
+class EncodeStats:
+    rows: int = 0
+    kept: int = 0
+    truncated: int = 0
+    skipped_too_long: list[str] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"{self.kept}/{self.rows} rows kept, {self.truncated} responses truncated, "
+                f"{len(self.skipped_too_long)} skipped (prompt+image tokens >= max_length)")
+
+
+def encode_row(processor, row: dict, max_length: int, features_per_image: int) -> dict | None:
+    """Tokenize one row. Returns `{id, input_ids, labels, image}` or None if the prompt alone is too long."""
+    row_id = str(row.get("id", "?"))
+    image = to_pil(row.get("image"), row_id)
+    prompt = processor(images=[image], text=[user_prompt(processor, row["prompt"])], return_tensors=None)
+    prompt_ids = list(prompt["input_ids"][0])
+    n_image_tokens = sum(t == processor.tokenizer.convert_tokens_to_ids(processor.image_token) for t in prompt_ids)
+    if n_image_tokens != features_per_image:
+        raise ImageTokenMismatch(
+            f"row {row_id}: the prompt holds {n_image_tokens} image tokens but the model makes {features_per_image} "
+            "image features per image; check the processor's patch_size / num_additional_image_tokens"
+        )
+    if len(prompt_ids) >= max_length:
+        return None
+    response_ids = processor.tokenizer(row["response"] + processor.tokenizer.eos_token, add_special_tokens=False)[
+        "input_ids"
+    ]
+    room = max_length - len(prompt_ids)
+    return {
+        "id": row_id,
+        "input_ids": prompt_ids + response_ids[:room],
+        "labels": [-100] * len(prompt_ids) + response_ids[:room],
+        "image": image,
+        "truncated": len(response_ids) > room,
+    }
+
+
+def encode_dataset(dataset, processor, max_length: int, features_per_image: int, desc: str = "encode"):
+    """Encode every row; returns (encoded rows, EncodeStats). Too-long rows are skipped and listed in the stats."""
+    stats, out = EncodeStats(), []
+    for row in tqdm(dataset, desc=desc, leave=False):
+        stats.rows += 1
+        enc = encode_row(processor, row, max_length, features_per_image)
+        if enc is None:
+            stats.skipped_too_long.append(str(row.get("id", stats.rows - 1)))
+            continue
+        stats.kept += 1
+        stats.truncated += enc.pop("truncated")
+        out.append(enc)
+    if not out:
+        raise DataError(f"no usable rows: all {stats.rows} rows exceed max_length={max_length}; raise data.max_length")
+    return out, stats
+
+
+@dataclasses.dataclass
+class VisionSFTCollator:
+    """Right-pads encoded rows and runs the image processor; labels are -100 on prompt, image and padding."""
+
+    processor: object
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        pad = self.processor.tokenizer.pad_token_id
+        width = max(len(r["input_ids"]) for r in rows)
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            input_ids[i, :n] = torch.tensor(r["input_ids"])
+            labels[i, :n] = torch.tensor(r["labels"])
+            attention[i, :n] = 1
+        pixels = self.processor.image_processor([r["image"] for r in rows], return_tensors="pt")["pixel_values"]
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "pixel_values": pixels}

@@ -1,0 +1,1 @@
+"""Hallucination evaluation: metrics (pure functions), benchmark runners, and the checkpoint report."""

@@ -1,0 +1,125 @@
+"""Hallucination metrics as pure functions: CHAIR (captions) and POPE (yes/no questions).
+
+CHAIR follows Rohrbach et al. / OPERA: a caption's words are mapped through a synonym table (plurals and
+synonyms → class, two-word names merged first); CHAIR_i = hallucinated mentions / all mentions (a repeated
+mention counts each time), CHAIR_s = captions with >= 1 hallucinated mention / captions, recall = distinct
+correct classes / ground-truth classes (summed over captions), length = mean whitespace words.
+POPE parses answers like the official scorer: keep the text before the first '.', drop commas, and answer
+"no" if any space-separated word is 'No', 'no' or 'not'.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+from data_builders import toyworld as tw
+
+
+def toyworld_synonyms() -> dict[str, str]:
+    """Surface form (singular, plural, synonym) → class, like COCO's synonyms.txt for ToyWorld."""
+    table = {}
+    for name in tw.CLASSES:
+        for form in [name, *tw.SYNONYMS.get(name, [])]:
+            table[form] = name
+            table[tw.plural(form)] = name
+    return table
+
+
+SYNONYMS = toyworld_synonyms()
+POSITION_PATTERN = re.compile(r"\b(" + "|".join(sorted(tw.POSITIONS, key=len, reverse=True)) + r")\b")
+
+
+def split_sentences(caption: str) -> list[str]:
+    return [s.strip() for s in re.split(r"[.!?]+", caption) if s.strip()]
+
+
+def caption_mentions(caption: str, synonyms: Mapping[str, str] = SYNONYMS) -> list[tuple[str, int]]:
+    """(class, sentence index) for each object mention; two-word names are matched before single words."""
+    doubles = {k for k in synonyms if " " in k}
+    mentions = []
+    for si, sentence in enumerate(split_sentences(caption.lower())):
+        words, i = re.findall(r"[a-z]+", sentence), 0
+        while i < len(words):
+            pair = " ".join(words[i : i + 2])
+            if pair in doubles:
+                mentions.append((synonyms[pair], si))
+                i += 2
+                continue
+            if words[i] in synonyms:
+                mentions.append((synonyms[words[i]], si))
+            i += 1
+    return mentions
+
+
+def sentence_cells(sentence: str) -> list[int]:
+    """Grid cells a sentence names ("top left" is matched before "top")."""
+    return [tw.POSITIONS.index(m) for m in POSITION_PATTERN.findall(sentence.lower())]
+
+
+def chair(
+    captions: Sequence[str],
+    ground_truth: Sequence[set[str]],
+    occupied: Sequence[set[int]] | None = None,
+    synonyms: Mapping[str, str] = SYNONYMS,
+) -> dict[str, float]:
+    """CHAIR_s, CHAIR_i, recall and length over captions, with ground-truth class sets per caption.
+
+    With `occupied` (grid cells holding an object, per caption), each hallucinated mention is also classed as a
+    *substitution* (its sentence places it at an occupied cell: a present object misnamed) or an *addition*
+    (an empty or unnamed cell: an absent object made up), reported as shares of hallucinated mentions.
+    """
+    if len(captions) != len(ground_truth):
+        raise ValueError(f"{len(captions)} captions but {len(ground_truth)} ground-truth sets")
+    n_mentions = n_halluc = n_halluc_caps = n_correct = n_gt = n_words = n_subst = 0
+    for i, (cap, gt) in enumerate(zip(captions, ground_truth)):
+        mentions = caption_mentions(cap, synonyms)
+        sentences = split_sentences(cap.lower())
+        bad = [(c, si) for c, si in mentions if c not in gt]
+        n_mentions += len(mentions)
+        n_halluc += len(bad)
+        n_halluc_caps += bool(bad)
+        n_correct += len({c for c, _ in mentions if c in gt})
+        n_gt += len(gt)
+        n_words += len(cap.split())
+        if occupied is not None:
+            n_subst += sum(any(cell in occupied[i] for cell in sentence_cells(sentences[si])) for _, si in bad)
+    n = max(len(captions), 1)
+    out = {
+        "chair_s": n_halluc_caps / n,
+        "chair_i": n_halluc / n_mentions if n_mentions else 0.0,
+        "recall": n_correct / n_gt if n_gt else 0.0,
+        "length": n_words / n,
+        "mentions": float(n_mentions),
+        "hallucinated_mentions": float(n_halluc),
+        "n": float(len(captions)),
+    }
+    if occupied is not None:
+        out["substitution_share"] = n_subst / n_halluc if n_halluc else 0.0
+        out["addition_share"] = (n_halluc - n_subst) / n_halluc if n_halluc else 0.0
+    return out
+
+
+def parse_yes_no(text: str) -> str:
+    """Official POPE answer parsing (RUCAIBox/POPE evaluate.py)."""
+    if "." in text:
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
+    return "no" if any(w in ("No", "no", "not") for w in words) else "yes"
+
+
+def pope(predictions: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 (yes = positive) and yes-ratio from raw answers and 'yes'/'no' labels."""
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions but {len(labels)} labels")
+    answers = [parse_yes_no(p) for p in predictions]
+    tp = sum(a == "yes" and y == "yes" for a, y in zip(answers, labels))
+    fp = sum(a == "yes" and y == "no" for a, y in zip(answers, labels))
+    tn = sum(a == "no" and y == "no" for a, y in zip(answers, labels))
+    fn = sum(a == "no" and y == "yes" for a, y in zip(answers, labels))
+    n = max(len(labels), 1)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "f1": f1,
+            "yes_ratio": (tp + fp) / n, "n": float(len(labels))}

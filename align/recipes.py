@@ -1,0 +1,27 @@
+"""Which dataclass and which entry point each config's `recipe:` key selects. Kept as one plain dict."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from align.sft import SFTConfig
+from data_builders.toyworld_data import ToyWorldDataConfig
+
+
+class Recipe(NamedTuple):
+    config_cls: type
+    command: str  # the CLI subcommand that runs it
+    entry: str  # "module:function", imported when run
+
+
+RECIPES: dict[str, Recipe] = {
+    "sft": Recipe(SFTConfig, "train", "align.sft:main"),
+    "toyworld": Recipe(ToyWorldDataConfig, "build-data", "data_builders.toyworld_data:build_from_config"),
+}
+
+
+def run_recipe(cfg: Any) -> Any:
+    import importlib
+
+    module, func = RECIPES[cfg.recipe].entry.split(":")
+    return getattr(importlib.import_module(module), func)(cfg)

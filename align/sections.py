@@ -1,0 +1,117 @@
+"""Config sections shared by the recipes (model, data, optimiser, generation, eval). Each field carries help text."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+from typing import Literal
+
+from data_builders.toyworld import WorldConfig
+
+
+@dataclasses.dataclass
+class TinyModelSpec:
+    """A tiny LLaVA built in-process (no download): CLIP tower + projector + Llama LM with GQA."""
+
+    image_size: int = field(default=48, metadata={"help": "Input image side in pixels (ToyWorld renders 48)."})
+    patch_size: int = field(default=8, metadata={"help": "Vision patch side; image tokens = (image/patch)^2."})
+    vision_hidden: int = field(default=128, metadata={"help": "CLIP hidden size."})
+    vision_layers: int = field(default=2, metadata={"help": "CLIP encoder layers."})
+    vision_heads: int = field(default=4, metadata={"help": "CLIP attention heads."})
+    vision_mlp: int = field(default=256, metadata={"help": "CLIP MLP size."})
+    text_hidden: int = field(default=128, metadata={"help": "Llama hidden size."})
+    text_layers: int = field(default=2, metadata={"help": "Llama decoder layers."})
+    text_heads: int = field(default=4, metadata={"help": "Llama query heads."})
+    text_kv_heads: int = field(default=2, metadata={"help": "Llama key/value heads (GQA when < text_heads)."})
+    text_mlp: int = field(default=384, metadata={"help": "Llama MLP size."})
+    max_positions: int = field(default=256, metadata={"help": "Llama max position embeddings."})
+
+    def __post_init__(self):
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.text_hidden % self.text_heads or self.text_heads % self.text_kv_heads:
+            raise ValueError("text_hidden must divide by text_heads, and text_heads by text_kv_heads")
+        if self.vision_hidden % self.vision_heads:
+            raise ValueError("vision_hidden must divide by vision_heads")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Local directory or hub id of a LLaVA-type model or LoRA adapter; null builds the tiny spec."},
+    )
+    tiny: TinyModelSpec = field(default_factory=TinyModelSpec, metadata={"help": "Used when name_or_path is null."})
+    finetune: Literal["lora", "full"] = field(default="lora", metadata={"help": "LoRA adapters or full fine-tune."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_vision: bool = field(default=False, metadata={"help": "Also put LoRA on the vision tower."})
+    lora_projector: bool = field(default=False, metadata={"help": "Also put LoRA on the multimodal projector."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "Attention backend: sdpa or eager."})
+    dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={"help": "Weights dtype."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with a hub model (unsafe)."})
+
+    def __post_init__(self):
+        if self.finetune == "lora" and self.lora_r < 1:
+            raise ValueError("lora_r must be >= 1")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    world: WorldConfig = field(default_factory=WorldConfig, metadata={"help": "The ToyWorld to train/evaluate on."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Dataset cache; default $ALIGN_CACHE or ~/.cache."})
+    max_length: int = field(
+        default=160,
+        metadata={"help": "Max tokens per row. Responses are cut from the end; rows whose prompt+image exceed it "
+                          "are skipped and counted (image tokens are never cut)."},
+    )
+
+    def __post_init__(self):
+        if self.max_length < 2:
+            raise ValueError("max_length must be >= 2")
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = field(default=2e-3, metadata={"help": "Peak learning rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps."})
+    scheduler: Literal["cosine", "linear", "constant_with_warmup"] = field(default="cosine", metadata={"help": "LR schedule."})
+    max_steps: int = field(default=1500, metadata={"help": "Optimizer steps."})
+    batch_size: int = field(default=32, metadata={"help": "Rows per device per step."})
+    grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation steps."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("lr must be > 0 and max_steps, batch_size, grad_accum >= 1")
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
+
+
+@dataclasses.dataclass
+class GenerationConfig:
+    max_new_tokens: int = field(default=64, metadata={"help": "Tokens to generate for a caption."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
+    batch_size: int = field(default=64, metadata={"help": "Prompts per generate call."})
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("max_new_tokens and batch_size must be >= 1")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError("temperature must be > 0 when do_sample is true")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    limit: int | None = field(default=None, metadata={"help": "Evaluate on the first N test images (null = all)."})
+    pope: bool = field(default=True, metadata={"help": "Also run the ToyWorld POPE questions."})
+    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "Caption decoding."})
+
+    def __post_init__(self):
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be >= 1 or null")

@@ -1,0 +1,273 @@
+"""ToyWorld: a seeded synthetic world with a real object-hallucination problem.
+
+Images are 48x48 RGB on a 3x3 grid of 16px cells; each occupied cell holds one coarse glyph (a 4x4 binary
+pattern scaled x3) drawn in a colour. Every image belongs to a scene (kitchen, street, park, office) whose
+classes co-occur strongly, which gives captions a language prior. A fraction of training captions also name
+one *absent* same-scene object at an empty cell, inserted in reading order (so mid-caption, not only at the
+end), the way GPT-written detail captions name plausible but unseen objects. A model trained on them
+hallucinates in both forms real LVLMs show: misnaming a present object, and adding an absent one.
+
+Everything here is a pure function of (world constants, seed): the same seed gives byte-identical images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import itertools
+
+import numpy as np
+from PIL import Image
+
+GRID = 3
+CELL = 16
+IMAGE_SIZE = GRID * CELL
+POSITIONS = ["top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right"]
+
+SCENES: dict[str, list[str]] = {
+    "kitchen": ["cup", "fork", "knife", "plate", "bowl", "bottle"],
+    "street": ["car", "bus", "bicycle", "truck", "traffic light", "sign"],
+    "park": ["dog", "tree", "ball", "bench", "bird", "kite"],
+    "office": ["laptop", "phone", "book", "chair", "clock", "lamp"],
+}
+CLASSES: list[str] = [c for objs in SCENES.values() for c in objs]
+SCENE_OF: dict[str, str] = {c: s for s, objs in SCENES.items() for c in objs}
+PLURALS: dict[str, str] = {
+    "knife": "knives", "bus": "buses", "bench": "benches", "traffic light": "traffic lights",
+    "dish": "dishes", "puppy": "puppies",
+}
+# Alternative names a caption may use for a class (like COCO's synonym list). Each maps back to the class.
+SYNONYMS: dict[str, list[str]] = {
+    "cup": ["mug"], "dog": ["puppy"], "car": ["automobile"], "bicycle": ["bike"], "phone": ["cellphone"],
+    "laptop": ["computer"], "plate": ["dish"], "book": ["notebook"],
+}
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),
+    "yellow": (240, 220, 40), "purple": (170, 60, 220), "white": (245, 245, 245),
+}
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
+CAPTION_PROMPTS = ["Describe the image in detail.", "Give a detailed description of the image.",
+                   "What do you see in the image?"]
+SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."  # LLaVA-1.5's POPE/VQA suffix
+
+
+def plural(name: str) -> str:
+    return PLURALS.get(name, name + "s")
+
+
+def _make_glyphs(n: int, min_distance: int = 6, seed: int = 1234) -> np.ndarray:
+    """n distinct 4x4 binary patterns, pairwise Hamming distance >= min_distance (coarse, so a tiny CLIP learns them)."""
+    rng = np.random.default_rng(seed)
+    glyphs: list[np.ndarray] = []
+    while len(glyphs) < n:
+        cand = rng.random((4, 4)) < 0.55
+        if cand.sum() < 6 or not cand.any(0).all() or not cand.any(1).all():
+            continue  # too sparse, or an empty row/column would look like a smaller, shifted glyph
+        if all(int((cand != g).sum()) >= min_distance for g in glyphs):
+            glyphs.append(cand)
+    return np.stack(glyphs)
+
+
+GLYPHS = _make_glyphs(len(CLASSES))
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldConfig:
+    """How scenes are sampled. The defaults are the embedded default used by the demo and the toy configs."""
+
+    seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the whole world: images, captions, questions."})
+    n_train: int = dataclasses.field(default=3000, metadata={"help": "Training images."})
+    n_val: int = dataclasses.field(default=200, metadata={"help": "Validation images."})
+    n_test: int = dataclasses.field(default=300, metadata={"help": "Test images (used by the hallucination eval)."})
+    min_entries: int = dataclasses.field(default=1, metadata={"help": "Fewest distinct object kinds per image."})
+    max_entries: int = dataclasses.field(default=4, metadata={"help": "Most distinct object kinds per image."})
+    repeat_prob: float = dataclasses.field(default=0.15, metadata={"help": "Chance an object kind appears twice."})
+    distractor_prob: float = dataclasses.field(
+        default=0.1, metadata={"help": "Chance an object kind comes from another scene (out-of-scene distractor)."}
+    )
+    inject_fraction: float = dataclasses.field(
+        default=0.3,
+        metadata={"help": "Fraction of TRAIN captions that also name one absent same-scene object at an empty cell."},
+    )
+    synonym_prob: float = dataclasses.field(default=0.2, metadata={"help": "Chance a mention uses a synonym."})
+    noise: float = dataclasses.field(default=18.0, metadata={"help": "Std of the background pixel noise (0-255)."})
+
+    def __post_init__(self):
+        if not 1 <= self.min_entries <= self.max_entries <= 5:
+            raise ValueError(f"need 1 <= min_entries <= max_entries <= 5, got {self.min_entries}, {self.max_entries}")
+        for name in ("repeat_prob", "distractor_prob", "inject_fraction", "synonym_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if min(self.n_train, self.n_val, self.n_test) < 1:
+            raise ValueError("n_train, n_val and n_test must all be >= 1")
+
+
+@dataclasses.dataclass
+class SceneObject:
+    """One object kind in an image: its class, colour, and the grid cells (0..8, reading order) it occupies."""
+
+    name: str
+    color: str
+    cells: list[int]
+
+    @property
+    def count(self) -> int:
+        return len(self.cells)
+
+
+def sample_scene(rng: np.random.Generator, cfg: WorldConfig) -> tuple[str, list[SceneObject]]:
+    scene = str(rng.choice(list(SCENES)))
+    n_kinds = int(rng.integers(cfg.min_entries, cfg.max_entries + 1))
+    names: list[str] = []
+    while len(names) < n_kinds:
+        pool = SCENES[scene] if rng.random() >= cfg.distractor_prob else CLASSES
+        name = str(rng.choice(pool))
+        if name not in names:
+            names.append(name)
+    counts = [2 if rng.random() < cfg.repeat_prob else 1 for _ in names]
+    while sum(counts) > 5:
+        counts[counts.index(2)] = 1
+    cells = [int(c) for c in rng.permutation(GRID * GRID)[: sum(counts)]]
+    objects, start = [], 0
+    for name, count in zip(names, counts):
+        objects.append(SceneObject(name, str(rng.choice(list(COLORS))), sorted(cells[start : start + count])))
+        start += count
+    objects.sort(key=lambda o: o.cells[0])  # reading order of first appearance: captions follow it
+    return scene, objects
+
+
+def render(objects: list[SceneObject], rng: np.random.Generator, noise: float) -> Image.Image:
+    """Draw glyphs on a noisy dark background. Each glyph is 12px in a 16px cell, jittered by +-1px."""
+    img = rng.normal(45.0, noise, size=(IMAGE_SIZE, IMAGE_SIZE, 3))
+    for obj in objects:
+        glyph = np.kron(GLYPHS[CLASSES.index(obj.name)], np.ones((3, 3), dtype=bool))
+        for cell in obj.cells:
+            row, col = divmod(cell, GRID)
+            dy, dx = (int(v) for v in rng.integers(-1, 2, size=2))
+            y, x = row * CELL + 2 + dy, col * CELL + 2 + dx
+            img[y : y + 12, x : x + 12][glyph] = COLORS[obj.color]
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+
+
+def image_to_png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _say(name: str, rng: np.random.Generator, cfg: WorldConfig, many: bool = False) -> str:
+    word = name
+    if name in SYNONYMS and rng.random() < cfg.synonym_prob:
+        word = str(rng.choice(SYNONYMS[name]))
+    return plural(word) if many else word
+
+
+def _where(cells: list[int]) -> str:
+    return " and the ".join(POSITIONS[c] for c in cells)
+
+
+def describe(obj: SceneObject, rng: np.random.Generator, cfg: WorldConfig) -> str:
+    """One caption sentence about one object kind, from a few templates."""
+    if obj.count == 1:
+        noun, where = f"{obj.color} {_say(obj.name, rng, cfg)}", POSITIONS[obj.cells[0]]
+        templates = [
+            f"There is a {noun} at the {where}.",
+            f"A {noun} is at the {where}.",
+            f"At the {where} there is a {noun}.",
+            f"I can see a {noun} at the {where}.",
+        ]
+    else:
+        noun, where = f"{obj.color} {_say(obj.name, rng, cfg, many=True)}", _where(obj.cells)
+        num = NUMBER_WORDS[obj.count]
+        templates = [f"There are {num} {noun} at the {where}.", f"{num.capitalize()} {noun} are at the {where}."]
+    return str(rng.choice(templates))
+
+
+def intro(scene: str, rng: np.random.Generator) -> str:
+    return str(rng.choice([f"This is a {scene} scene.", f"The picture shows a {scene}.", f"A {scene} is shown."]))
+
+
+def caption(
+    scene: str, objects: list[SceneObject], rng: np.random.Generator, cfg: WorldConfig, inject: bool
+) -> tuple[str, list[SceneObject]]:
+    """A 2-5 sentence detailed description. With `inject`, one absent same-scene object is described at an
+    empty cell and its sentence sits in reading order among the true ones. Returns (caption, injected objects)."""
+    present = {o.name for o in objects}
+    occupied = {c for o in objects for c in o.cells}
+    injected: list[SceneObject] = []
+    absent = [c for c in SCENES[scene] if c not in present]
+    empty = [c for c in range(GRID * GRID) if c not in occupied]
+    if inject and absent and empty:
+        injected.append(SceneObject(str(rng.choice(absent)), str(rng.choice(list(COLORS))), [int(rng.choice(empty))]))
+    ordered = sorted(objects + injected, key=lambda o: o.cells[0])
+    sentences = [describe(o, rng, cfg) for o in ordered]
+    if len(objects) == 1 or rng.random() < 0.5:
+        sentences.insert(0, intro(scene, rng))
+    return " ".join(sentences), injected
+
+
+def qa_pairs(scene: str, objects: list[SceneObject], rng: np.random.Generator) -> list[dict]:
+    """Short-answer questions about colour, count and what is at a cell."""
+    obj = objects[int(rng.integers(len(objects)))]
+    cell = int(rng.integers(GRID * GRID))
+    at_cell = next((o for o in objects if cell in o.cells), None)
+    return [
+        {"question": f"What color is the {obj.name}?", "answer": obj.color, "kind": "color"},
+        {"question": f"How many {plural(obj.name)} are there?", "answer": NUMBER_WORDS[obj.count], "kind": "count"},
+        {
+            "question": f"What is at the {POSITIONS[cell]}?",
+            "answer": f"a {at_cell.color} {at_cell.name}" if at_cell else "nothing",
+            "kind": "position",
+        },
+    ]
+
+
+def pope_question(name: str) -> str:
+    return f"Is there a {name} in the image?"
+
+
+def cooccurrence_rank(name: str) -> list[str]:
+    """Classes ranked by how often they co-occur with `name`: same scene first (POPE 'adversarial')."""
+    same = [c for c in SCENES[SCENE_OF[name]] if c != name]
+    return same + [c for c in CLASSES if c not in same and c != name]
+
+
+def pope_questions(objects: list[SceneObject], rng: np.random.Generator, popular: list[str], k: int = 3) -> list[dict]:
+    """POPE-style yes/no questions: up to k positives, and as many negatives per sampling split.
+
+    random: uniform over absent classes; popular: the most frequent classes overall; adversarial: the classes
+    that co-occur most with the positives. Positives are shared across splits, as in POPE.
+    """
+    present = [o.name for o in objects]
+    positives = list(rng.permutation(present))[:k]
+    out = []
+    for split in ("random", "popular", "adversarial"):
+        used: set[str] = set(present)
+        negatives = []
+        for pos in positives:
+            if split == "random":
+                pool = [c for c in CLASSES if c not in used]
+                choice = str(rng.choice(pool))
+            else:
+                ranked = popular if split == "popular" else cooccurrence_rank(pos)
+                choice = next(c for c in ranked if c not in used)
+            used.add(choice)
+            negatives.append(choice)
+        for name, label in itertools.chain(((p, "yes") for p in positives), ((n, "no") for n in negatives)):
+            out.append({"question": pope_question(str(name)), "object": str(name), "label": label, "split": split})
+    return out
+
+
+def vocabulary() -> list[str]:
+    """Every (lower-cased) word a ToyWorld text or prompt can contain, for the word-level tokenizer."""
+    words = {"there", "is", "are", "a", "at", "the", "and", "i", "can", "see", "this", "scene", "shows", "shown",
+             "color", "how", "many", "nothing", "yes", "no", "?", ".", ","}
+    for text in CAPTION_PROMPTS + [SHORT_ANSWER_SUFFIX, "what is at the", pope_question("x"), "the picture"]:
+        words |= set(text.lower().replace("?", " ?").replace(".", " .").split())
+    words |= set(SCENES) | set(COLORS) | set(NUMBER_WORDS.values())
+    for pos in POSITIONS:
+        words |= set(pos.split())
+    for name in set(CLASSES) | {s for syns in SYNONYMS.values() for s in syns}:
+        words |= set(name.split()) | set(plural(name).split())
+    words.discard("x")
+    return sorted(words)

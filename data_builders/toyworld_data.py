@@ -1,0 +1,158 @@
+"""ToyWorld as Hugging Face datasets: per-image records, SFT rows and POPE questions, cached on disk.
+
+The per-image split (train/val/test, disjoint images) keeps everything an evaluator or an expert needs:
+`image_id, image, scene, objects (JSON: [{name, color, cells}]), caption, injected (JSON), qa (JSON), pope (JSON)`.
+It is cached under `<cache_dir>/toyworld-<hash of config + DATA_VERSION>`; a rebuild with the same config
+loads the cache, so every stage of a run sees identical data.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import typing
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, DatasetDict, Features, Image, Value, load_from_disk
+from tqdm.auto import tqdm
+
+from data_builders import toyworld as tw
+
+DATA_VERSION = 1  # bump when generation changes, so stale caches are not reused
+SPLITS = ("train", "val", "test")
+FEATURES = Features(
+    {
+        "image_id": Value("string"), "image": Image(), "scene": Value("string"), "objects": Value("string"),
+        "caption": Value("string"), "injected": Value("string"), "qa": Value("string"), "pope": Value("string"),
+    }
+)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ALIGN_CACHE", Path.home() / ".cache" / "align")) / "toyworld"
+
+
+def config_hash(cfg: tw.WorldConfig) -> str:
+    blob = json.dumps({"version": DATA_VERSION, **dataclasses.asdict(cfg)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def objects_to_json(objects: list[tw.SceneObject]) -> str:
+    return json.dumps([dataclasses.asdict(o) for o in objects])
+
+
+def objects_from_json(text: str) -> list[tw.SceneObject]:
+    return [tw.SceneObject(**o) for o in json.loads(text)]
+
+
+def _build_split(cfg: tw.WorldConfig, split: str, n: int) -> Dataset:
+    # One generator per split, seeded by (world seed, split index): splits never share an image.
+    rng = np.random.default_rng([cfg.seed, SPLITS.index(split)])
+    scenes = [tw.sample_scene(rng, cfg) for _ in range(n)]
+    freq = collections.Counter(o.name for _, objs in scenes for o in objs)
+    popular = [c for c, _ in freq.most_common()] + [c for c in tw.CLASSES if c not in freq]
+    rows = collections.defaultdict(list)
+    for i, (scene, objects) in enumerate(tqdm(scenes, desc=f"toyworld {split}", leave=False)):
+        image = tw.render(objects, rng, cfg.noise)
+        inject = split == "train" and rng.random() < cfg.inject_fraction
+        text, injected = tw.caption(scene, objects, rng, cfg, inject=inject)
+        rows["image_id"].append(f"toy{cfg.seed}-{split}-{i:05d}")
+        rows["image"].append({"bytes": tw.image_to_png(image), "path": None})
+        rows["scene"].append(scene)
+        rows["objects"].append(objects_to_json(objects))
+        rows["caption"].append(text)
+        rows["injected"].append(objects_to_json(injected))
+        rows["qa"].append(json.dumps(tw.qa_pairs(scene, objects, rng)))
+        rows["pope"].append(json.dumps(tw.pope_questions(objects, rng, popular)))
+    return Dataset.from_dict(dict(rows), features=FEATURES)
+
+
+def build_toyworld(cfg: tw.WorldConfig, cache_dir: str | Path | None = None, rebuild: bool = False) -> DatasetDict:
+    """Generate (or load from the cache) the three ToyWorld splits."""
+    path = Path(cache_dir or default_cache_dir()) / f"toyworld-{config_hash(cfg)}"
+    if path.exists() and not rebuild:
+        return load_from_disk(str(path))
+    sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
+    data = DatasetDict({split: _build_split(cfg, split, sizes[split]) for split in SPLITS})
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    data.save_to_disk(str(tmp))  # written aside then renamed: a killed build never leaves a half cache
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    (path / "world_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    return load_from_disk(str(path))
+
+
+def sft_rows(split: Dataset, seed: int = 0) -> Dataset:
+    """Supervised rows `{id, image, prompt, response, kind}`: per image one caption, one short-answer question
+    and one yes/no question (alternating yes and a random negative)."""
+    rng = np.random.default_rng(seed)
+    rows = collections.defaultdict(list)
+
+    def add(row_id, image, prompt, response, kind):
+        rows["id"].append(row_id)
+        rows["image"].append(image)
+        rows["prompt"].append(prompt)
+        rows["response"].append(response)
+        rows["kind"].append(kind)
+
+    plain = split.cast_column("image", Image(decode=False))  # keep PNG bytes; no decode/re-encode
+    for i, ex in enumerate(plain):
+        add(f"{ex['image_id']}/caption", ex["image"], str(rng.choice(tw.CAPTION_PROMPTS)), ex["caption"], "caption")
+        qa = json.loads(ex["qa"])[int(rng.integers(3))]
+        add(f"{ex['image_id']}/{qa['kind']}", ex["image"], qa["question"] + tw.SHORT_ANSWER_SUFFIX, qa["answer"], "qa")
+        pope = [q for q in json.loads(ex["pope"]) if q["split"] == "random" and q["label"] == ("yes", "no")[i % 2]]
+        if pope:
+            q = pope[0]
+            add(f"{ex['image_id']}/yesno", ex["image"], q["question"] + tw.SHORT_ANSWER_SUFFIX, q["label"], "yesno")
+    return Dataset.from_dict(dict(rows), features=Features({
+        "id": Value("string"), "image": Image(), "prompt": Value("string"), "response": Value("string"),
+        "kind": Value("string"),
+    }))
+
+
+def pope_rows(split: Dataset, limit: int | None = None) -> list[dict]:
+    """Flat POPE question list `{question_id, image_index, question, object, label, split}` for the eval."""
+    out = []
+    n = len(split) if limit is None else min(limit, len(split))
+    for i, text in enumerate(split.select(range(n))["pope"]):
+        for q in json.loads(text):
+            out.append({"question_id": len(out), "image_index": i, **q})
+    return out
+
+
+@dataclasses.dataclass
+class ToyWorldDataConfig:
+    """`align build-data` config for ToyWorld: generate the splits into the cache and print a summary."""
+
+    recipe: typing.Literal["toyworld"] = dataclasses.field(default="toyworld", metadata={"help": "Selects this builder."})
+    world: tw.WorldConfig = dataclasses.field(default_factory=tw.WorldConfig, metadata={"help": "World settings."})
+    cache_dir: str | None = dataclasses.field(default=None, metadata={"help": "Cache root (default ~/.cache/align)."})
+    rebuild: bool = dataclasses.field(default=False, metadata={"help": "Regenerate even if cached."})
+
+
+def summarize(data: DatasetDict) -> dict:
+    """Per split: images, mean objects per image, share of captions with an injected absent object, scenes."""
+    out = {}
+    for split, ds in data.items():
+        objects = [objects_from_json(x) for x in ds["objects"]]
+        out[split] = {
+            "images": len(ds),
+            "objects_per_image": round(sum(sum(o.count for o in objs) for objs in objects) / max(len(ds), 1), 3),
+            "injected_captions": round(sum(x != "[]" for x in ds["injected"]) / max(len(ds), 1), 3),
+            "scenes": dict(collections.Counter(ds["scene"])),
+        }
+    return out
+
+
+def build_from_config(cfg: ToyWorldDataConfig) -> dict:
+    path = Path(cfg.cache_dir or default_cache_dir()) / f"toyworld-{config_hash(cfg.world)}"
+    data = build_toyworld(cfg.world, cfg.cache_dir, rebuild=cfg.rebuild)
+    summary = {"path": str(path), "splits": summarize(data)}
+    (path / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

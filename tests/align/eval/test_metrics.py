@@ -1,0 +1,70 @@
+"""CHAIR and POPE on hand-computed cases, including the reference scorers' quirks."""
+
+from __future__ import annotations
+
+import pytest
+
+from align.eval.metrics import caption_mentions, chair, parse_yes_no, pope
+
+
+def test_mentions_map_plurals_synonyms_and_double_words():
+    text = "There are two red knives at the top. A puppy is at the left. A blue traffic light is at the center."
+    assert [c for c, _ in caption_mentions(text)] == ["knife", "dog", "traffic light"]
+    # "light" alone is not a class; a sentence index is kept per mention
+    assert caption_mentions("A light. A mug.") == [("cup", 1)]
+
+
+def test_chair_hand_computed():
+    captions = [
+        "There is a red cup at the top left. A fork is at the center.",  # fork absent: 1 of 2 mentions bad
+        "A dog is at the left. A dog is at the right.",  # duplicate correct mentions count twice
+        "A street is shown.",  # no mentions at all
+    ]
+    gt = [{"cup"}, {"dog", "tree"}, {"car"}]
+    occupied = [{0}, {3, 5}, {4}]
+    m = chair(captions, gt, occupied)
+    assert m["chair_s"] == pytest.approx(1 / 3)
+    assert m["chair_i"] == pytest.approx(1 / 4)  # cup, fork, dog, dog: 1 hallucinated of 4 mentions
+    assert m["recall"] == pytest.approx((1 + 1 + 0) / (1 + 2 + 1))
+    assert m["length"] == pytest.approx((15 + 12 + 4) / 3)
+    # the fork sentence names the center (cell 4), empty in image 0: an added absent object
+    assert m["addition_share"] == 1.0 and m["substitution_share"] == 0.0
+
+
+def test_chair_classifies_misnamed_present_object_as_substitution():
+    m = chair(["There is a red fork at the top left."], [{"cup"}], [{0}])
+    assert m["chair_i"] == 1.0 and m["substitution_share"] == 1.0
+
+
+def test_chair_length_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="2 captions but 1"):
+        chair(["a", "b"], [set()])
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("Yes", "yes"), ("yes, there is", "yes"), ("No", "no"), ("no.", "no"), ("There is not a cup", "no"),
+        ("NO", "yes"),  # the official scorer only knows 'No', 'no', 'not'
+        ("Yes. There is no dog.", "yes"),  # only the text before the first '.' counts
+        ("No, there isn't", "no"), ("There isn't", "yes"),  # "isn't" is not 'not' in the official scorer
+    ],
+)
+def test_pope_answer_parsing_matches_official(text, expected):
+    assert parse_yes_no(text) == expected
+
+
+def test_pope_metrics_hand_computed():
+    preds = ["yes", "yes", "no", "no", "yes", "no"]
+    labels = ["yes", "no", "no", "yes", "yes", "no"]
+    m = pope(preds, labels)  # TP=2 FP=1 TN=2 FN=1
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["yes_ratio"] == pytest.approx(3 / 6)  # from predictions, not labels
+
+
+def test_pope_all_no_gives_zero_precision_not_nan():
+    m = pope(["no", "no"], ["yes", "no"])
+    assert m["precision"] == 0.0 and m["f1"] == 0.0 and m["yes_ratio"] == 0.0

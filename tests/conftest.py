@@ -1,0 +1,55 @@
+"""Shared fixtures: a small ToyWorld and a much smaller tiny LLaVA, cached per test session, no downloads."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub
+
+from align.sections import DataConfig, EvalConfig, GenerationConfig, ModelConfig, OptimConfig, TinyModelSpec  # noqa: E402
+from data_builders.toyworld import WorldConfig  # noqa: E402
+
+SMALL_WORLD = WorldConfig(seed=7, n_train=64, n_val=4, n_test=12)
+MICRO_SPEC = TinyModelSpec(vision_hidden=32, vision_layers=1, vision_heads=2, vision_mlp=64, text_hidden=32,
+                           text_layers=1, text_heads=4, text_kv_heads=2, text_mlp=64)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("align-cache")
+    os.environ["ALIGN_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_world(cache_dir):
+    from data_builders.toyworld_data import build_toyworld
+
+    return build_toyworld(SMALL_WORLD, cache_dir)
+
+
+@pytest.fixture
+def micro_model_cfg():
+    return ModelConfig(tiny=MICRO_SPEC, finetune="full")
+
+
+@pytest.fixture
+def micro_model(micro_model_cfg):
+    from align.models import build_model
+
+    return build_model(micro_model_cfg, seed=0)
+
+
+def micro_sft_config(output_dir, cache_dir, steps: int = 30, **kw):
+    from align.sft import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(output_dir), model=ModelConfig(tiny=MICRO_SPEC, finetune="full"),
+        data=DataConfig(world=SMALL_WORLD, cache_dir=str(cache_dir)),
+        optim=OptimConfig(lr=5e-3, max_steps=steps, warmup_steps=2, batch_size=8),
+        eval=EvalConfig(limit=4, generation=GenerationConfig(max_new_tokens=12, batch_size=16)),
+        logging_steps=5, save_steps=max(steps // 2, 1), **kw,
+    )
