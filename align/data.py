@@ -68,13 +68,24 @@ class EncodeStats:
                 f"{len(self.skipped_too_long)} skipped (prompt+image tokens >= max_length)")
 
 
-def encode_row(processor, row: dict, max_length: int, features_per_image: int) -> dict | None:
-    """Tokenize one row. Returns `{id, input_ids, labels, image}` or None if the prompt alone is too long."""
+def encode_row(processor, row: dict, max_length: int, features_per_image: int, _prompt_cache=None) -> dict | None:
+    """Tokenize one row. Returns `{id, input_ids, labels, image, truncated}`, or None if the prompt alone is too long.
+
+    The prompt's token ids depend on the image only through its size (how many image tokens the processor
+    expands `<image>` into), so they are memoised per (prompt, image size) when a cache dict is given.
+    """
     row_id = str(row.get("id", "?"))
     image = to_pil(row.get("image"), row_id)
-    prompt = processor(images=[image], text=[user_prompt(processor, row["prompt"])], return_tensors=None)
-    prompt_ids = list(prompt["input_ids"][0])
-    n_image_tokens = sum(t == processor.tokenizer.convert_tokens_to_ids(processor.image_token) for t in prompt_ids)
+    key = (row["prompt"], image.size)
+    if _prompt_cache is None or key not in _prompt_cache:
+        enc = processor(images=[image], text=[user_prompt(processor, row["prompt"])], return_tensors=None)
+        prompt_ids = list(enc["input_ids"][0])
+        if _prompt_cache is not None:
+            _prompt_cache[key] = prompt_ids
+    else:
+        prompt_ids = _prompt_cache[key]
+    image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    n_image_tokens = prompt_ids.count(image_token_id)
     if n_image_tokens != features_per_image:
         raise ImageTokenMismatch(
             f"row {row_id}: the prompt holds {n_image_tokens} image tokens but the model makes {features_per_image} "
@@ -97,10 +108,10 @@ def encode_row(processor, row: dict, max_length: int, features_per_image: int) -
 
 def encode_dataset(dataset, processor, max_length: int, features_per_image: int, desc: str = "encode"):
     """Encode every row; returns (encoded rows, EncodeStats). Too-long rows are skipped and listed in the stats."""
-    stats, out = EncodeStats(), []
+    stats, out, cache = EncodeStats(), [], {}
     for row in tqdm(dataset, desc=desc, leave=False):
         stats.rows += 1
-        enc = encode_row(processor, row, max_length, features_per_image)
+        enc = encode_row(processor, row, max_length, features_per_image, cache)
         if enc is None:
             stats.skipped_too_long.append(str(row.get("id", stats.rows - 1)))
             continue

@@ -14,7 +14,7 @@ class TinyModelSpec:
     """A tiny LLaVA built in-process (no download): CLIP tower + projector + Llama LM with GQA."""
 
     image_size: int = field(default=48, metadata={"help": "Input image side in pixels (ToyWorld renders 48)."})
-    patch_size: int = field(default=8, metadata={"help": "Vision patch side; image tokens = (image/patch)^2."})
+    patch_size: int = field(default=16, metadata={"help": "Vision patch side; image tokens = (image/patch)^2."})
     vision_hidden: int = field(default=128, metadata={"help": "CLIP hidden size."})
     vision_layers: int = field(default=2, metadata={"help": "CLIP encoder layers."})
     vision_heads: int = field(default=4, metadata={"help": "CLIP attention heads."})
@@ -74,11 +74,11 @@ class DataConfig:
 
 @dataclasses.dataclass
 class OptimConfig:
-    lr: float = field(default=2e-3, metadata={"help": "Peak learning rate."})
+    lr: float = field(default=6e-4, metadata={"help": "Peak learning rate."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps."})
     scheduler: Literal["cosine", "linear", "constant_with_warmup"] = field(default="cosine", metadata={"help": "LR schedule."})
-    max_steps: int = field(default=1500, metadata={"help": "Optimizer steps."})
+    max_steps: int = field(default=2000, metadata={"help": "Optimizer steps."})
     batch_size: int = field(default=32, metadata={"help": "Rows per device per step."})
     grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation steps."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from data_builders import toyworld as tw
 
-DATA_VERSION = 1  # bump when generation changes, so stale caches are not reused
+DATA_VERSION = 2  # bump when generation changes, so stale caches are not reused
 SPLITS = ("train", "val", "test")
 FEATURES = Features(
     {
@@ -58,7 +58,7 @@ def _build_split(cfg: tw.WorldConfig, split: str, n: int) -> Dataset:
     popular = [c for c, _ in freq.most_common()] + [c for c in tw.CLASSES if c not in freq]
     rows = collections.defaultdict(list)
     for i, (scene, objects) in enumerate(tqdm(scenes, desc=f"toyworld {split}", leave=False)):
-        image = tw.render(objects, rng, cfg.noise)
+        image = tw.render(objects, rng, cfg.noise, cfg.jitter)
         inject = split == "train" and rng.random() < cfg.inject_fraction
         text, injected = tw.caption(scene, objects, rng, cfg, inject=inject)
         rows["image_id"].append(f"toy{cfg.seed}-{split}-{i:05d}")
@@ -89,8 +89,9 @@ def build_toyworld(cfg: tw.WorldConfig, cache_dir: str | Path | None = None, reb
 
 
 def sft_rows(split: Dataset, seed: int = 0) -> Dataset:
-    """Supervised rows `{id, image, prompt, response, kind}`: per image one caption, one short-answer question
-    and one yes/no question (alternating yes and a random negative)."""
+    """Supervised rows `{id, image, prompt, response, kind}`: per image one caption, its short-answer questions
+    (what is at each occupied cell and one empty cell, a colour, a count) and up to four yes/no questions (two
+    present objects, a random and an adversarial absent one)."""
     rng = np.random.default_rng(seed)
     rows = collections.defaultdict(list)
 
@@ -102,14 +103,17 @@ def sft_rows(split: Dataset, seed: int = 0) -> Dataset:
         rows["kind"].append(kind)
 
     plain = split.cast_column("image", Image(decode=False))  # keep PNG bytes; no decode/re-encode
-    for i, ex in enumerate(plain):
+    for ex in plain:
         add(f"{ex['image_id']}/caption", ex["image"], str(rng.choice(tw.CAPTION_PROMPTS)), ex["caption"], "caption")
-        qa = json.loads(ex["qa"])[int(rng.integers(3))]
-        add(f"{ex['image_id']}/{qa['kind']}", ex["image"], qa["question"] + tw.SHORT_ANSWER_SUFFIX, qa["answer"], "qa")
-        pope = [q for q in json.loads(ex["pope"]) if q["split"] == "random" and q["label"] == ("yes", "no")[i % 2]]
-        if pope:
-            q = pope[0]
-            add(f"{ex['image_id']}/yesno", ex["image"], q["question"] + tw.SHORT_ANSWER_SUFFIX, q["label"], "yesno")
+        for j, qa in enumerate(json.loads(ex["qa"])):
+            add(f"{ex['image_id']}/qa{j}", ex["image"], qa["question"] + tw.SHORT_ANSWER_SUFFIX, qa["answer"], "qa")
+        # yes/no: up to two present objects, one random and one adversarial (same-scene) absent object
+        questions = json.loads(ex["pope"])
+        chosen = [q for q in questions if q["split"] == "random" and q["label"] == "yes"][:2]
+        chosen += [q for q in questions if q["split"] == "random" and q["label"] == "no"][:1]
+        chosen += [q for q in questions if q["split"] == "adversarial" and q["label"] == "no"][:1]
+        for j, q in enumerate(chosen):
+            add(f"{ex['image_id']}/yesno{j}", ex["image"], q["question"] + tw.SHORT_ANSWER_SUFFIX, q["label"], "yesno")
     return Dataset.from_dict(dict(rows), features=Features({
         "id": Value("string"), "image": Image(), "prompt": Value("string"), "response": Value("string"),
         "kind": Value("string"),

@@ -51,5 +51,5 @@ def micro_sft_config(output_dir, cache_dir, steps: int = 30, **kw):
         data=DataConfig(world=SMALL_WORLD, cache_dir=str(cache_dir)),
         optim=OptimConfig(lr=5e-3, max_steps=steps, warmup_steps=2, batch_size=8),
         eval=EvalConfig(limit=4, generation=GenerationConfig(max_new_tokens=12, batch_size=16)),
-        logging_steps=5, save_steps=max(steps // 2, 1), **kw,
+        logging_steps=5, save_steps=max(steps // 2, 1), vision_pretrain_steps=kw.pop("vision_pretrain_steps", 5), **kw,
     )

@@ -1,0 +1,79 @@
+"""Wall time and peak memory of `align demo`, and the base policy's hallucination metrics over seeds.
+
+    python bench/demo.py                      # seeds 0 1 2 → bench/results/demo.{json,md}
+    python bench/demo.py --seeds 0            # one seed
+
+Each seed runs `align demo --seed S --workdir runs/bench-demo/seed-S` in a fresh process (so peak RSS is the
+demo's own), then the metrics are aggregated as mean ± std. Reruns resume: a finished seed is not retrained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+METRICS = [
+    ("toyworld_chair", "chair_s", "CHAIR_s", True), ("toyworld_chair", "chair_i", "CHAIR_i", True),
+    ("toyworld_chair", "recall", "recall", True), ("toyworld_chair", "length", "length", False),
+    ("toyworld_chair", "addition_share", "added-object share", True),
+    ("toyworld_chair", "substitution_share", "misnamed-object share", True),
+    ("toyworld_pope", "f1_mean", "POPE F1 (mean of 3)", True),
+    ("toyworld_pope_adversarial", "f1", "POPE F1 adversarial", True),
+    ("toyworld_pope", "yes_ratio_mean", "POPE yes-ratio", True),
+]
+
+
+def run_seed(seed: int, root: Path, extra: list[str]) -> dict:
+    workdir = root / f"seed-{seed}"
+    t0 = time.time()
+    cmd = [sys.executable, "-m", "align.cli", "demo", "--seed", str(seed), "--workdir", str(workdir), *extra]
+    subprocess.run(cmd, check=True)
+    wall = time.time() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # max over finished children
+    report = json.loads((workdir / "report.json").read_text())
+    return {"seed": seed, "wall_seconds": round(wall, 1), "peak_rss_mb": round(peak_mb, 1), "report": report}
+
+
+def fmt(values: list[float], pct: bool) -> str:
+    scale = 100 if pct else 1
+    mean = statistics.mean(values) * scale
+    std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{mean:.1f} ± {std:.1f}" if pct else f"{mean:.2f} ± {std:.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--root", default="runs/bench-demo")
+    ap.add_argument("--out", default="bench/results")
+    ap.add_argument("overrides", nargs="*", help="passed to `align demo`")
+    args = ap.parse_args()
+    runs = [run_seed(s, Path(args.root), args.overrides) for s in args.seeds]
+
+    rows = ["| metric | " + " | ".join(f"seed {r['seed']}" for r in runs) + " | mean ± std |", "|---" * (len(runs) + 2) + "|"]
+    summary = {}
+    for bench, key, label, pct in METRICS:
+        vals = [r["report"][bench][key] for r in runs]
+        summary[f"{bench}.{key}"] = {"values": vals, "mean": statistics.mean(vals),
+                                     "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+        cells = [f"{100 * v:.1f}" if pct else f"{v:.2f}" for v in vals]
+        rows.append(f"| {label}{' (%)' if pct else ''} | " + " | ".join(cells) + f" | {fmt(vals, pct)} |")
+    rows.append("| demo wall time (s) | " + " | ".join(str(r["wall_seconds"]) for r in runs) +
+                f" | {fmt([r['wall_seconds'] for r in runs], False)} |")
+    rows.append("| peak RSS (MB) | " + " | ".join(str(r["peak_rss_mb"]) for r in runs) + " | |")
+    table = "\n".join(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
+    (out / "demo.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
