@@ -100,6 +100,11 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
             close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
             raise ConfigError(f"{prefix}{key}: unknown key{hint}")
+        factory = fields[key].default_factory
+        if isinstance(value, dict) and dataclasses.is_dataclass(hints[key]) and factory is not dataclasses.MISSING:
+            # a partial section overrides the parent's default for it (e.g. SFTConfig's model has finetune=full),
+            # not the section class's own defaults
+            value = _merge(dataclasses.asdict(factory()), value)
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
     try:
         return cls(**kwargs)
@@ -108,6 +113,13 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     except (ValueError, TypeError) as e:
         where = prefix.rstrip(".") or cls.__name__
         raise ConfigError(f"{where}: {e}") from e
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def to_dict(cfg: Any) -> dict:
@@ -171,6 +183,7 @@ def help_text(cls: type, prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(tp):
             lines += help_text(tp, f"{prefix}{f.name}.")
             continue
-        default = f.default if f.default is not dataclasses.MISSING else "(required)"
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
         lines.append(f"{prefix}{f.name} ({_type_name(tp)}, default {default!r}): {f.metadata.get('help', '')}")
     return lines

@@ -117,7 +117,7 @@ def main(cfg: SFTConfig) -> dict:
         "vision_pretrain": vision,
         "encode": {"rows": stats.rows, "kept": stats.kept, "truncated": stats.truncated,
                    "skipped_too_long": stats.skipped_too_long},
-        "loss_history": [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h],
+        "loss_history": [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h],
         "seconds": round(time.time() - t0, 1),
     }
     if cfg.eval_at_end:

@@ -79,3 +79,8 @@ def test_demo_runs_exactly_the_shipped_sft_base_config(tmp_path):
 def test_from_dict_builds_nested_defaults():
     cfg = from_dict(SFTConfig, {"optim": {"lr": 1}})
     assert cfg.optim.lr == 1.0 and cfg.model.finetune == "full"
+
+
+def test_partial_section_keeps_the_parents_default_for_it():
+    cfg = from_dict(SFTConfig, {"model": {"tiny": {"text_layers": 1}}})
+    assert cfg.model.finetune == "full" and cfg.model.tiny.text_layers == 1 and cfg.model.tiny.text_hidden == 128
