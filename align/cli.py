@@ -1,10 +1,10 @@
 """The `align` command: demo, build-data, train, eval, validate.
 
-    align demo                                          # ToyWorld → SFT base → eval, under runs/demo
-    align build-data configs/toy/toyworld.yaml
-    align train configs/toy/sft_base.yaml optim.lr=3e-4
-    align eval runs/demo/sft_base                       # every checkpoint of a run, or one checkpoint dir
-    align validate                                      # every YAML under configs/
+align demo                                          # ToyWorld → SFT base → eval, under runs/demo
+align build-data configs/toy/toyworld.yaml
+align train configs/toy/sft_base.yaml optim.lr=3e-4
+align eval runs/demo/sft_base                       # every checkpoint of a run, or one checkpoint dir
+align validate                                      # every YAML under configs/
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ def _cmd_validate(args) -> int:
     for f in files:
         first = f.read_text().splitlines()[:1]
         if not first or not first[0].startswith("# align "):
-            raise ConfigError(f"{f}: first line must be a comment with the command that runs it, e.g. '# align train {f}'")
+            raise ConfigError(
+                f"{f}: first line must be a comment with the command that runs it, e.g. '# align train {f}'"
+            )
         load_config(f)
         print(f"ok  {f}")
     print(f"{len(files)} config files valid")
@@ -40,8 +42,10 @@ def _cmd_run(args, command: str) -> int:
 
     cfg = load_config(args.config, args.overrides)
     if RECIPES[cfg.recipe].command != command:
-        raise ConfigError(f"{args.config}: recipe {cfg.recipe!r} runs with `align {RECIPES[cfg.recipe].command}`, "
-                          f"not `align {command}`")
+        raise ConfigError(
+            f"{args.config}: recipe {cfg.recipe!r} runs with `align {RECIPES[cfg.recipe].command}`, "
+            f"not `align {command}`"
+        )
     result = run_recipe(cfg)
     if command == "build-data":
         print(json.dumps(result, indent=2))
@@ -56,8 +60,9 @@ def _cmd_eval(args) -> int:
     from align.eval.runner import evaluate_checkpoint, format_table, resolve_checkpoints
     from align.sections import EvalConfig, GenerationConfig
 
-    eval_cfg = EvalConfig(limit=args.limit, pope=not args.no_pope,
-                          generation=GenerationConfig(batch_size=args.batch_size))
+    eval_cfg = EvalConfig(
+        limit=args.limit, pope=not args.no_pope, generation=GenerationConfig(batch_size=args.batch_size)
+    )
     checkpoints = [c for p in args.paths for c in resolve_checkpoints(p)]
     results = {}
     for i, ckpt in enumerate(checkpoints, 1):

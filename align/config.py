@@ -59,8 +59,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         item = args[0] if args else Any
-        return type(value)(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)) if origin is list else tuple(
-            _coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)
+        return (
+            type(value)(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+            if origin is list
+            else tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
         )
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
@@ -183,7 +185,10 @@ def help_text(cls: type, prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(tp):
             lines += help_text(tp, f"{prefix}{f.name}.")
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+        )
         lines.append(f"{prefix}{f.name} ({_type_name(tp)}, default {default!r}): {f.metadata.get('help', '')}")
     return lines

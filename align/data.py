@@ -64,8 +64,10 @@ class EncodeStats:
     skipped_too_long: list[str] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"{self.kept}/{self.rows} rows kept, {self.truncated} responses truncated, "
-                f"{len(self.skipped_too_long)} skipped (prompt+image tokens >= max_length)")
+        return (
+            f"{self.kept}/{self.rows} rows kept, {self.truncated} responses truncated, "
+            f"{len(self.skipped_too_long)} skipped (prompt+image tokens >= max_length)"
+        )
 
 
 def encode_row(processor, row: dict, max_length: int, features_per_image: int, _prompt_cache=None) -> dict | None:

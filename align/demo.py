@@ -14,14 +14,17 @@ from pathlib import Path
 
 from align.config import apply_overrides, from_dict
 from align.eval.runner import evaluate_checkpoint, format_table
-from align.sft import SFTConfig, main as run_sft
+from align.sft import SFTConfig
+from align.sft import main as run_sft
 from data_builders.toyworld_data import build_toyworld, summarize
 
 
 def demo_config(workdir: str | Path, seed: int = 0, overrides: list[str] | None = None) -> SFTConfig:
     """The SFT config of the demo: the recipe defaults (= configs/toy/sft_base.yaml) under the workdir."""
-    data = apply_overrides({"output_dir": str(Path(workdir) / "sft_base"), "seed": seed,
-                            "data": {"world": {"seed": seed}}}, list(overrides or []))
+    data = apply_overrides(
+        {"output_dir": str(Path(workdir) / "sft_base"), "seed": seed, "data": {"world": {"seed": seed}}},
+        list(overrides or []),
+    )
     return from_dict(SFTConfig, data)
 
 
@@ -35,8 +38,10 @@ def run_demo(workdir: str | Path = "runs/demo", seed: int = 0, overrides: list[s
     print("[1/3] building ToyWorld (cached after the first run)")
     data = build_toyworld(cfg.data.world, cfg.data.cache_dir)
     for split, s in summarize(data).items():
-        print(f"      {split:5s} {s['images']:5d} images, {s['objects_per_image']:.2f} objects/image, "
-              f"{100 * s['injected_captions']:.0f}% captions name an absent object")
+        print(
+            f"      {split:5s} {s['images']:5d} images, {s['objects_per_image']:.2f} objects/image, "
+            f"{100 * s['injected_captions']:.0f}% captions name an absent object"
+        )
     timings["build_data"] = round(time.time() - t, 1)
 
     t = time.time()
@@ -55,7 +60,9 @@ def run_demo(workdir: str | Path = "runs/demo", seed: int = 0, overrides: list[s
     print()
     print(format_table({"base (SFT)": report}))
     c = report["toyworld_chair"]
-    print(f"\nhallucinated mentions: {100 * c['substitution_share']:.0f}% misnamed present objects, "
-          f"{100 * c['addition_share']:.0f}% added absent objects")
+    print(
+        f"\nhallucinated mentions: {100 * c['substitution_share']:.0f}% misnamed present objects, "
+        f"{100 * c['addition_share']:.0f}% added absent objects"
+    )
     print(f"wrote {workdir / 'report.json'}  ({sum(timings.values()):.0f}s: {timings})")
     return report

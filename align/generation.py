@@ -10,8 +10,15 @@ from align.sections import GenerationConfig
 
 
 @torch.no_grad()
-def generate(model, processor, images: list, prompts: list[str], cfg: GenerationConfig, desc: str = "generate",
-             max_new_tokens: int | None = None) -> list[str]:
+def generate(
+    model,
+    processor,
+    images: list,
+    prompts: list[str],
+    cfg: GenerationConfig,
+    desc: str = "generate",
+    max_new_tokens: int | None = None,
+) -> list[str]:
     """One decoded reply per (image, prompt). Images may be PIL images or `{"bytes": ...}` dicts."""
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
@@ -27,8 +34,13 @@ def generate(model, processor, images: list, prompts: list[str], cfg: Generation
         texts = [user_prompt(processor, p) for p in prompts[start : start + cfg.batch_size]]
         enc = processor(images=batch_images, text=texts, padding=True, padding_side="left", return_tensors="pt")
         enc = {k: v.to(device) for k, v in enc.items()}
-        out = model.generate(**enc, max_new_tokens=max_new_tokens or cfg.max_new_tokens, pad_token_id=tok.pad_token_id,
-                             eos_token_id=tok.eos_token_id, **sampling)
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens or cfg.max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            **sampling,
+        )
         new_tokens = out[:, enc["input_ids"].shape[1] :]
         outputs += [t.strip() for t in tok.batch_decode(new_tokens, skip_special_tokens=True)]
     return outputs

@@ -1,8 +1,8 @@
 """Build or load a LLaVA-type policy and its processor; add LoRA; save and load through `from_pretrained`.
 
-    model, processor = build_model(ModelConfig())                       # tiny ToyWorld LLaVA, in-process
-    model, processor = build_model(ModelConfig(name_or_path="llava-hf/llava-1.5-7b-hf"))
-    model, processor = load_policy("runs/demo/sft_base/final")         # full checkpoint or LoRA adapter dir
+model, processor = build_model(ModelConfig())                       # tiny ToyWorld LLaVA, in-process
+model, processor = build_model(ModelConfig(name_or_path="llava-hf/llava-1.5-7b-hf"))
+model, processor = load_policy("runs/demo/sft_base/final")         # full checkpoint or LoRA adapter dir
 """
 
 from __future__ import annotations
@@ -58,7 +58,11 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words, glues "." and "," back on
     tok.add_special_tokens(SPECIAL_TOKENS)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         extra_special_tokens={"image_token": "<image>"},
     )
 
@@ -68,25 +72,41 @@ def build_tiny_processor(spec: TinyModelSpec) -> LlavaProcessor:
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
     # CLIP has a CLS token that the "default" strategy drops: +1 here, -1 there gives (side/patch)^2 tokens.
     return LlavaProcessor(
-        image_processor=image_processor, tokenizer=build_tiny_tokenizer(), patch_size=spec.patch_size,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,
+        image_processor=image_processor,
+        tokenizer=build_tiny_tokenizer(),
+        patch_size=spec.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
     )
 
 
 def build_tiny_llava(spec: TinyModelSpec, tokenizer: PreTrainedTokenizerFast) -> LlavaForConditionalGeneration:
     vision = CLIPVisionConfig(
-        hidden_size=spec.vision_hidden, intermediate_size=spec.vision_mlp, num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.vision_heads, image_size=spec.image_size, patch_size=spec.patch_size,
+        hidden_size=spec.vision_hidden,
+        intermediate_size=spec.vision_mlp,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
         projection_dim=spec.vision_hidden,
     )
     text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=spec.text_hidden, intermediate_size=spec.text_mlp,
-        num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
-        num_key_value_heads=spec.text_kv_heads, max_position_embeddings=spec.max_positions,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=spec.text_hidden,
+        intermediate_size=spec.text_mlp,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_kv_heads,
+        max_position_embeddings=spec.max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_seq_length=(spec.image_size // spec.patch_size) ** 2,
         vision_feature_layer=-1,  # with a 2-layer tower, -2 would read the first layer's output
         vision_feature_select_strategy="default",
@@ -108,8 +128,9 @@ def _load_pretrained(cfg: ModelConfig):
     _check_source(name)
     path = Path(name).expanduser()
     adapter = path / "adapter_config.json"
-    kwargs = dict(dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation,
-                  trust_remote_code=cfg.trust_remote_code)
+    kwargs = dict(
+        dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code
+    )
     if adapter.is_file():  # a LoRA directory: load its base, then the adapter on top, trainable
         base = json.loads(adapter.read_text())["base_model_name_or_path"]
         _check_source(base)
@@ -128,8 +149,12 @@ def _load_pretrained(cfg: ModelConfig):
 
 def lora_config(cfg: ModelConfig) -> LoraConfig:
     parts = [LANGUAGE_LORA] + [VISION_LORA] * cfg.lora_vision + [PROJECTOR_LORA] * cfg.lora_projector
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=".*(?:" + "|".join(parts) + ")")
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=".*(?:" + "|".join(parts) + ")",
+    )
 
 
 def build_model(cfg: ModelConfig, seed: int = 0):
@@ -172,4 +197,3 @@ def save_policy(model, processor, out_dir: str | Path) -> Path:
 
 def trainable_parameters(model) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
-

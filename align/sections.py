@@ -39,7 +39,9 @@ class TinyModelSpec:
 class ModelConfig:
     name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Local directory or hub id of a LLaVA-type model or LoRA adapter; null builds the tiny spec."},
+        metadata={
+            "help": "Local directory or hub id of a LLaVA-type model or LoRA adapter; null builds the tiny spec."
+        },
     )
     tiny: TinyModelSpec = field(default_factory=TinyModelSpec, metadata={"help": "Used when name_or_path is null."})
     finetune: Literal["lora", "full"] = field(default="lora", metadata={"help": "LoRA adapters or full fine-tune."})
@@ -63,8 +65,10 @@ class DataConfig:
     cache_dir: str | None = field(default=None, metadata={"help": "Dataset cache; default $ALIGN_CACHE or ~/.cache."})
     max_length: int = field(
         default=160,
-        metadata={"help": "Max tokens per row. Responses are cut from the end; rows whose prompt+image exceed it "
-                          "are skipped and counted (image tokens are never cut)."},
+        metadata={
+            "help": "Max tokens per row. Responses are cut from the end; rows whose prompt+image exceed it "
+            "are skipped and counted (image tokens are never cut)."
+        },
     )
 
     def __post_init__(self):
@@ -77,7 +81,9 @@ class OptimConfig:
     lr: float = field(default=6e-4, metadata={"help": "Peak learning rate."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps."})
-    scheduler: Literal["cosine", "linear", "constant_with_warmup"] = field(default="cosine", metadata={"help": "LR schedule."})
+    scheduler: Literal["cosine", "linear", "constant_with_warmup"] = field(
+        default="cosine", metadata={"help": "LR schedule."}
+    )
     max_steps: int = field(default=2000, metadata={"help": "Optimizer steps."})
     batch_size: int = field(default=32, metadata={"help": "Rows per device per step."})
     grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation steps."})

@@ -25,9 +25,9 @@ from transformers.trainer_utils import get_last_checkpoint
 from align.config import save_config
 from align.data import VisionSFTCollator, encode_dataset, image_seq_length
 from align.models import build_model, save_policy
+from align.sections import DataConfig, EvalConfig, ModelConfig, OptimConfig
 from align.trainer_utils import ResumableTrainer
 from align.vision_pretrain import pretrain_vision_tower
-from align.sections import DataConfig, EvalConfig, ModelConfig, OptimConfig
 from data_builders.toyworld_data import build_toyworld, sft_rows
 
 
@@ -48,7 +48,9 @@ class SFTConfig:
         default=200,
         metadata={"help": "Tiny model only: pretrain the vision tower on per-patch ToyWorld labels first (0 = off)."},
     )
-    freeze_vision: bool = field(default=True, metadata={"help": "Keep the vision tower frozen during SFT (LLaVA-1.5)."})
+    freeze_vision: bool = field(
+        default=True, metadata={"help": "Keep the vision tower frozen during SFT (LLaVA-1.5)."}
+    )
     eval_at_end: bool = field(default=True, metadata={"help": "Evaluate the final model on the ToyWorld test split."})
     resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint in output_dir if any."})
 
@@ -73,12 +75,25 @@ class _Rows(torch.utils.data.Dataset):
 def training_arguments(cfg: SFTConfig) -> TrainingArguments:
     o = cfg.optim
     return TrainingArguments(
-        output_dir=cfg.output_dir, max_steps=o.max_steps, per_device_train_batch_size=o.batch_size,
-        gradient_accumulation_steps=o.grad_accum, learning_rate=o.lr, weight_decay=o.weight_decay,
-        warmup_steps=o.warmup_steps, lr_scheduler_type=o.scheduler, max_grad_norm=o.max_grad_norm,
-        logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
-        report_to=cfg.report_to, seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False,
-        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), bf16=cfg.model.dtype == "bfloat16",
+        output_dir=cfg.output_dir,
+        max_steps=o.max_steps,
+        per_device_train_batch_size=o.batch_size,
+        gradient_accumulation_steps=o.grad_accum,
+        learning_rate=o.lr,
+        weight_decay=o.weight_decay,
+        warmup_steps=o.warmup_steps,
+        lr_scheduler_type=o.scheduler,
+        max_grad_norm=o.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        report_to=cfg.report_to,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=cfg.model.dtype == "bfloat16",
     )
 
 
@@ -95,16 +110,23 @@ def main(cfg: SFTConfig) -> dict:
     vision = None
     if cfg.model.name_or_path is None and cfg.vision_pretrain_steps > 0 and last is None:
         vision = pretrain_vision_tower(model, processor, data["train"], cfg.vision_pretrain_steps, seed=cfg.seed)
-        print(f"[sft] vision tower pretrained: patch class acc {vision['class_acc']:.3f}, colour acc "
-              f"{vision['color_acc']:.3f}")
+        print(
+            f"[sft] vision tower pretrained: patch class acc {vision['class_acc']:.3f}, colour acc "
+            f"{vision['color_acc']:.3f}"
+        )
     if cfg.freeze_vision:
         model.model.vision_tower.requires_grad_(False)
     rows = sft_rows(data["train"], seed=cfg.seed)
     encoded, stats = encode_dataset(rows, processor, cfg.data.max_length, image_seq_length(model.config))
     print(f"[sft] {stats.summary()}")
 
-    trainer = ResumableTrainer(model=model, args=training_arguments(cfg), train_dataset=_Rows(encoded),
-                      data_collator=VisionSFTCollator(processor), processing_class=processor)
+    trainer = ResumableTrainer(
+        model=model,
+        args=training_arguments(cfg),
+        train_dataset=_Rows(encoded),
+        data_collator=VisionSFTCollator(processor),
+        processing_class=processor,
+    )
     if last:
         print(f"[sft] resuming from {last}")
     result = trainer.train(resume_from_checkpoint=last)
@@ -115,8 +137,12 @@ def main(cfg: SFTConfig) -> dict:
         "final": str(final),
         "train": result.metrics,
         "vision_pretrain": vision,
-        "encode": {"rows": stats.rows, "kept": stats.kept, "truncated": stats.truncated,
-                   "skipped_too_long": stats.skipped_too_long},
+        "encode": {
+            "rows": stats.rows,
+            "kept": stats.kept,
+            "truncated": stats.truncated,
+            "skipped_too_long": stats.skipped_too_long,
+        },
         "loss_history": [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h],
         "seconds": round(time.time() - t0, 1),
     }

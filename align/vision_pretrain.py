@@ -35,15 +35,17 @@ def patch_targets(objects_json: list[str], patches_per_side: int) -> tuple[torch
     return cls[:, index], col[:, index]
 
 
-def pretrain_vision_tower(model, processor, train: Dataset, steps: int, lr: float = 1e-3, batch_size: int = 128,
-                          seed: int = 0) -> dict:
+def pretrain_vision_tower(
+    model, processor, train: Dataset, steps: int, lr: float = 1e-3, batch_size: int = 128, seed: int = 0
+) -> dict:
     """Train `model`'s vision tower on per-patch (class, colour) labels; returns final train accuracies."""
     tower = model.model.vision_tower
     hidden = tower.config.hidden_size
     side = tower.config.image_size // tower.config.patch_size
     plain = train.cast_column("image", Image(decode=False))
-    pixels = processor.image_processor([to_pil(x, f"#{i}") for i, x in enumerate(plain["image"])],
-                                       return_tensors="pt")["pixel_values"]
+    pixels = processor.image_processor(
+        [to_pil(x, f"#{i}") for i, x in enumerate(plain["image"])], return_tensors="pt"
+    )["pixel_values"]
     cls, col = patch_targets(plain["objects"], side)
     cls_head = torch.nn.Linear(hidden, len(tw.CLASSES) + 1)
     col_head = torch.nn.Linear(hidden, len(tw.COLORS) + 1)
@@ -54,14 +56,18 @@ def pretrain_vision_tower(model, processor, train: Dataset, steps: int, lr: floa
     for _ in trange(steps, desc="vision pretrain", leave=False):
         idx = torch.randint(len(pixels), (min(batch_size, len(pixels)),), generator=gen)
         feats = tower(pixels[idx], output_hidden_states=True).hidden_states[-1][:, 1:]  # the features LLaVA reads
-        loss = torch.nn.functional.cross_entropy(cls_head(feats).flatten(0, 1), cls[idx].flatten()) + \
-            torch.nn.functional.cross_entropy(col_head(feats).flatten(0, 1), col[idx].flatten())
+        loss = torch.nn.functional.cross_entropy(
+            cls_head(feats).flatten(0, 1), cls[idx].flatten()
+        ) + torch.nn.functional.cross_entropy(col_head(feats).flatten(0, 1), col[idx].flatten())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     with torch.no_grad():
         n = min(512, len(pixels))
         feats = tower(pixels[:n], output_hidden_states=True).hidden_states[-1][:, 1:]
-        return {"steps": steps, "loss": float(loss),
-                "class_acc": float((cls_head(feats).argmax(-1) == cls[:n]).float().mean()),
-                "color_acc": float((col_head(feats).argmax(-1) == col[:n]).float().mean())}
+        return {
+            "steps": steps,
+            "loss": float(loss),
+            "class_acc": float((cls_head(feats).argmax(-1) == cls[:n]).float().mean()),
+            "color_acc": float((col_head(feats).argmax(-1) == col[:n]).float().mean()),
+        }

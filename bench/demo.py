@@ -19,8 +19,10 @@ import time
 from pathlib import Path
 
 METRICS = [
-    ("toyworld_chair", "chair_s", "CHAIR_s", True), ("toyworld_chair", "chair_i", "CHAIR_i", True),
-    ("toyworld_chair", "recall", "recall", True), ("toyworld_chair", "length", "length", False),
+    ("toyworld_chair", "chair_s", "CHAIR_s", True),
+    ("toyworld_chair", "chair_i", "CHAIR_i", True),
+    ("toyworld_chair", "recall", "recall", True),
+    ("toyworld_chair", "length", "length", False),
     ("toyworld_chair", "addition_share", "added-object share", True),
     ("toyworld_chair", "substitution_share", "misnamed-object share", True),
     ("toyworld_pope", "f1_mean", "POPE F1 (mean of 3)", True),
@@ -56,16 +58,25 @@ def main() -> None:
     args = ap.parse_args()
     runs = [run_seed(s, Path(args.root), args.overrides) for s in args.seeds]
 
-    rows = ["| metric | " + " | ".join(f"seed {r['seed']}" for r in runs) + " | mean ± std |", "|---" * (len(runs) + 2) + "|"]
+    rows = [
+        "| metric | " + " | ".join(f"seed {r['seed']}" for r in runs) + " | mean ± std |",
+        "|---" * (len(runs) + 2) + "|",
+    ]
     summary = {}
     for bench, key, label, pct in METRICS:
         vals = [r["report"][bench][key] for r in runs]
-        summary[f"{bench}.{key}"] = {"values": vals, "mean": statistics.mean(vals),
-                                     "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+        summary[f"{bench}.{key}"] = {
+            "values": vals,
+            "mean": statistics.mean(vals),
+            "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+        }
         cells = [f"{100 * v:.1f}" if pct else f"{v:.2f}" for v in vals]
         rows.append(f"| {label}{' (%)' if pct else ''} | " + " | ".join(cells) + f" | {fmt(vals, pct)} |")
-    rows.append("| demo wall time (s) | " + " | ".join(str(r["wall_seconds"]) for r in runs) +
-                f" | {fmt([r['wall_seconds'] for r in runs], False)} |")
+    rows.append(
+        "| demo wall time (s) | "
+        + " | ".join(str(r["wall_seconds"]) for r in runs)
+        + f" | {fmt([r['wall_seconds'] for r in runs], False)} |"
+    )
     rows.append("| peak RSS (MB) | " + " | ".join(str(r["peak_rss_mb"]) for r in runs) + " | |")
     table = "\n".join(rows)
     out = Path(args.out)

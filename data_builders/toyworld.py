@@ -33,21 +33,38 @@ SCENES: dict[str, list[str]] = {
 CLASSES: list[str] = [c for objs in SCENES.values() for c in objs]
 SCENE_OF: dict[str, str] = {c: s for s, objs in SCENES.items() for c in objs}
 PLURALS: dict[str, str] = {
-    "knife": "knives", "bus": "buses", "bench": "benches", "traffic light": "traffic lights",
-    "dish": "dishes", "puppy": "puppies",
+    "knife": "knives",
+    "bus": "buses",
+    "bench": "benches",
+    "traffic light": "traffic lights",
+    "dish": "dishes",
+    "puppy": "puppies",
 }
 # Alternative names a caption may use for a class (like COCO's synonym list). Each maps back to the class.
 SYNONYMS: dict[str, list[str]] = {
-    "cup": ["mug"], "dog": ["puppy"], "car": ["automobile"], "bicycle": ["bike"], "phone": ["cellphone"],
-    "laptop": ["computer"], "plate": ["dish"], "book": ["notebook"],
+    "cup": ["mug"],
+    "dog": ["puppy"],
+    "car": ["automobile"],
+    "bicycle": ["bike"],
+    "phone": ["cellphone"],
+    "laptop": ["computer"],
+    "plate": ["dish"],
+    "book": ["notebook"],
 }
 COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),
-    "yellow": (240, 220, 40), "purple": (170, 60, 220), "white": (245, 245, 245),
+    "red": (230, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 90, 240),
+    "yellow": (240, 220, 40),
+    "purple": (170, 60, 220),
+    "white": (245, 245, 245),
 }
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
-CAPTION_PROMPTS = ["Describe the image in detail.", "Give a detailed description of the image.",
-                   "What do you see in the image?"]
+CAPTION_PROMPTS = [
+    "Describe the image in detail.",
+    "Give a detailed description of the image.",
+    "What do you see in the image?",
+]
 SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."  # LLaVA-1.5's POPE/VQA suffix
 
 
@@ -56,7 +73,7 @@ def plural(name: str) -> str:
 
 
 def _make_glyphs(n: int, min_distance: int = 6, seed: int = 1234) -> np.ndarray:
-    """n distinct 4x4 binary patterns, pairwise Hamming distance >= min_distance (coarse, so a tiny CLIP learns them)."""
+    """n distinct 4x4 binary patterns, pairwise Hamming distance >= min_distance (coarse: a tiny CLIP learns them)."""
     rng = np.random.default_rng(seed)
     glyphs: list[np.ndarray] = []
     while len(glyphs) < n:
@@ -75,7 +92,9 @@ GLYPHS = _make_glyphs(len(CLASSES))
 class WorldConfig:
     """How scenes are sampled. The defaults are the embedded default used by the demo and the toy configs."""
 
-    seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the whole world: images, captions, questions."})
+    seed: int = dataclasses.field(
+        default=0, metadata={"help": "Seed of the whole world: images, captions, questions."}
+    )
     n_train: int = dataclasses.field(default=3000, metadata={"help": "Training images."})
     n_val: int = dataclasses.field(default=200, metadata={"help": "Validation images."})
     n_test: int = dataclasses.field(default=300, metadata={"help": "Test images (used by the hallucination eval)."})
@@ -227,8 +246,9 @@ def qa_pairs(scene: str, objects: list[SceneObject], rng: np.random.Generator) -
     ]
     obj = objects[int(rng.integers(len(objects)))]
     out.append({"question": f"What color is the {obj.name}?", "answer": obj.color, "kind": "color"})
-    out.append({"question": f"How many {plural(obj.name)} are there?", "answer": NUMBER_WORDS[obj.count],
-                "kind": "count"})
+    out.append(
+        {"question": f"How many {plural(obj.name)} are there?", "answer": NUMBER_WORDS[obj.count], "kind": "count"}
+    )
     return out
 
 
@@ -270,8 +290,31 @@ def pope_questions(objects: list[SceneObject], rng: np.random.Generator, popular
 
 def vocabulary() -> list[str]:
     """Every (lower-cased) word a ToyWorld text or prompt can contain, for the word-level tokenizer."""
-    words = {"there", "is", "are", "a", "at", "the", "and", "i", "can", "see", "this", "scene", "shows", "shown",
-             "color", "how", "many", "nothing", "yes", "no", "?", ".", ","}
+    words = {
+        "there",
+        "is",
+        "are",
+        "a",
+        "at",
+        "the",
+        "and",
+        "i",
+        "can",
+        "see",
+        "this",
+        "scene",
+        "shows",
+        "shown",
+        "color",
+        "how",
+        "many",
+        "nothing",
+        "yes",
+        "no",
+        "?",
+        ".",
+        ",",
+    }
     for text in CAPTION_PROMPTS + [SHORT_ANSWER_SUFFIX, "what is at the", pope_question("x"), "the picture"]:
         words |= set(text.lower().replace("?", " ?").replace(".", " .").split())
     words |= set(SCENES) | set(COLORS) | set(NUMBER_WORDS.values())

@@ -27,8 +27,14 @@ DATA_VERSION = 2  # bump when generation changes, so stale caches are not reused
 SPLITS = ("train", "val", "test")
 FEATURES = Features(
     {
-        "image_id": Value("string"), "image": Image(), "scene": Value("string"), "objects": Value("string"),
-        "caption": Value("string"), "injected": Value("string"), "qa": Value("string"), "pope": Value("string"),
+        "image_id": Value("string"),
+        "image": Image(),
+        "scene": Value("string"),
+        "objects": Value("string"),
+        "caption": Value("string"),
+        "injected": Value("string"),
+        "qa": Value("string"),
+        "pope": Value("string"),
     }
 )
 
@@ -114,10 +120,18 @@ def sft_rows(split: Dataset, seed: int = 0) -> Dataset:
         chosen += [q for q in questions if q["split"] == "adversarial" and q["label"] == "no"][:1]
         for j, q in enumerate(chosen):
             add(f"{ex['image_id']}/yesno{j}", ex["image"], q["question"] + tw.SHORT_ANSWER_SUFFIX, q["label"], "yesno")
-    return Dataset.from_dict(dict(rows), features=Features({
-        "id": Value("string"), "image": Image(), "prompt": Value("string"), "response": Value("string"),
-        "kind": Value("string"),
-    }))
+    return Dataset.from_dict(
+        dict(rows),
+        features=Features(
+            {
+                "id": Value("string"),
+                "image": Image(),
+                "prompt": Value("string"),
+                "response": Value("string"),
+                "kind": Value("string"),
+            }
+        ),
+    )
 
 
 def pope_rows(split: Dataset, limit: int | None = None) -> list[dict]:
@@ -134,7 +148,9 @@ def pope_rows(split: Dataset, limit: int | None = None) -> list[dict]:
 class ToyWorldDataConfig:
     """`align build-data` config for ToyWorld: generate the splits into the cache and print a summary."""
 
-    recipe: typing.Literal["toyworld"] = dataclasses.field(default="toyworld", metadata={"help": "Selects this builder."})
+    recipe: typing.Literal["toyworld"] = dataclasses.field(
+        default="toyworld", metadata={"help": "Selects this builder."}
+    )
     world: tw.WorldConfig = dataclasses.field(default_factory=tw.WorldConfig, metadata={"help": "World settings."})
     cache_dir: str | None = dataclasses.field(default=None, metadata={"help": "Cache root (default ~/.cache/align)."})
     rebuild: bool = dataclasses.field(default=False, metadata={"help": "Regenerate even if cached."})

@@ -13,8 +13,17 @@ from align.sections import DataConfig, EvalConfig, GenerationConfig, ModelConfig
 from data_builders.toyworld import WorldConfig  # noqa: E402
 
 SMALL_WORLD = WorldConfig(seed=7, n_train=64, n_val=4, n_test=12)
-MICRO_SPEC = TinyModelSpec(vision_hidden=32, vision_layers=1, vision_heads=2, vision_mlp=64, text_hidden=32,
-                           text_layers=1, text_heads=4, text_kv_heads=2, text_mlp=64)
+MICRO_SPEC = TinyModelSpec(
+    vision_hidden=32,
+    vision_layers=1,
+    vision_heads=2,
+    vision_mlp=64,
+    text_hidden=32,
+    text_layers=1,
+    text_heads=4,
+    text_kv_heads=2,
+    text_mlp=64,
+)
 
 
 @pytest.fixture(scope="session")
@@ -47,9 +56,13 @@ def micro_sft_config(output_dir, cache_dir, steps: int = 30, **kw):
     from align.sft import SFTConfig
 
     return SFTConfig(
-        output_dir=str(output_dir), model=ModelConfig(tiny=MICRO_SPEC, finetune="full"),
+        output_dir=str(output_dir),
+        model=ModelConfig(tiny=MICRO_SPEC, finetune="full"),
         data=DataConfig(world=SMALL_WORLD, cache_dir=str(cache_dir)),
         optim=OptimConfig(lr=5e-3, max_steps=steps, warmup_steps=2, batch_size=8),
         eval=EvalConfig(limit=4, generation=GenerationConfig(max_new_tokens=12, batch_size=16)),
-        logging_steps=5, save_steps=max(steps // 2, 1), vision_pretrain_steps=kw.pop("vision_pretrain_steps", 5), **kw,
+        logging_steps=5,
+        save_steps=max(steps // 2, 1),
+        vision_pretrain_steps=kw.pop("vision_pretrain_steps", 5),
+        **kw,
     )

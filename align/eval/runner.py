@@ -20,10 +20,14 @@ from data_builders.toyworld import WorldConfig
 
 RESULTS_FILE = "eval_results.json"
 TABLE_COLUMNS = [
-    ("toyworld_chair", "chair_s", "CHAIR_s"), ("toyworld_chair", "chair_i", "CHAIR_i"),
-    ("toyworld_chair", "recall", "recall"), ("toyworld_chair", "length", "len"),
-    ("toyworld_chair", "addition_share", "add%"), ("toyworld_pope", "f1_mean", "POPE F1"),
-    ("toyworld_pope_adversarial", "f1", "F1 adv"), ("toyworld_pope", "yes_ratio_mean", "yes"),
+    ("toyworld_chair", "chair_s", "CHAIR_s"),
+    ("toyworld_chair", "chair_i", "CHAIR_i"),
+    ("toyworld_chair", "recall", "recall"),
+    ("toyworld_chair", "length", "len"),
+    ("toyworld_chair", "addition_share", "add%"),
+    ("toyworld_pope", "f1_mean", "POPE F1"),
+    ("toyworld_pope_adversarial", "f1", "F1 adv"),
+    ("toyworld_pope", "yes_ratio_mean", "yes"),
 ]
 
 
@@ -42,8 +46,9 @@ def resolve_checkpoints(path: str | Path) -> list[Path]:
     if (path / "final").is_dir() and is_checkpoint(path / "final"):
         found.append(path / "final")
     if not found:
-        raise FileNotFoundError(f"{str(path)!r} holds no model (no config.json / adapter_config.json, "
-                                "no checkpoint-*/ or final/ inside)")
+        raise FileNotFoundError(
+            f"{str(path)!r} holds no model (no config.json / adapter_config.json, no checkpoint-*/ or final/ inside)"
+        )
     return found
 
 
@@ -68,8 +73,9 @@ def checkpoint_step(checkpoint: Path) -> int | None:
     return None
 
 
-def evaluate_checkpoint(checkpoint, eval_cfg: EvalConfig, model=None, processor=None, force=False,
-                        data_cfg: DataConfig | None = None) -> dict:
+def evaluate_checkpoint(
+    checkpoint, eval_cfg: EvalConfig, model=None, processor=None, force=False, data_cfg: DataConfig | None = None
+) -> dict:
     """Score one checkpoint (loading it unless a live model is given) and write the JSON beside it."""
     from align.eval.toyworld import evaluate_toyworld
     from align.models import load_policy
@@ -108,5 +114,7 @@ def format_table(results: dict[str, dict]) -> str:
             cells.append("-" if v is None else (f"{v:.2f}" if metric == "length" else f"{100 * v:.1f}"))
         rows.append(cells)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    line = lambda cells: "  ".join(
+        str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    )  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])

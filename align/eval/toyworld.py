@@ -28,8 +28,7 @@ def evaluate_toyworld(model, processor, world: tw.WorldConfig, eval_cfg: EvalCon
         test = test.select(range(min(eval_cfg.limit, len(test))))
     images = test.cast_column("image", Image(decode=False))["image"]
     objects = [objects_from_json(x) for x in test["objects"]]
-    captions = generate(model, processor, images, [CAPTION_PROMPT] * len(images), eval_cfg.generation,
-                        desc="captions")
+    captions = generate(model, processor, images, [CAPTION_PROMPT] * len(images), eval_cfg.generation, desc="captions")
     results = {
         "toyworld_chair": metrics.chair(
             captions,
@@ -43,19 +42,32 @@ def evaluate_toyworld(model, processor, world: tw.WorldConfig, eval_cfg: EvalCon
     ]
     if eval_cfg.pope:
         rows = pope_rows(test)
-        answers = generate(model, processor, [images[r["image_index"]] for r in rows],
-                           [r["question"] + tw.SHORT_ANSWER_SUFFIX for r in rows], eval_cfg.generation,
-                           desc="pope", max_new_tokens=3)
+        answers = generate(
+            model,
+            processor,
+            [images[r["image_index"]] for r in rows],
+            [r["question"] + tw.SHORT_ANSWER_SUFFIX for r in rows],
+            eval_cfg.generation,
+            desc="pope",
+            max_new_tokens=3,
+        )
         for split in POPE_SPLITS:
             idx = [i for i, r in enumerate(rows) if r["split"] == split]
-            results[f"toyworld_pope_{split}"] = metrics.pope([answers[i] for i in idx], [rows[i]["label"] for i in idx])
+            results[f"toyworld_pope_{split}"] = metrics.pope(
+                [answers[i] for i in idx], [rows[i]["label"] for i in idx]
+            )
         results["toyworld_pope"] = {
             f"{m}_mean": sum(results[f"toyworld_pope_{s}"][m] for s in POPE_SPLITS) / len(POPE_SPLITS)
             for m in ("accuracy", "f1", "yes_ratio")
         }
         generations += [
-            {"image_id": test["image_id"][r["image_index"]], "prompt": r["question"], "answer": a, "label": r["label"],
-             "split": r["split"]}
+            {
+                "image_id": test["image_id"][r["image_index"]],
+                "prompt": r["question"],
+                "answer": a,
+                "label": r["label"],
+                "split": r["split"],
+            }
             for r, a in zip(rows, answers)
         ]
     results["meta"] = {

@@ -13,10 +13,22 @@ from align.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 MICRO = [
-    "model.tiny.vision_hidden=32", "model.tiny.vision_layers=1", "model.tiny.vision_heads=2",
-    "model.tiny.vision_mlp=64", "model.tiny.text_hidden=32", "model.tiny.text_layers=1", "model.tiny.text_mlp=64",
-    "data.world.n_train=40", "data.world.n_val=2", "data.world.n_test=6", "optim.max_steps=6",
-    "optim.warmup_steps=1", "optim.batch_size=8", "save_steps=3", "logging_steps=2", "eval.limit=3",
+    "model.tiny.vision_hidden=32",
+    "model.tiny.vision_layers=1",
+    "model.tiny.vision_heads=2",
+    "model.tiny.vision_mlp=64",
+    "model.tiny.text_hidden=32",
+    "model.tiny.text_layers=1",
+    "model.tiny.text_mlp=64",
+    "data.world.n_train=40",
+    "data.world.n_val=2",
+    "data.world.n_test=6",
+    "optim.max_steps=6",
+    "optim.warmup_steps=1",
+    "optim.batch_size=8",
+    "save_steps=3",
+    "logging_steps=2",
+    "eval.limit=3",
     "eval.generation.max_new_tokens=8",
 ]
 
@@ -42,8 +54,18 @@ def test_validate_requires_command_comment(tmp_path, capsys):
 
 def test_train_then_eval_run_dir(tmp_path, cache_dir, capsys):
     run = tmp_path / "run"
-    assert main(["train", str(REPO / "configs/toy/sft_base.yaml"), f"output_dir={run}",
-                 f"data.cache_dir={cache_dir}", *MICRO]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(REPO / "configs/toy/sft_base.yaml"),
+                f"output_dir={run}",
+                f"data.cache_dir={cache_dir}",
+                *MICRO,
+            ]
+        )
+        == 0
+    )
     assert (run / "final" / "eval_results.json").is_file()
     capsys.readouterr()
     assert main(["eval", str(run), "--limit", "3", "--json", str(tmp_path / "all.json")]) == 0
@@ -60,8 +82,19 @@ def test_train_rejects_data_recipe(capsys):
 
 
 def test_build_data(tmp_path, capsys):
-    assert main(["build-data", str(REPO / "configs/toy/toyworld.yaml"), f"cache_dir={tmp_path}",
-                 "world.n_train=20", "world.n_val=2", "world.n_test=2"]) == 0
+    assert (
+        main(
+            [
+                "build-data",
+                str(REPO / "configs/toy/toyworld.yaml"),
+                f"cache_dir={tmp_path}",
+                "world.n_train=20",
+                "world.n_val=2",
+                "world.n_test=2",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["splits"]["train"]["images"] == 20 and Path(summary["path"]).is_dir()
 

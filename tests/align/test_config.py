@@ -55,7 +55,9 @@ def test_cross_field_checks_name_section(tmp_path):
 
 
 def test_dotted_overrides_and_float_strings():
-    cfg = load_config(REPO / "configs/toy/sft_base.yaml", ["optim.lr=3e-4", "data.world.n_train=10", "eval.limit=null"])
+    cfg = load_config(
+        REPO / "configs/toy/sft_base.yaml", ["optim.lr=3e-4", "data.world.n_train=10", "eval.limit=null"]
+    )
     assert cfg.optim.lr == pytest.approx(3e-4) and isinstance(cfg.optim.lr, float)
     assert cfg.data.world.n_train == 10 and cfg.eval.limit is None
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):

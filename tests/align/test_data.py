@@ -26,8 +26,12 @@ def png_bytes():
 
 
 def row(i=0, response="There is a red cup at the top left.", image="png"):
-    return {"id": f"r{i}", "image": {"bytes": png_bytes(), "path": None} if image == "png" else image,
-            "prompt": "Describe the image in detail.", "response": response}
+    return {
+        "id": f"r{i}",
+        "image": {"bytes": png_bytes(), "path": None} if image == "png" else image,
+        "prompt": "Describe the image in detail.",
+        "response": response,
+    }
 
 
 def test_long_response_is_cut_from_the_end_and_image_tokens_survive(processor):
@@ -55,7 +59,9 @@ def test_rows_whose_prompt_does_not_fit_are_skipped_and_counted(processor):
 
 
 def test_image_token_feature_mismatch_names_row_and_counts(processor):
-    with pytest.raises(ImageTokenMismatch, match=rf"row r0: the prompt holds {N_IMG} image tokens but the model makes {N_IMG - 1}"):
+    with pytest.raises(
+        ImageTokenMismatch, match=rf"row r0: the prompt holds {N_IMG} image tokens but the model makes {N_IMG - 1}"
+    ):
         encode_row(processor, row(), max_length=200, features_per_image=N_IMG - 1)
 
 
@@ -63,8 +69,9 @@ def test_row_without_image_names_the_row(processor):
     with pytest.raises(DataError, match="row r5: no image"):
         encode_row(processor, row(5, image=None), max_length=200, features_per_image=N_IMG)
     with pytest.raises(DataError, match="row r6: image bytes cannot be decoded"):
-        encode_row(processor, row(6, image={"bytes": b"not a png", "path": None}), max_length=200,
-                   features_per_image=N_IMG)
+        encode_row(
+            processor, row(6, image={"bytes": b"not a png", "path": None}), max_length=200, features_per_image=N_IMG
+        )
 
 
 def test_collator_pads_right_and_masks_labels(processor):

@@ -77,8 +77,9 @@ def test_lora_round_trip_loads_base_then_adapter(micro_model, tmp_path):
 def test_lora_targets(micro_model, tmp_path, vision, projector):
     model, processor = micro_model
     save_policy(model, processor, tmp_path / "base")
-    lora, _ = build_model(ModelConfig(name_or_path=str(tmp_path / "base"), lora_vision=vision,
-                                      lora_projector=projector))
+    lora, _ = build_model(
+        ModelConfig(name_or_path=str(tmp_path / "base"), lora_vision=vision, lora_projector=projector)
+    )
     trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert any("language_model" in n for n in trainable)

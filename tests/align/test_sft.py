@@ -45,8 +45,14 @@ def test_sft_eval_at_end_writes_schema(tmp_path, cache_dir):
     summary = main(micro_sft_config(tmp_path / "run", cache_dir, steps=4))
     results = json.loads((tmp_path / "run" / "final" / "eval_results.json").read_text())
     assert results == summary["eval"]
-    assert set(results) >= {"toyworld_chair", "toyworld_pope_random", "toyworld_pope_popular",
-                            "toyworld_pope_adversarial", "toyworld_pope", "meta"}
+    assert set(results) >= {
+        "toyworld_chair",
+        "toyworld_pope_random",
+        "toyworld_pope_popular",
+        "toyworld_pope_adversarial",
+        "toyworld_pope",
+        "meta",
+    }
     for bench, metrics in results.items():
         if bench == "meta":
             continue

@@ -25,8 +25,10 @@ def test_same_seed_same_bytes_different_seed_differs(tmp_path):
     b = build_toyworld(SMALL_WORLD, tmp_path / "b")
     for split in ("train", "test"):
         assert a[split]["caption"] == b[split]["caption"]
-        assert a[split].cast_column("image", a[split].features["image"].__class__(decode=False))["image"] == \
-            b[split].cast_column("image", b[split].features["image"].__class__(decode=False))["image"]
+        assert (
+            a[split].cast_column("image", a[split].features["image"].__class__(decode=False))["image"]
+            == b[split].cast_column("image", b[split].features["image"].__class__(decode=False))["image"]
+        )
     other = tw.WorldConfig(**{**SMALL_WORLD.__dict__, "seed": SMALL_WORLD.seed + 1})
     assert config_hash(other) != config_hash(SMALL_WORLD)
     assert build_toyworld(other, tmp_path / "c")["train"]["caption"] != a["train"]["caption"]
@@ -68,8 +70,12 @@ def test_injected_sentences_are_not_only_last():
         text, injected = tw.caption(scene, objects, rng, tw.WorldConfig(), inject=True)
         if injected:
             sentences = split_sentences(text)
-            idx = next(i for i, s in enumerate(sentences) if injected[0].cells[0] in sentence_cells(s)
-                       and any(c == injected[0].name for c, _ in caption_mentions(s)))
+            idx = next(
+                i
+                for i, s in enumerate(sentences)
+                if injected[0].cells[0] in sentence_cells(s)
+                and any(c == injected[0].name for c, _ in caption_mentions(s))
+            )
             positions.add("last" if idx == len(sentences) - 1 else "middle")
     assert positions == {"last", "middle"}
 

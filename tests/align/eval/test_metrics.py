@@ -44,10 +44,15 @@ def test_chair_length_mismatch_is_an_error():
 @pytest.mark.parametrize(
     "text,expected",
     [
-        ("Yes", "yes"), ("yes, there is", "yes"), ("No", "no"), ("no.", "no"), ("There is not a cup", "no"),
+        ("Yes", "yes"),
+        ("yes, there is", "yes"),
+        ("No", "no"),
+        ("no.", "no"),
+        ("There is not a cup", "no"),
         ("NO", "yes"),  # the official scorer only knows 'No', 'no', 'not'
         ("Yes. There is no dog.", "yes"),  # only the text before the first '.' counts
-        ("No, there isn't", "no"), ("There isn't", "yes"),  # "isn't" is not 'not' in the official scorer
+        ("No, there isn't", "no"),
+        ("There isn't", "yes"),  # "isn't" is not 'not' in the official scorer
     ],
 )
 def test_pope_answer_parsing_matches_official(text, expected):
