@@ -84,7 +84,7 @@ class OptimConfig:
     scheduler: Literal["cosine", "linear", "constant_with_warmup"] = field(
         default="cosine", metadata={"help": "LR schedule."}
     )
-    max_steps: int = field(default=2000, metadata={"help": "Optimizer steps."})
+    max_steps: int = field(default=1500, metadata={"help": "Optimizer steps."})
     batch_size: int = field(default=32, metadata={"help": "Rows per device per step."})
     grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation steps."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})

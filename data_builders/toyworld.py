@@ -105,7 +105,7 @@ class WorldConfig:
         default=0.1, metadata={"help": "Chance an object kind comes from another scene (out-of-scene distractor)."}
     )
     inject_fraction: float = dataclasses.field(
-        default=0.35,
+        default=0.3,
         metadata={"help": "Fraction of TRAIN captions that also name one absent same-scene object at an empty cell."},
     )
     synonym_prob: float = dataclasses.field(default=0.2, metadata={"help": "Chance a mention uses a synonym."})

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from data_builders import toyworld as tw
 
-DATA_VERSION = 2  # bump when generation changes, so stale caches are not reused
+DATA_VERSION = 3  # bump when generation changes, so stale caches are not reused
 SPLITS = ("train", "val", "test")
 FEATURES = Features(
     {
@@ -96,8 +96,8 @@ def build_toyworld(cfg: tw.WorldConfig, cache_dir: str | Path | None = None, reb
 
 def sft_rows(split: Dataset, seed: int = 0) -> Dataset:
     """Supervised rows `{id, image, prompt, response, kind}`: per image one caption, its short-answer questions
-    (what is at each occupied cell and one empty cell, a colour, a count) and up to four yes/no questions (two
-    present objects, a random and an adversarial absent one)."""
+    (what is at each occupied cell and one empty cell, a colour, a count) and one yes/no question (alternating
+    a present object and a random absent one)."""
     rng = np.random.default_rng(seed)
     rows = collections.defaultdict(list)
 
@@ -109,17 +109,17 @@ def sft_rows(split: Dataset, seed: int = 0) -> Dataset:
         rows["kind"].append(kind)
 
     plain = split.cast_column("image", Image(decode=False))  # keep PNG bytes; no decode/re-encode
-    for ex in plain:
+    for i, ex in enumerate(plain):
         add(f"{ex['image_id']}/caption", ex["image"], str(rng.choice(tw.CAPTION_PROMPTS)), ex["caption"], "caption")
         for j, qa in enumerate(json.loads(ex["qa"])):
             add(f"{ex['image_id']}/qa{j}", ex["image"], qa["question"] + tw.SHORT_ANSWER_SUFFIX, qa["answer"], "qa")
-        # yes/no: up to two present objects, one random and one adversarial (same-scene) absent object
-        questions = json.loads(ex["pope"])
-        chosen = [q for q in questions if q["split"] == "random" and q["label"] == "yes"][:2]
-        chosen += [q for q in questions if q["split"] == "random" and q["label"] == "no"][:1]
-        chosen += [q for q in questions if q["split"] == "adversarial" and q["label"] == "no"][:1]
-        for j, q in enumerate(chosen):
-            add(f"{ex['image_id']}/yesno{j}", ex["image"], q["question"] + tw.SHORT_ANSWER_SUFFIX, q["label"], "yesno")
+        # one yes/no question per image, alternating a present and a random absent object. Four per image (two of
+        # each) was tried: the seed-0 base model then never learned to read object identity (see README).
+        label = ("yes", "no")[i % 2]
+        pope = [q for q in json.loads(ex["pope"]) if q["split"] == "random" and q["label"] == label]
+        if pope:
+            q = pope[0]
+            add(f"{ex['image_id']}/yesno", ex["image"], q["question"] + tw.SHORT_ANSWER_SUFFIX, q["label"], "yesno")
     return Dataset.from_dict(
         dict(rows),
         features=Features(
