@@ -175,20 +175,3 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Any:
 
 def save_config(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def help_text(cls: type, prefix: str = "") -> list[str]:
-    """One line per field: dotted key, type, default and help (used by `align config-help`)."""
-    lines = []
-    for f in dataclasses.fields(cls):
-        tp = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(tp):
-            lines += help_text(tp, f"{prefix}{f.name}.")
-            continue
-        default = (
-            f.default
-            if f.default is not dataclasses.MISSING
-            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
-        )
-        lines.append(f"{prefix}{f.name} ({_type_name(tp)}, default {default!r}): {f.metadata.get('help', '')}")
-    return lines

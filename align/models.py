@@ -195,5 +195,7 @@ def save_policy(model, processor, out_dir: str | Path) -> Path:
     return out
 
 
-def trainable_parameters(model) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+def vision_tower(model) -> torch.nn.Module:
+    """The vision tower of a LLaVA-type model, whether plain or wrapped by PEFT."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return base.model.vision_tower

@@ -24,7 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from align.config import save_config
 from align.data import VisionSFTCollator, encode_dataset, image_seq_length
-from align.models import build_model, save_policy
+from align.models import build_model, save_policy, vision_tower
 from align.sections import DataConfig, EvalConfig, ModelConfig, OptimConfig
 from align.trainer_utils import ResumableTrainer
 from align.vision_pretrain import pretrain_vision_tower
@@ -115,7 +115,7 @@ def main(cfg: SFTConfig) -> dict:
             f"{vision['color_acc']:.3f}"
         )
     if cfg.freeze_vision:
-        model.model.vision_tower.requires_grad_(False)
+        vision_tower(model).requires_grad_(False)
     rows = sft_rows(data["train"], seed=cfg.seed)
     encoded, stats = encode_dataset(rows, processor, cfg.data.max_length, image_seq_length(model.config))
     print(f"[sft] {stats.summary()}")

@@ -14,6 +14,7 @@ from datasets import Dataset, Image
 from tqdm.auto import trange
 
 from align.data import to_pil
+from align.models import vision_tower
 from data_builders import toyworld as tw
 from data_builders.toyworld_data import objects_from_json
 
@@ -39,7 +40,7 @@ def pretrain_vision_tower(
     model, processor, train: Dataset, steps: int, lr: float = 1e-3, batch_size: int = 128, seed: int = 0
 ) -> dict:
     """Train `model`'s vision tower on per-patch (class, colour) labels; returns final train accuracies."""
-    tower = model.model.vision_tower
+    tower = vision_tower(model)
     hidden = tower.config.hidden_size
     side = tower.config.image_size // tower.config.patch_size
     plain = train.cast_column("image", Image(decode=False))

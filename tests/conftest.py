@@ -52,7 +52,7 @@ def micro_model(micro_model_cfg):
     return build_model(micro_model_cfg, seed=0)
 
 
-def micro_sft_config(output_dir, cache_dir, steps: int = 30, **kw):
+def micro_sft_config(output_dir, cache_dir, steps: int = 30, vision_pretrain_steps: int = 5, **kw):
     from align.sft import SFTConfig
 
     return SFTConfig(
@@ -63,6 +63,6 @@ def micro_sft_config(output_dir, cache_dir, steps: int = 30, **kw):
         eval=EvalConfig(limit=4, generation=GenerationConfig(max_new_tokens=12, batch_size=16)),
         logging_steps=5,
         save_steps=max(steps // 2, 1),
-        vision_pretrain_steps=kw.pop("vision_pretrain_steps", 5),
+        vision_pretrain_steps=vision_pretrain_steps,
         **kw,
     )

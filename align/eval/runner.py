@@ -114,7 +114,8 @@ def format_table(results: dict[str, dict]) -> str:
             cells.append("-" if v is None else (f"{v:.2f}" if metric == "length" else f"{100 * v:.1f}"))
         rows.append(cells)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(
-        str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
-    )  # noqa: E731
+
+    def line(cells):
+        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])

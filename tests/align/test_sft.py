@@ -60,3 +60,16 @@ def test_sft_eval_at_end_writes_schema(tmp_path, cache_dir):
             if name not in ("length", "mentions", "hallucinated_mentions", "n"):
                 assert 0.0 <= value <= 1.0, (bench, name, value)
     assert results["meta"]["images"] == 4
+
+
+def test_sft_with_lora_on_a_saved_base_freezes_the_tower_and_trains_adapters(tmp_path, cache_dir, micro_model):
+    from align.models import save_policy
+    from align.sections import ModelConfig
+
+    model, processor = micro_model
+    save_policy(model, processor, tmp_path / "base")
+    cfg = micro_sft_config(tmp_path / "run", cache_dir, steps=4, eval_at_end=False)
+    cfg.model = ModelConfig(name_or_path=str(tmp_path / "base"), lora_r=4)  # default LoRA, freeze_vision on
+    summary = main(cfg)
+    assert summary["vision_pretrain"] is None  # only the tiny model built from scratch gets stage 0
+    assert (tmp_path / "run" / "final" / "adapter_config.json").is_file()
