@@ -195,7 +195,15 @@ def save_policy(model, processor, out_dir: str | Path) -> Path:
     return out
 
 
+def _unwrapped(model):
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
 def vision_tower(model) -> torch.nn.Module:
     """The vision tower of a LLaVA-type model, whether plain or wrapped by PEFT."""
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    return base.model.vision_tower
+    return _unwrapped(model).model.vision_tower
+
+
+def multimodal_projector(model) -> torch.nn.Module:
+    """The projector from vision features to LM embeddings, whether plain or wrapped by PEFT."""
+    return _unwrapped(model).model.multi_modal_projector

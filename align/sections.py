@@ -79,6 +79,10 @@ class DataConfig:
 @dataclasses.dataclass
 class OptimConfig:
     lr: float = field(default=6e-4, metadata={"help": "Peak learning rate."})
+    projector_lr: float | None = field(
+        default=None,
+        metadata={"help": "Peak learning rate of the multimodal projector (LLaVA's mm_projector_lr); null = lr."},
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps."})
     scheduler: Literal["cosine", "linear", "constant_with_warmup"] = field(
@@ -90,6 +94,8 @@ class OptimConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
 
     def __post_init__(self):
+        if self.projector_lr is not None and self.projector_lr <= 0:
+            raise ValueError(f"projector_lr must be > 0 or null, got {self.projector_lr}")
         if self.lr <= 0 or self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("lr must be > 0 and max_steps, batch_size, grad_accum >= 1")
         if self.warmup_steps > self.max_steps:

@@ -27,7 +27,7 @@ from align.data import VisionSFTCollator, encode_dataset, image_seq_length
 from align.models import build_model, save_policy, vision_tower
 from align.sections import DataConfig, EvalConfig, ModelConfig, OptimConfig
 from align.trainer_utils import ResumableTrainer
-from align.vision_pretrain import pretrain_vision_tower
+from align.vision_pretrain import pretrain_vision
 from data_builders.toyworld_data import build_toyworld, sft_rows
 
 
@@ -38,15 +38,20 @@ class SFTConfig:
     seed: int = field(default=0, metadata={"help": "Seed for model init, data order and sampling."})
     model: ModelConfig = field(default_factory=lambda: ModelConfig(finetune="full"), metadata={"help": "Policy."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training data."})
-    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "Optimiser and schedule."})
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(projector_lr=6e-5), metadata={"help": "Optimiser and schedule."}
+    )
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Hallucination eval of the final model."})
     logging_steps: int = field(default=50, metadata={"help": "Log every N steps."})
     save_steps: int = field(default=500, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept on disk."})
     report_to: str = field(default="none", metadata={"help": "Trainer loggers: none, tensorboard, wandb, ..."})
     vision_pretrain_steps: int = field(
-        default=200,
-        metadata={"help": "Tiny model only: pretrain the vision tower on per-patch ToyWorld labels first (0 = off)."},
+        default=500,
+        metadata={
+            "help": "Tiny model only: first pretrain the vision tower and projector on per-patch ToyWorld labels "
+            "(0 = off; see align/vision_pretrain.py)."
+        },
     )
     freeze_vision: bool = field(
         default=True, metadata={"help": "Keep the vision tower frozen during SFT (LLaVA-1.5)."}
@@ -109,10 +114,10 @@ def main(cfg: SFTConfig) -> dict:
     last = get_last_checkpoint(str(out)) if cfg.resume else None
     vision = None
     if cfg.model.name_or_path is None and cfg.vision_pretrain_steps > 0 and last is None:
-        vision = pretrain_vision_tower(model, processor, data["train"], cfg.vision_pretrain_steps, seed=cfg.seed)
+        vision = pretrain_vision(model, processor, data["train"], cfg.vision_pretrain_steps, seed=cfg.seed)
         print(
-            f"[sft] vision tower pretrained: patch class acc {vision['class_acc']:.3f}, colour acc "
-            f"{vision['color_acc']:.3f}"
+            f"[sft] vision tower + projector pretrained: patch class acc {vision['class_acc']:.3f}, colour acc "
+            f"{vision['color_acc']:.3f}, position acc {vision['position_acc']:.3f}"
         )
     if cfg.freeze_vision:
         vision_tower(model).requires_grad_(False)
@@ -126,6 +131,7 @@ def main(cfg: SFTConfig) -> dict:
         train_dataset=_Rows(encoded),
         data_collator=VisionSFTCollator(processor),
         processing_class=processor,
+        projector_lr=cfg.optim.projector_lr,
     )
     if last:
         print(f"[sft] resuming from {last}")

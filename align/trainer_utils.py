@@ -8,15 +8,37 @@ from peft import PeftModel
 from transformers import Trainer
 from transformers.utils import SAFE_WEIGHTS_NAME
 
+from align.models import multimodal_projector
+
 
 class ResumableTrainer(Trainer):
-    """`Trainer` whose resume works for LLaVA full fine-tunes.
+    """`Trainer` whose resume works for LLaVA full fine-tunes, with an optional projector learning rate.
 
     transformers 5.x saves LLaVA weights under its legacy key names (`language_model.model.*`) and maps them
     back only inside `from_pretrained`; `Trainer._load_from_checkpoint` loads the raw state dict instead, so on
     resume every key misses and training silently restarts from the initial weights. Load through
     `from_pretrained` for single-file full checkpoints; adapters and sharded/FSDP checkpoints keep the default.
+
+    `projector_lr` (LLaVA's `mm_projector_lr`) moves the multimodal projector's parameters into their own
+    optimizer group with that learning rate; the schedule scales it like the others.
     """
+
+    def __init__(self, *args, projector_lr: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.projector_lr = projector_lr
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.projector_lr is None or any(g.get("name") == "projector" for g in optimizer.param_groups):
+            return optimizer
+        projector = {id(p) for p in multimodal_projector(self.model).parameters()}
+        for group in list(optimizer.param_groups):
+            moved = [p for p in group["params"] if id(p) in projector]
+            if moved:
+                group["params"] = [p for p in group["params"] if id(p) not in projector]
+                settings = {k: v for k, v in group.items() if k != "params"}
+                optimizer.add_param_group({**settings, "params": moved, "lr": self.projector_lr, "name": "projector"})
+        return optimizer
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         model = model if model is not None else self.model
