@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from align.eval.metrics import caption_mentions, sentence_cells, split_sentences
 from data_builders import toyworld as tw
 from data_builders.toyworld_data import build_toyworld, config_hash, objects_from_json, sft_rows, summarize
+from data_builders.toyworld_text import caption_mentions, sentence_cells, split_sentences
 from tests.conftest import SMALL_WORLD
 
 
