@@ -1,0 +1,98 @@
+"""OPA-DPO data build end to end: a real tiny policy loaded from disk samples, the oracle corrects, the dataset is
+saved; a build killed mid-rollout resumes without regenerating finished batches; `align build-data` runs it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from align.cli import main as cli_main
+from align.models import save_policy
+from align.rollout import HFRolloutEngine
+from data_builders.opa_dpo import OPADataConfig, RolloutSettings, build, load_opa_dataset
+from tests.conftest import SMALL_WORLD
+
+
+@pytest.fixture
+def policy_dir(micro_model, tmp_path):
+    model, processor = micro_model
+    return str(save_policy(model, processor, tmp_path / "policy"))
+
+
+def opa_config(tmp_path, cache_dir, policy_dir, **kw) -> OPADataConfig:
+    return OPADataConfig(
+        output_dir=str(tmp_path / "opa"),
+        policy=policy_dir,
+        world=SMALL_WORLD,
+        cache_dir=str(cache_dir),
+        limit=10,
+        rollout=RolloutSettings(max_new_tokens=12, batch_size=4),
+        **kw,
+    )
+
+
+class KilledAfter:
+    """Wraps the real engine and raises after `n` batches, as a killed process would stop."""
+
+    def __init__(self, engine, n: int):
+        self.engine, self.n, self.name, self.calls = engine, n, engine.name, []
+
+    def generate(self, images, prompts, seed):
+        if len(self.calls) == self.n:
+            raise KeyboardInterrupt
+        self.calls.append(len(prompts))
+        return self.engine.generate(images, prompts, seed)
+
+
+def test_build_resumes_after_a_kill_and_writes_records(tmp_path, cache_dir, policy_dir):
+    cfg = opa_config(tmp_path, cache_dir, policy_dir)
+    engine = HFRolloutEngine(policy_dir, cfg.rollout)
+    with pytest.raises(KeyboardInterrupt):
+        build(cfg, KilledAfter(engine, 2))
+    lines = (tmp_path / "opa" / "rollouts.jsonl").read_text().splitlines()
+    assert len(lines) == 8  # the two finished batches were kept
+
+    resumed = KilledAfter(engine, 99)
+    summary = build(cfg, resumed)
+    assert resumed.calls == [2]  # only the 2 prompts left were sampled
+    assert summary["rows_in"] == 10 and summary["rows_out"] + sum(summary["dropped"].values()) == 10
+    data = load_opa_dataset(summary["dataset"])
+    assert len(data) == summary["rows_out"]
+    for row in data:
+        report = json.loads(row["report"])
+        assert row["rollout"] and row["revision"] and row["reference"]
+        assert [s["copied"] for s in report["sentences"]]  # sentence-level report kept for the loss weights
+        assert json.loads(row["meta"])["expert"] == "oracle-toyworld-v1"
+
+    again = KilledAfter(engine, 99)
+    assert build(cfg, again)["expert"]["cached"] == 10 and again.calls == []  # a rerun is free
+
+
+def test_sampling_is_reproducible_per_batch(policy_dir, small_world):
+    engine = HFRolloutEngine(policy_dir, RolloutSettings(max_new_tokens=12))
+    images = [small_world["train"][i]["image"] for i in range(3)]
+    prompts = ["Describe the image in detail."] * 3
+    assert engine.generate(images, prompts, seed=5) == engine.generate(images, prompts, seed=5)
+
+
+def test_cli_build_data_runs_the_opa_recipe(tmp_path, cache_dir, policy_dir, capsys):
+    config = tmp_path / "opa.yaml"
+    config.write_text(
+        "# align build-data opa.yaml\nrecipe: opa_dpo_data\n"
+        f"output_dir: {tmp_path / 'cli'}\npolicy: {policy_dir}\ncache_dir: {cache_dir}\nlimit: 4\n"
+        "world: {seed: 7, n_train: 64, n_val: 4, n_test: 12}\nrollout: {max_new_tokens: 8}\n"
+    )
+    assert cli_main(["build-data", str(config)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows_in"] == 4
+
+
+def test_missing_api_key_fails_before_any_rollout(tmp_path, cache_dir, policy_dir, monkeypatch):
+    monkeypatch.delenv("ALIGN_TEST_MISSING_KEY", raising=False)
+    cfg = opa_config(tmp_path, cache_dir, policy_dir, expert="openai")
+    cfg.openai.api_key_env = "ALIGN_TEST_MISSING_KEY"
+    engine = KilledAfter(HFRolloutEngine(policy_dir, cfg.rollout), 99)
+    with pytest.raises(ValueError, match="ALIGN_TEST_MISSING_KEY"):
+        build(cfg, engine)
+    assert engine.calls == []

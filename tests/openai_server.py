@@ -1,0 +1,132 @@
+"""A real local HTTP server that speaks OpenAI's chat-completions API, scripted per request, for tests.
+
+The openai client talks to it over TCP exactly as it would to api.openai.com or vLLM, so its retries, timeouts and
+error mapping are exercised for real (respx cannot patch the client: it uses httpx2, not httpx).
+
+Behaviours, consumed one per request from `server.script` (then `server.default`):
+    ("json", obj)       200, message content = json.dumps(obj)
+    ("text", str)       200, message content = str
+    ("refusal", str)    200, content None and message.refusal = str
+    ("status", code)    error `code` with a `retry-after-ms: 10` header, so client retries are quick
+    ("sleep", s[, then]) wait s seconds (past the client timeout), then answer with `then` (default: a text reply)
+    callable(body)      called with the request JSON; returns one of the above
+
+Every request body (parsed JSON) is appended to `server.requests`, its headers to `server.headers`. Use the
+`openai_server` fixture (import `openai_server_fixture` into the test module) for a started server.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+USAGE = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
+
+
+def completion(body: dict, content: str | None, refusal: str | None = None) -> dict:
+    message = {"role": "assistant", "content": content, "refusal": refusal}
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "test"),
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+        "usage": dict(USAGE),
+    }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FakeOpenAIServer
+
+    def log_message(self, format, *args):  # keep pytest output clean
+        pass
+
+    def do_POST(self):
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            return self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+        body = json.loads(raw)
+        behaviour = self.server.record(body, {k.lower(): v for k, v in self.headers.items()})
+        if callable(behaviour):
+            behaviour = behaviour(body)
+        kind, arg, *then = behaviour
+        if kind == "sleep":
+            # An Event, not time.sleep, so stop() frees sleeping handler threads at once.
+            if self.server.stopping.wait(arg):
+                return
+            kind, arg = then[0] if then else ("text", "late reply")
+        self._reply(body, kind, arg)
+
+    def _reply(self, body: dict, kind: str, arg) -> None:
+        if kind == "json":
+            self._send(200, completion(body, json.dumps(arg)))
+        elif kind == "text":
+            self._send(200, completion(body, arg))
+        elif kind == "refusal":
+            self._send(200, completion(body, None, refusal=arg))
+        elif kind == "status":
+            error = {"error": {"message": f"scripted status {arg}", "type": "server_error", "code": None}}
+            self._send(arg, error, {"retry-after-ms": "10"})
+        else:
+            raise ValueError(f"unknown behaviour {kind!r}")
+
+    def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
+        data = json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout) before we answered
+            pass
+
+
+class FakeOpenAIServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.script: list = []
+        self.default: tuple | Callable[[dict], tuple] = ("status", 500)  # unscripted requests fail loudly
+        self.requests: list[dict] = []  # every request body received, in arrival order
+        self.headers: list[dict] = []  # their HTTP headers, names lower-cased
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def record(self, body: dict, headers: dict):
+        with self._lock:
+            self.requests.append(body)
+            self.headers.append(headers)
+            return self.script.pop(0) if self.script else self.default
+
+    def start(self) -> FakeOpenAIServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.shutdown()
+        self.server_close()
+        self._thread.join(timeout=5)
+
+
+# Registered as `openai_server`; the function has another name so importing it into a test module (how the
+# fixture is shared) does not trip ruff's F811 on every test argument that uses it.
+@pytest.fixture(name="openai_server")
+def openai_server_fixture():
+    server = FakeOpenAIServer().start()
+    yield server
+    server.stop()
