@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from align.opa_dpo import OPADPOConfig
 from align.sft import SFTConfig
 from data_builders.opa_dpo import OPADataConfig
 from data_builders.toyworld_data import ToyWorldDataConfig
@@ -17,6 +18,7 @@ class Recipe(NamedTuple):
 
 RECIPES: dict[str, Recipe] = {
     "sft": Recipe(SFTConfig, "train", "align.sft:main"),
+    "opa_dpo": Recipe(OPADPOConfig, "train", "align.opa_dpo:main"),
     "toyworld": Recipe(ToyWorldDataConfig, "build-data", "data_builders.toyworld_data:build_from_config"),
     "opa_dpo_data": Recipe(OPADataConfig, "build-data", "align.rollout:build_opa_data"),
 }

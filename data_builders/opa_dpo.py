@@ -95,8 +95,21 @@ class RolloutEngine(Protocol):
         ...
 
 
+def hallucinated_caption(scene: str, objects: list[tw.SceneObject], rng, world: tw.WorldConfig) -> str:
+    """A caption the policy did not write, for the off-policy DPO baseline: one present object misnamed as an
+    absent same-scene class, and one absent object added, in the world's caption style."""
+    objects = [tw.SceneObject(o.name, o.color, list(o.cells)) for o in objects]
+    absent = [c for c in tw.SCENES[scene] if c not in {o.name for o in objects}]
+    if absent:
+        victim = objects[int(rng.integers(len(objects)))]
+        victim.name = str(rng.choice(absent))
+    text, _ = tw.caption(scene, objects, rng, world, inject=True)
+    return text
+
+
 def toyworld_prompts(cfg: OPADataConfig) -> list[dict]:
-    """Detailed-description prompts with a clean reference caption (no injected object) per image."""
+    """Detailed-description prompts with a clean reference caption (no injected object) per image, and an
+    off-policy hallucinated caption for the baseline."""
     split = build_toyworld(cfg.world, cfg.cache_dir)[cfg.split].cast_column("image", Image(decode=False))
     n = len(split) if cfg.limit is None else min(cfg.limit, len(split))
     out = []
@@ -110,6 +123,7 @@ def toyworld_prompts(cfg: OPADataConfig) -> list[dict]:
                 "image": row["image"]["bytes"],
                 "prompt": str(rng.choice(tw.CAPTION_PROMPTS)),
                 "reference": reference,
+                "offpolicy": hallucinated_caption(row["scene"], objects, rng, cfg.world),
                 "objects": row["objects"],
             }
         )
@@ -187,6 +201,7 @@ def build(cfg: OPADataConfig, engine: RolloutEngine) -> dict:
             "reference": p["reference"],
             "rollout": rollouts[p["id"]],
             "revision": r.report.revision,
+            "offpolicy": p["offpolicy"],
             "report": json.dumps(r.report.to_dict()),
             "source": f"{engine.name}+{expert.expert_id}",
             "meta": json.dumps(meta),

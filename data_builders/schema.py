@@ -21,6 +21,7 @@ OPA_FEATURES = Features(
         "rollout": Value("string"),  # the policy's own sampled response
         "revision": Value("string"),  # the expert's minimal correction of the rollout
         "report": Value("string"),  # ExpertReport.to_dict() as JSON
+        "offpolicy": Value("string"),  # a hallucinated answer the policy did not write (off-policy DPO baseline)
         "source": Value("string"),
         "meta": Value("string"),
     }

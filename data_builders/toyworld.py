@@ -105,11 +105,11 @@ class WorldConfig:
         default=0.1, metadata={"help": "Chance an object kind comes from another scene (out-of-scene distractor)."}
     )
     inject_fraction: float = dataclasses.field(
-        default=0.3,
+        default=0.45,
         metadata={"help": "Fraction of TRAIN captions that also name one absent same-scene object at an empty cell."},
     )
     synonym_prob: float = dataclasses.field(default=0.2, metadata={"help": "Chance a mention uses a synonym."})
-    noise: float = dataclasses.field(default=18.0, metadata={"help": "Std of the background pixel noise (0-255)."})
+    noise: float = dataclasses.field(default=40.0, metadata={"help": "Std of the background pixel noise (0-255)."})
     jitter: int = dataclasses.field(default=1, metadata={"help": "Max glyph shift in pixels inside its cell (0-2)."})
 
     def __post_init__(self):

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import typing
 from pathlib import Path
 
@@ -85,19 +86,24 @@ def build_toyworld(cfg: tw.WorldConfig, cache_dir: str | Path | None = None, reb
         return load_from_disk(str(path))
     sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
     data = DatasetDict({split: _build_split(cfg, split, sizes[split]) for split in SPLITS})
-    tmp = path.with_name(path.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    data.save_to_disk(str(tmp))  # written aside then renamed: a killed build never leaves a half cache
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
-    (path / "world_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written aside then renamed: a killed build never leaves a half cache, and two processes building the same
+    # world at once (parallel seeds) each write their own folder; the first rename wins, the other is dropped.
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".partial-"))
+    data.save_to_disk(str(tmp))
+    (tmp / "world_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    if rebuild:
+        shutil.rmtree(path, ignore_errors=True)
+    try:
+        tmp.rename(path)
+    except OSError:  # another process finished the same build first: identical content, keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
     return load_from_disk(str(path))
 
 
 def sft_rows(split: Dataset, seed: int = 0) -> Dataset:
     """Supervised rows `{id, image, prompt, response, kind}`: per image one caption, its short-answer questions
-    (what is at each occupied cell and one empty cell, a colour, a count) and one yes/no question (alternating
-    a present object and a random absent one)."""
+    (what is at each occupied cell and one empty cell, a colour, a count) and two yes/no questions."""
     rng = np.random.default_rng(seed)
     rows = collections.defaultdict(list)
 
@@ -113,13 +119,14 @@ def sft_rows(split: Dataset, seed: int = 0) -> Dataset:
         add(f"{ex['image_id']}/caption", ex["image"], str(rng.choice(tw.CAPTION_PROMPTS)), ex["caption"], "caption")
         for j, qa in enumerate(json.loads(ex["qa"])):
             add(f"{ex['image_id']}/qa{j}", ex["image"], qa["question"] + tw.SHORT_ANSWER_SUFFIX, qa["answer"], "qa")
-        # one yes/no question per image, alternating a present and a random absent object. Four per image (two of
-        # each) was tried: the seed-0 base model then never learned to read object identity (see README).
-        label = ("yes", "no")[i % 2]
-        pope = [q for q in json.loads(ex["pope"]) if q["split"] == "random" and q["label"] == label]
-        if pope:
-            q = pope[0]
-            add(f"{ex['image_id']}/yesno", ex["image"], q["question"] + tw.SHORT_ANSWER_SUFFIX, q["label"], "yesno")
+        # two yes/no questions per image: a present object, and an absent one drawn alternately from POPE's
+        # random and adversarial (same-scene) negatives, so the labels are balanced per image
+        questions = json.loads(ex["pope"])
+        negative_split = ("random", "adversarial")[i % 2]
+        yes = [q for q in questions if q["split"] == "random" and q["label"] == "yes"][:1]
+        no = [q for q in questions if q["split"] == negative_split and q["label"] == "no"][:1]
+        for j, q in enumerate(yes + no):
+            add(f"{ex['image_id']}/yesno{j}", ex["image"], q["question"] + tw.SHORT_ANSWER_SUFFIX, q["label"], "yesno")
     return Dataset.from_dict(
         dict(rows),
         features=Features(

@@ -43,3 +43,13 @@ def test_prompts_carry_a_clean_reference_even_for_injected_train_captions(small_
         injected += row["injected"] != "[]"
     assert injected > 0  # the world does inject, so the clean reference is doing work
     assert toyworld_prompts(cfg) == prompts  # deterministic
+
+
+def test_offpolicy_caption_hallucinates(small_world, cache_dir):
+    """The baseline's rejected answer names at least one object that is not in the image."""
+    for p, row in zip(
+        toyworld_prompts(OPADataConfig(world=SMALL_WORLD, cache_dir=str(cache_dir))), small_world["train"]
+    ):
+        truth = {o.name for o in objects_from_json(row["objects"])}
+        named = {c for c, _ in caption_mentions(p["offpolicy"])}
+        assert named - truth, p["offpolicy"]

@@ -128,3 +128,27 @@ def test_summary_reports_injection_share(small_world):
 def test_world_config_rejects_bad_values():
     with pytest.raises(ValueError, match="inject_fraction"):
         tw.WorldConfig(inject_fraction=1.5)
+
+
+def test_sft_rows_ask_one_present_and_one_absent_object_per_image(small_world):
+    rows = sft_rows(small_world["train"]).select_columns(["id", "prompt", "response", "kind"])
+    yesno = [r for r in rows if r["kind"] == "yesno"]
+    assert len(yesno) == 2 * len(small_world["train"])
+    for row in small_world["train"]:
+        present = {o.name for o in objects_from_json(row["objects"])}
+        mine = [r for r in yesno if r["id"].startswith(row["image_id"] + "/")]
+        assert sorted(r["response"] for r in mine) == ["no", "yes"]
+        for r in mine:
+            name = r["prompt"].split("Is there a ")[1].split(" in the image?")[0]
+            assert (name in present) == (r["response"] == "yes")
+
+
+def test_parallel_builds_of_one_world_both_succeed(tmp_path):
+    """Seeds run in parallel build the same world at once: neither may fail or see a half-written cache."""
+    import concurrent.futures
+
+    world = tw.WorldConfig(seed=3, n_train=8, n_val=2, n_test=2)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        built = list(pool.map(lambda _: build_toyworld(world, tmp_path), range(2)))
+    assert [len(b["train"]) for b in built] == [8, 8]
+    assert [p.name for p in tmp_path.iterdir()] == [f"toyworld-{config_hash(world)}"]  # no partial left behind

@@ -1,0 +1,214 @@
+"""Preference losses as pure functions of per-token log-probs, masks and token weights (no model code).
+
+Conventions: every per-token tensor is [B, T] over the *response* only, aligned so that position 0 is the first
+response token, right-padded; `mask` is 1 on real tokens and 0 on padding; `weights` (OPA-DPO's token scores s_t)
+default to 1. Log-prob differences are always policy minus reference.
+
+OPA-DPO (Yang et al., CVPR'25) as its reference code computes it (`dpo_trainer.py`, `dpo_loss` and
+`compute_policy_loss`): the pair loss is *token-level*, chosen and rejected tokens paired by position, averaged over
+every padded position; four pairs (reference vs rollout, revision vs rollout, and each chosen answer with the image
+vs a masked image) plus an anchor that pushes the reference answer's reward up and the revision's down.
+The token weights come from the expert report (`report_spans`) through the tokenizer offsets (`span_token_weights`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from data_builders.experts import ExpertReport
+
+Tensor = torch.Tensor
+
+SCORE_WEIGHTS = {1: 2.5, 2: 2.0, 3: 1.5, 4: 1.0}
+ERROR_TYPE_WEIGHTS = {"image_recognition_error": 3.0, "correct": 1.0, "language_comprehension_error": 1.0}
+ADDED_WEIGHT = 1.0  # the expert's "added" content is new text, not a correction of a scored sentence
+TERM_NAMES = ("pair_std", "pair_ai", "copo_std", "copo_ai", "anchor")
+LOG2 = math.log(2.0)  # the loss of a pair whose policy equals its reference, and of every padded token position
+
+
+def _masked_ratio(pol: Tensor, ref: Tensor, mask: Tensor, weights: Tensor | None) -> Tensor:
+    """s_t * (log pi_t - log pi_ref_t) * m_t, [B, T]; `where` keeps padding at exactly 0 with zero gradient even if
+    a padded log-prob is -inf or NaN (a product with the mask would give NaN)."""
+    ratio = torch.where(mask.bool(), pol - ref, torch.zeros((), dtype=pol.dtype, device=pol.device))
+    return ratio if weights is None else ratio * weights.to(pol.dtype)
+
+
+def _pad_right(x: Tensor, length: int) -> Tensor:
+    return F.pad(x, (0, length - x.shape[-1])) if x.shape[-1] < length else x
+
+
+def sequence_logps(token_logps: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
+    """sum_t w_t * logp_t * m_t over the response, [B] (w_t = 1 when `weights` is None)."""
+    x = torch.where(mask.bool(), token_logps, torch.zeros((), dtype=token_logps.dtype, device=token_logps.device))
+    if weights is not None:
+        x = x * weights.to(token_logps.dtype)
+    return x.sum(-1)
+
+
+def policy_rewards(
+    pol: Tensor, ref: Tensor, mask: Tensor, beta: float, weights: Tensor | None = None, per_token: bool = False
+) -> Tensor:
+    """Implicit rewards that keep their gradient (for the anchor term).
+
+    per_token=False: r = beta * sum_t s_t (log pi_t - log pi_ref_t) m_t, [B] (sequence level).
+    per_token=True:  r_t = beta * s_t (log pi_t - log pi_ref_t) m_t, [B, T], as OPA-DPO's reference code feeds its
+    anchor (there `dpo_loss` returns these unweighted per-token ratios as "chosen rewards").
+    """
+    ratio = _masked_ratio(pol, ref, mask, weights)
+    return beta * (ratio if per_token else ratio.sum(-1))
+
+
+def dpo_pair_loss(
+    pol_w: Tensor,
+    ref_w: Tensor,
+    pol_l: Tensor,
+    ref_l: Tensor,
+    mask_w: Tensor,
+    mask_l: Tensor,
+    beta: float,
+    weights_w: Tensor | None = None,
+    weights_l: Tensor | None = None,
+    form: str = "token",
+    length: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One preference pair (w preferred over l). Returns (loss, chosen reward [B], rejected reward [B]).
+
+    form="token" (OPA-DPO, position-paired): with both sides right-padded with zeros to a common T,
+        logit_t = s^w_t (log pi(y^w_t) - log pi_ref(y^w_t)) m^w_t - s^l_t (log pi(y^l_t) - log pi_ref(y^l_t)) m^l_t
+        loss    = 1/(B T) sum_{b,t} -log sigmoid(beta logit_t)
+    The mean runs over ALL T positions, so a position that is padding on both sides adds exactly log 2 with zero
+    gradient, as in the reference code (which pads every response to 896). T is max(T_w, T_l), or `length` when
+    given: pass the reference's fixed response length to make the scale independent of the batch's padding.
+    form="sequence" (standard DPO):
+        logit = sum_t s^w_t (log pi - log pi_ref)(y^w_t) m^w_t - sum_t s^l_t (log pi - log pi_ref)(y^l_t) m^l_t
+        loss  = 1/B sum_b -log sigmoid(beta logit)
+    Rewards (both forms, detached, for logging): beta * sum_t s_t (log pi - log pi_ref) m_t per side.
+    """
+    ratio_w = _masked_ratio(pol_w, ref_w, mask_w, weights_w)
+    ratio_l = _masked_ratio(pol_l, ref_l, mask_l, weights_l)
+    rewards = (beta * ratio_w.sum(-1).detach(), beta * ratio_l.sum(-1).detach())
+    if form == "sequence":
+        logits = ratio_w.sum(-1) - ratio_l.sum(-1)
+    elif form == "token":
+        T = max(ratio_w.shape[-1], ratio_l.shape[-1])
+        if length is not None:
+            if length < T:
+                raise ValueError(f"length={length} is shorter than the responses ({T} tokens)")
+            T = length
+        logits = _pad_right(ratio_w, T) - _pad_right(ratio_l, T)
+    else:
+        raise ValueError(f"form must be 'token' or 'sequence', got {form!r}")
+    return -F.logsigmoid(beta * logits).mean(), *rewards
+
+
+def anchor_loss(reference_rewards: list[Tensor], revision_rewards: list[Tensor], delta: float = 0.0) -> Tensor:
+    """OPA-DPO's AncPO (mDPO-style) anchor, mean over the batch:
+
+        L_anc = sum_k -log sigmoid(r^ref_k - delta) + sum_k -log sigmoid(-r^rev_k + delta)
+
+    `reference_rewards` are the chosen rewards of pairs 1 and 3 (ground-truth answer: pushed above delta),
+    `revision_rewards` those of pairs 2 and 4 (expert revision: pushed below delta; the revision copies the
+    rollout's correct majority, so a positive anchor would also lift rejected content, OPA-DPO issue #4).
+    Rewards must carry gradient: build them with `policy_rewards`; the rewards `dpo_pair_loss` returns are detached
+    and would give an anchor that trains nothing. [B] rewards give the sequence-level form; [B, T] per-token
+    rewards give the reference code's form (elementwise, zero-padded to a common T, mean over all positions).
+    """
+    if not reference_rewards and not revision_rewards:
+        raise ValueError("anchor_loss needs at least one reward")
+    rewards = [*reference_rewards, *revision_rewards]
+    if len({r.dim() for r in rewards}) > 1:
+        raise ValueError("anchor_loss: mix of sequence-level [B] and per-token [B, T] rewards")
+    T = max(r.shape[-1] if r.dim() > 1 else 0 for r in rewards)
+    pad = (lambda r: _pad_right(r, T)) if T else (lambda r: r)
+    total = sum(-F.logsigmoid(pad(r) - delta) for r in reference_rewards)
+    total = total + sum(-F.logsigmoid(-pad(r) + delta) for r in revision_rewards)
+    return total.mean()
+
+
+def opa_dpo_loss(
+    terms: dict[str, Tensor],
+    c_std: float = 1.0,
+    c_ai: float = 1.0,
+    c_copo: float = 0.2,
+    c_anc: float = 1.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """L = c_std L1 + c_ai L2 + c_copo (c_std L3 + c_ai L4) + c_anc L_anc.
+
+    `terms` keys: "pair_std" (L1, reference vs rollout), "pair_ai" (L2, revision vs rollout), "copo_std" (L3,
+    reference with the image vs a masked image), "copo_ai" (L4, revision likewise), "anchor" (L_anc). A missing
+    key is a term switched off (CoPO or AncPO disabled). Returns the total and, for logging, the detached parts
+    plus "total".
+    """
+    unknown = set(terms) - set(TERM_NAMES)
+    if unknown or not terms:
+        raise ValueError(f"opa_dpo_loss: unknown terms {sorted(unknown)}; expected some of {TERM_NAMES}")
+    coefs = {
+        "pair_std": c_std,
+        "pair_ai": c_ai,
+        "copo_std": c_copo * c_std,
+        "copo_ai": c_copo * c_ai,
+        "anchor": c_anc,
+    }
+    total = sum(coefs[name] * value for name, value in terms.items())
+    parts = {name: value.detach() for name, value in terms.items()}
+    parts["total"] = total.detach()
+    return total, parts
+
+
+def span_token_weights(
+    offsets: list[tuple[int, int]], spans: list[tuple[float, float, float]], default: float = 1.0
+) -> list[float]:
+    """Per-token weights from weighted character spans [start, end, weight] on the response text.
+
+    A token takes the weight of the span its offsets overlap most (ties: the earlier span); a token that overlaps
+    no span, or has an empty offset (special tokens report (0, 0)), takes `default`.
+    """
+    weights = []
+    for start, end in offsets:
+        best, weight = 0.0, default
+        if end > start:
+            for s_start, s_end, s_weight in spans:
+                overlap = min(end, s_end) - max(start, s_start)
+                if overlap > best:
+                    best, weight = overlap, float(s_weight)
+        weights.append(weight)
+    return weights
+
+
+def _sentence_weight(sentence: dict, weights: str) -> float:
+    if weights == "score":
+        return SCORE_WEIGHTS[sentence["score"]]
+    if weights == "error_type":
+        return ERROR_TYPE_WEIGHTS[sentence["error_type"]]
+    raise ValueError(f"weights must be 'score' or 'error_type', got {weights!r}")
+
+
+def report_spans(report: dict, side: str, weights: str = "score") -> tuple[str, list[tuple[int, int, float]]]:
+    """The response text of one side of an expert report and its weighted character spans.
+
+    side="rollout": the `copied` sentences; side="revision": the `rewritten` sentences then `added` (weight 1.0).
+    Each sentence's span gets SCORE_WEIGHTS[score] (pair 2) or, with weights="error_type", ERROR_TYPE_WEIGHTS
+    (pair 4). Pieces are stripped, empty ones skipped and joined by one space, the rule of `ExpertReport.revision`,
+    so the revision text equals the stored revision; the separating spaces belong to no span.
+    """
+    ExpertReport.from_dict(report)  # validate first: a bad score or error type is named, not a KeyError
+    if side == "rollout":
+        pieces = [(s["copied"], _sentence_weight(s, weights)) for s in report["sentences"]]
+    elif side == "revision":
+        pieces = [(s["rewritten"], _sentence_weight(s, weights)) for s in report["sentences"]]
+        pieces.append((report.get("added", ""), ADDED_WEIGHT))
+    else:
+        raise ValueError(f"side must be 'rollout' or 'revision', got {side!r}")
+    text, spans = "", []
+    for piece, weight in pieces:
+        piece = piece.strip()
+        if not piece:
+            continue
+        if text:
+            text += " "
+        spans.append((len(text), len(text) + len(piece), weight))
+        text += piece
+    return text, spans

@@ -1,0 +1,127 @@
+"""OPA-DPO recipe on a micro policy: records encode with weights on the right tokens, the OPA step and OPA-DPO train
+every LoRA weight, the first step's pair terms equal log 2 (policy == reference), and the off-policy baseline runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from align.data import image_seq_length
+from align.models import load_policy, save_policy
+from align.opa_dpo import OPADPOConfig, OPAStepConfig, encode_record, main
+from align.rollout import HFRolloutEngine
+from align.sections import DataConfig, EvalConfig, GenerationConfig, ModelConfig, OptimConfig
+from data_builders.opa_dpo import OPADataConfig, RolloutSettings, build
+from tests.conftest import SMALL_WORLD
+
+
+@pytest.fixture(scope="module")
+def opa_data(tmp_path_factory, cache_dir):
+    from align.models import build_model
+    from tests.conftest import MICRO_SPEC
+
+    root = tmp_path_factory.mktemp("opa")
+    model, processor = build_model(ModelConfig(tiny=MICRO_SPEC, finetune="full"), seed=0)
+    policy = str(save_policy(model, processor, root / "policy"))
+    cfg = OPADataConfig(
+        output_dir=str(root / "data"),
+        policy=policy,
+        world=SMALL_WORLD,
+        cache_dir=str(cache_dir),
+        limit=8,
+        rollout=RolloutSettings(max_new_tokens=16, batch_size=8),
+    )
+    summary = build(cfg, HFRolloutEngine(policy, cfg.rollout))
+    assert summary["rows_out"] >= 4, summary
+    return policy, summary["dataset"]
+
+
+def opa_config(tmp_path, policy, dataset, **kw) -> OPADPOConfig:
+    return OPADPOConfig(
+        output_dir=str(tmp_path / "run"),
+        dataset=dataset,
+        model=ModelConfig(name_or_path=policy, lora_r=4, lora_alpha=8, lora_dropout=0.0),
+        data=DataConfig(world=SMALL_WORLD, max_length=160),
+        opa=OPAStepConfig(steps=2, lr=1e-3, batch_size=8),
+        optim=OptimConfig(lr=1e-2, warmup_steps=0, max_steps=3, batch_size=4),
+        eval=EvalConfig(limit=2, pope=False, generation=GenerationConfig(max_new_tokens=8)),
+        logging_steps=1,
+        save_steps=100,
+        eval_at_end=False,
+        **kw,
+    )
+
+
+def test_weights_land_on_the_corrected_sentence(opa_data, tmp_path):
+    policy, dataset = opa_data
+    model, processor = load_policy(policy)
+    report = {
+        "sentences": [
+            {
+                "copied": "a red cup is at the top.",
+                "score": 4,
+                "error_type": "correct",
+                "objects": [],
+                "rewritten": "a red cup is at the top.",
+                "reason": "ok",
+            },
+            {
+                "copied": "a blue kite is at the left.",
+                "score": 2,
+                "error_type": "image_recognition_error",
+                "objects": ["kite -> fork"],
+                "rewritten": "a blue fork is at the left.",
+                "reason": "fork",
+            },
+        ],
+        "added": "",
+        "added_reason": "",
+    }
+    from datasets import load_from_disk
+
+    row = dict(load_from_disk(dataset)[0])
+    row["report"] = json.dumps(report)
+    cfg = opa_config(tmp_path, policy, dataset)
+    enc = encode_record(processor, row, cfg, n_image_tokens=image_seq_length(model.config))
+    words = processor.tokenizer.convert_ids_to_tokens(enc["revision"]["input_ids"][-len(enc["revision"]["weights"]) :])
+    by_word = list(zip(words, enc["revision"]["weights"]))
+    assert by_word[:7] == [(w, 1.0) for w in ["a", "red", "cup", "is", "at", "the", "top"]]
+    assert ("fork", 2.0) in by_word and ("kite", 2.0) in list(
+        zip(
+            processor.tokenizer.convert_ids_to_tokens(enc["rollout"]["input_ids"][-len(enc["rollout"]["weights"]) :]),
+            enc["rollout"]["weights"],
+        )
+    )
+    assert ("fork", 3.0) in list(zip(words, enc["revision_error_weights"]))  # error-type weights for the image pair
+    assert set(enc["reference"]["weights"]) == {1.0}
+
+
+def test_opa_then_opa_dpo_trains_every_lora_weight(opa_data, tmp_path):
+    policy, dataset = opa_data
+    summary = main(opa_config(tmp_path, policy, dataset))
+    first = next(h for h in summary["log_history"] if "pair_std" in h)
+    # at the first step the fresh LoRA is zero, so policy == reference: every pair term is exactly log 2
+    for term in ("pair_std", "pair_ai", "copo_std", "copo_ai"):
+        assert first[term] == pytest.approx(math.log(2), abs=1e-5), (term, first)
+    assert first["anchor"] == pytest.approx(4 * math.log(2), abs=1e-4)
+    losses = [h["loss"] for h in summary["log_history"] if "loss" in h]
+    assert all(math.isfinite(v) for v in losses)
+    # the final model differs from the OPA start in every LoRA-adapted (merged) weight
+    start, _ = load_policy(summary["start"], device="cpu")
+    final, _ = load_policy(summary["final"], device="cpu")
+    before, after = dict(start.named_parameters()), dict(final.named_parameters())
+    adapted = [n for n in before if "language_model" in n and any(k in n for k in ("q_proj", "v_proj", "down_proj"))]
+    assert adapted and all(not torch.equal(before[n], after[n]) for n in adapted)
+    # and the OPA step moved the base policy
+    base, _ = load_policy(policy, device="cpu")
+    assert not torch.equal(dict(base.named_parameters())[adapted[0]], before[adapted[0]])
+
+
+def test_offpolicy_baseline_skips_the_opa_step(opa_data, tmp_path):
+    policy, dataset = opa_data
+    summary = main(opa_config(tmp_path, policy, dataset, baseline="offpolicy"))
+    assert summary["start"] == policy and not (tmp_path / "run" / "opa").exists()
+    assert any("rewards/accuracy" in h for h in summary["log_history"])
