@@ -124,7 +124,7 @@ class CorrectionRequest:
     prompt: str
     response: str
     reference: str
-    objects: str | None = None  # ground truth as JSON (ToyWorld: [{name, color, cells}]), for the oracle
+    objects: str | None = None  # ground truth JSON for the oracle: [{name, color, cells}] or {scene, objects}
 
     def key(self, expert_id: str) -> str:
         blob = json.dumps(

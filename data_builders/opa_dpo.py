@@ -124,7 +124,7 @@ def toyworld_prompts(cfg: OPADataConfig) -> list[dict]:
                 "prompt": str(rng.choice(tw.CAPTION_PROMPTS)),
                 "reference": reference,
                 "offpolicy": hallucinated_caption(row["scene"], objects, rng, cfg.world),
-                "objects": row["objects"],
+                "objects": json.dumps({"scene": row["scene"], "objects": json.loads(row["objects"])}),
             }
         )
     return out

@@ -1,7 +1,8 @@
 """The oracle expert: corrects a response from ground-truth object annotations, as OPA-DPO's GPT-4V expert does.
 
 Per sentence, in order:
-- a sentence that names no object (an intro) is kept, unless it names the wrong scene (fixed, score 3);
+- a sentence that names no object (an intro) is kept, unless it names the wrong scene (fixed, score 3; only when
+  the ground truth gives the scene: one out-of-scene object alone does not tell it);
 - an object mention is matched to the ground-truth object at the cell the sentence names, else to the object of
   the same class elsewhere; a misnamed object is *replaced* by the true one at that place ("dog -> cat",
   score 2), a wrong colour, count or position is fixed (score 3), and the policy's own words are kept;
@@ -15,7 +16,6 @@ model to say less (recall collapsed, CHAIR_i did not improve; see shared researc
 
 from __future__ import annotations
 
-import collections
 import json
 import re
 
@@ -64,10 +64,11 @@ class OracleExpert:
     def correct(self, request: CorrectionRequest) -> tuple[ExpertReport, Usage]:
         if request.objects is None:
             raise ValueError(f"row {request.id}: the oracle expert needs ground-truth objects")
-        objects = [tw.SceneObject(**o) for o in json.loads(request.objects)]
+        truth = json.loads(request.objects)
+        # ground truth: a list of {name, color, cells}, or {"scene": ..., "objects": [...]} to also check scene claims
+        scene = truth.get("scene") if isinstance(truth, dict) else None
+        objects = [tw.SceneObject(**o) for o in (truth["objects"] if isinstance(truth, dict) else truth)]
         at = {cell: o for o in objects for cell in o.cells}
-        scenes = collections.Counter(tw.SCENE_OF[o.name] for o in objects).most_common()
-        scene = scenes[0][0] if scenes and (len(scenes) == 1 or scenes[0][1] > scenes[1][1]) else None
         covered: set[int] = set()  # cells some kept sentence already describes
         edits = [self._sentence(s, objects, at, scene, covered) for s in sentences_of(request.response)]
         missing = [o for o in objects if not set(o.cells) <= covered]
@@ -83,13 +84,16 @@ class OracleExpert:
                 return _edit(sentence, _sub(sentence, named[0], scene), 3, [f"{named[0]} -> {scene}"], "wrong scene")
             return _edit(sentence, sentence, 4, [], "no object claim to check")
         claimed, cells = mentions[0], sentence_cells(sentence)
-        target = next((at[c] for c in cells if c in at), None)
-        if target is not None and set(target.cells) <= covered:
-            reason = f"repeats the {target.name} already described"
+        at_place = next((at[c] for c in cells if c in at), None)
+        elsewhere = next((o for o in objects if o.name == claimed and not set(o.cells) <= covered), None)
+        if at_place is not None and not set(at_place.cells) <= covered:
+            target = at_place  # the object really at the named place (misnamed, or described with wrong details)
+        elif elsewhere is not None:
+            target = elsewhere  # the named place is empty or already described: the object is elsewhere
+        elif at_place is not None:
+            reason = f"repeats the {at_place.name} already described"
             return _edit(sentence, "", 1, [], reason, "language_comprehension_error")
-        if target is None:  # the named place is empty (or none is named): the object must exist elsewhere
-            target = next((o for o in objects if o.name == claimed and not set(o.cells) <= covered), None)
-        if target is None:
+        else:
             where = f" at the {tw.POSITIONS[cells[0]]}" if cells else ""
             return _edit(sentence, "", 1, [f"{claimed} -> nothing"], f"there is no {claimed}{where}")
         covered.update(target.cells)

@@ -19,8 +19,9 @@ OBJECTS = [
 ]
 
 
-def correct(response: str, objects=OBJECTS):
-    request = CorrectionRequest("r", b"", "Describe the image in detail.", response, "", json.dumps(objects))
+def correct(response: str, objects=OBJECTS, scene: str | None = "street"):
+    truth = {"scene": scene, "objects": objects} if scene else objects
+    request = CorrectionRequest("r", b"", "Describe the image in detail.", response, "", json.dumps(truth))
     report, usage = OracleExpert().correct(request)
     assert usage.prompt_tokens == 0
     return report
@@ -64,7 +65,7 @@ def test_absent_objects_and_repeats_are_dropped_and_missed_ones_added():
     )
     scores = [(s.score, s.error_type) for s in report.sentences]
     assert scores == [
-        (3, "image_recognition_error"),  # street, not kitchen (two of three objects are street objects)
+        (3, "image_recognition_error"),  # a street scene, not a kitchen
         (4, "correct"),
         (1, "image_recognition_error"),  # no second sign, and the left is empty
         (1, "image_recognition_error"),  # no kite at all
@@ -77,6 +78,11 @@ def test_absent_objects_and_repeats_are_dropped_and_missed_ones_added():
     )
 
 
+def test_without_the_scene_scene_claims_are_not_judged():
+    (edit,) = correct("a park is shown.", scene=None).sentences
+    assert edit.score == 4
+
+
 def test_oracle_needs_ground_truth():
     with pytest.raises(ValueError, match="row r: the oracle expert needs ground-truth objects"):
         OracleExpert().correct(CorrectionRequest("r", b"", "p", "a cup.", "", None))
@@ -86,8 +92,16 @@ def test_revisions_of_captions_name_exactly_the_ground_truth(small_world):
     """On every train caption (30% name an absent object), the revision mentions only real objects, all of them."""
     for row in small_world["train"]:
         truth = {o.name for o in objects_from_json(row["objects"])}
-        report = correct(row["caption"], json.loads(row["objects"]))
+        report = correct(row["caption"], json.loads(row["objects"]), scene=row["scene"])
         assert {c for c, _ in caption_mentions(report.revision)} == truth, (row["caption"], report.revision)
         injected = objects_from_json(row["injected"])
         if not injected:  # a clean caption is correct as it stands
             assert all(s.score == 4 for s in report.sentences) and report.added == ""
+
+
+def test_an_object_named_at_an_already_described_place_is_moved_to_where_it_is():
+    report = correct("there is a green sign at the top left. i can see a red bike at the top left.")
+    assert [s.rewritten for s in report.sentences] == [
+        "there is a green sign at the top left.",
+        "i can see a red bike at the top.",
+    ]
