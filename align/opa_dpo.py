@@ -76,6 +76,13 @@ class OPADPOConfig:
     c_copo: float = field(default=0.2, metadata={"help": "Weight of the image-contrast (masked image) pairs."})
     c_anc: float = field(default=1.0, metadata={"help": "Weight of the anchor term (0 = off)."})
     delta: float = field(default=0.0, metadata={"help": "Anchor threshold δ."})
+    c_sft: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of an NLL term on the chosen answers (reference and revision; RPO-style). Not in "
+            "OPA-DPO; counters the DPO stage's drift to shorter answers."
+        },
+    )
     mask: Literal["random", "blocks"] = field(default="random", metadata={"help": "Image masking for I_m."})
     mask_ratio: float = field(default=0.3, metadata={"help": "Share of the image masked."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Hallucination eval of the result."})
@@ -291,6 +298,11 @@ class OPADPOTrainer(ResumableTrainer):
                 c_anc=c.c_anc,
             )
             rewards = {"reference": r_gt, "rollout": r_o, "revision": r_rev}
+        if c.c_sft > 0:  # mean token NLL of the chosen answers under the policy
+            chosen = [view["reference"]] + ([view["revision"]] if "revision" in view else [])
+            nll = torch.stack([-(pol[v] * mask[v]).sum() / mask[v].sum().clamp(min=1) for v in chosen]).mean()
+            parts["sft"] = nll.detach()
+            loss = loss + c.c_sft * nll
         if self.state.global_step % max(self.args.logging_steps, 1) == 0 and model.training:
             logs = {k: float(v.detach()) for k, v in parts.items()}
             logs.update({f"rewards/{k}": float(v.mean()) for k, v in rewards.items()})

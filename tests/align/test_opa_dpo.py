@@ -120,8 +120,9 @@ def test_opa_then_opa_dpo_trains_every_lora_weight(opa_data, tmp_path):
     assert not torch.equal(dict(base.named_parameters())[adapted[0]], before[adapted[0]])
 
 
-def test_offpolicy_baseline_skips_the_opa_step(opa_data, tmp_path):
+def test_offpolicy_baseline_skips_the_opa_step_and_logs_the_nll_term(opa_data, tmp_path):
     policy, dataset = opa_data
-    summary = main(opa_config(tmp_path, policy, dataset, baseline="offpolicy"))
+    summary = main(opa_config(tmp_path, policy, dataset, baseline="offpolicy", c_sft=1.0))
     assert summary["start"] == policy and not (tmp_path / "run" / "opa").exists()
     assert any("rewards/accuracy" in h for h in summary["log_history"])
+    assert all(h["sft"] > 0 for h in summary["log_history"] if "pair_std" in h)  # the NLL term is on
