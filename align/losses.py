@@ -85,13 +85,18 @@ def dpo_pair_loss(
     form="sequence" (standard DPO):
         logit = sum_t s^w_t (log pi - log pi_ref)(y^w_t) m^w_t - sum_t s^l_t (log pi - log pi_ref)(y^l_t) m^l_t
         loss  = 1/B sum_b -log sigmoid(beta logit)
-    Rewards (both forms, detached, for logging): beta * sum_t s_t (log pi - log pi_ref) m_t per side.
+    form="mean" (length-normalised, as in SimPO/LN-DPO; not OPA-DPO): the sequence form with each side's sum
+        divided by its number of response tokens, so a shorter answer gains nothing from being short; use a larger
+        beta (about beta_sequence times the typical length).
+    Rewards (all forms, detached, for logging): beta * sum_t s_t (log pi - log pi_ref) m_t per side.
     """
     ratio_w = _masked_ratio(pol_w, ref_w, mask_w, weights_w)
     ratio_l = _masked_ratio(pol_l, ref_l, mask_l, weights_l)
     rewards = (beta * ratio_w.sum(-1).detach(), beta * ratio_l.sum(-1).detach())
     if form == "sequence":
         logits = ratio_w.sum(-1) - ratio_l.sum(-1)
+    elif form == "mean":
+        logits = ratio_w.sum(-1) / mask_w.sum(-1).clamp(min=1) - ratio_l.sum(-1) / mask_l.sum(-1).clamp(min=1)
     elif form == "token":
         T = max(ratio_w.shape[-1], ratio_l.shape[-1])
         if length is not None:
@@ -100,7 +105,7 @@ def dpo_pair_loss(
             T = length
         logits = _pad_right(ratio_w, T) - _pad_right(ratio_l, T)
     else:
-        raise ValueError(f"form must be 'token' or 'sequence', got {form!r}")
+        raise ValueError(f"form must be 'token', 'sequence' or 'mean', got {form!r}")
     return -F.logsigmoid(beta * logits).mean(), *rewards
 
 

@@ -68,8 +68,12 @@ class OPADPOConfig:
         default="none", metadata={"help": "offpolicy: plain DPO of the reference over an off-policy hallucination."}
     )
     beta: float = field(default=0.1, metadata={"help": "DPO temperature."})
-    loss_form: Literal["token", "sequence"] = field(
-        default="token", metadata={"help": "token: OPA-DPO's position-paired per-token form; sequence: plain DPO."}
+    loss_form: Literal["token", "sequence", "mean"] = field(
+        default="token",
+        metadata={
+            "help": "token: OPA-DPO's position-paired per-token form; sequence: plain DPO; mean: length-normalised "
+            "DPO (not in OPA-DPO; use a larger beta)."
+        },
     )
     c_std: float = field(default=1.0, metadata={"help": "Weight of the reference-answer pairs."})
     c_ai: float = field(default=1.0, metadata={"help": "Weight of the expert-revision pairs."})
@@ -289,6 +293,9 @@ class OPADPOTrainer(ResumableTrainer):
             r2 = losses.policy_rewards(
                 pol[view["revision"]], ref[view["revision"]], mask[view["revision"]], c.beta, per_token=per_token
             )
+            if c.loss_form == "mean":  # rewards on the same per-token scale as the pairs
+                r1 = r1 / mask[view["reference"]].sum(-1).clamp(min=1)
+                r2 = r2 / mask[view["revision"]].sum(-1).clamp(min=1)
             anchor = losses.anchor_loss([r1, r1], [r2, r2], c.delta)
             loss, parts = losses.opa_dpo_loss(
                 {"pair_std": l1, "pair_ai": l2, "copo_std": l3, "copo_ai": l4, "anchor": anchor},

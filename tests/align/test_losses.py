@@ -223,3 +223,11 @@ def test_weights_land_on_tokens_with_the_tiny_tokenizer():
     assert weights[:first] == [1.0] * first
     assert weights[first:] == [2.0] * (len(tokens) - first)
     assert tokens[first : first + 3] == ["a", "blue", "fork"]
+
+
+def test_mean_form_divides_each_side_by_its_length():
+    pol_w, ref_w = torch.tensor([[-1.0, -1.0, 0.0]]), torch.tensor([[-2.0, -2.0, 0.0]])  # +1 per token, 2 tokens
+    pol_l, ref_l = torch.tensor([[-1.0, -1.0, -1.0]]), torch.tensor([[-1.5, -1.5, -1.5]])  # +0.5 per token, 3 tokens
+    mask_w, mask_l = torch.tensor([[1, 1, 0]]), torch.tensor([[1, 1, 1]])
+    loss, _, _ = dpo_pair_loss(pol_w, ref_w, pol_l, ref_l, mask_w, mask_l, beta=2.0, form="mean")
+    assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-2.0 * (1.0 - 0.5)))))
