@@ -45,7 +45,8 @@ VIEWS = ("reference", "rollout", "revision", "reference_masked", "revision_maske
 class OPAStepConfig:
     steps: int = field(default=300, metadata={"help": "OPA step: LoRA SFT steps on reference + revision (0 = skip)."})
     lr: float = field(default=2e-4, metadata={"help": "OPA step learning rate."})
-    batch_size: int = field(default=32, metadata={"help": "OPA step batch size."})
+    batch_size: int = field(default=32, metadata={"help": "OPA step batch size per device."})
+    grad_accum: int = field(default=1, metadata={"help": "OPA step gradient accumulation steps."})
 
 
 @dataclasses.dataclass
@@ -127,7 +128,11 @@ def opa_step(cfg: OPADPOConfig, dataset) -> Path:
         cfg,
         output_dir=str(out),
         optim=OptimConfig(
-            lr=cfg.opa.lr, warmup_steps=min(10, cfg.opa.steps), max_steps=cfg.opa.steps, batch_size=cfg.opa.batch_size
+            lr=cfg.opa.lr,
+            warmup_steps=min(10, cfg.opa.steps),
+            max_steps=cfg.opa.steps,
+            batch_size=cfg.opa.batch_size,
+            grad_accum=cfg.opa.grad_accum,
         ),
     )
     trainer = ResumableTrainer(
