@@ -79,7 +79,7 @@ def _cmd_eval(args) -> int:
 def _cmd_demo(args) -> int:
     from align.demo import run_demo
 
-    run_demo(args.workdir, seed=args.seed, overrides=args.overrides)
+    run_demo(args.workdir, seed=args.seed, overrides=args.overrides, base_only=args.base_only)
     return 0
 
 
@@ -90,7 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the embedded ToyWorld default end to end")
     p.add_argument("--workdir", default="runs/demo", help="where everything is written (default runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="world and training seed")
-    p.add_argument("overrides", nargs="*", help="dotted overrides of the SFT config, e.g. optim.max_steps=300")
+    p.add_argument("--base-only", action="store_true", help="stop after the base policy's eval (no OPA-DPO stages)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="dotted overrides of the SFT config (optim.max_steps=300), or of a stage: opa_data.limit=200, "
+        "opa_dpo.optim.max_steps=50",
+    )
     p.set_defaults(func=_cmd_demo)
 
     for name, helptext in (("build-data", "build a dataset from a config"), ("train", "run a training recipe")):

@@ -1,8 +1,10 @@
-"""`align demo`: the embedded default end to end on CPU — build ToyWorld, SFT the base policy, evaluate it.
+"""`align demo`: the embedded default end to end on CPU: build ToyWorld, SFT the base policy, evaluate it, then
+(unless `--base-only`) OPA-DPO data, the OPA step, OPA-DPO and the off-policy DPO baseline, side by side.
 
-Everything goes under `--workdir` (default runs/demo): `sft_base/` (checkpoints, final/), and `report.json` in
-the eval schema with per-stage timings in `meta`. Rerunning resumes: the dataset is cached, training resumes
-from its last checkpoint, and a scored checkpoint is not re-scored.
+Everything goes under `--workdir` (default runs/demo): `sft_base/`, `opa_data/`, `opa_dpo/` (with `opa/`),
+`dpo_offpolicy/`; `report.json` is the base policy's eval in the eval schema with per-stage timings in `meta`, and
+`comparison.json` maps each model to its eval. Overrides go to the SFT config, or with a prefix to a stage:
+`opa_data.limit=200`, `opa_dpo.optim.max_steps=50`. Rerunning resumes every stage.
 """
 
 from __future__ import annotations
@@ -14,9 +16,22 @@ from pathlib import Path
 
 from align.config import apply_overrides, from_dict
 from align.eval.runner import evaluate_checkpoint, format_table
+from align.opa_dpo import OPADPOConfig
 from align.sft import SFTConfig
 from align.sft import main as run_sft
+from data_builders.opa_dpo import OPADataConfig
 from data_builders.toyworld_data import build_toyworld, summarize
+
+STAGE_PREFIXES = ("opa_data", "opa_dpo")
+
+
+def split_overrides(overrides: list[str] | None) -> dict[str, list[str]]:
+    """`opa_data.x=1` → the data stage, `opa_dpo.x=1` → both DPO runs, anything else → the SFT config."""
+    groups: dict[str, list[str]] = {"sft": [], **{p: [] for p in STAGE_PREFIXES}}
+    for item in overrides or []:
+        head, _, rest = item.partition(".")
+        groups[head if head in STAGE_PREFIXES and rest else "sft"].append(rest if head in STAGE_PREFIXES else item)
+    return groups
 
 
 def demo_config(workdir: str | Path, seed: int = 0, overrides: list[str] | None = None) -> SFTConfig:
@@ -28,14 +43,81 @@ def demo_config(workdir: str | Path, seed: int = 0, overrides: list[str] | None 
     return from_dict(SFTConfig, data)
 
 
-def run_demo(workdir: str | Path = "runs/demo", seed: int = 0, overrides: list[str] | None = None) -> dict:
+def opa_demo_configs(workdir: str | Path, sft: SFTConfig, groups: dict[str, list[str]]):
+    """The demo's OPA-DPO data config and its two training configs (OPA-DPO, off-policy DPO baseline): the recipe
+    defaults (= configs/toy/opa_dpo_data.yaml, configs/toy/opa_dpo.yaml), wired to the demo's base policy and world."""
+    workdir, base = Path(workdir), str(Path(sft.output_dir) / "final")
+    world = dataclasses.asdict(sft.data.world)
+    data_cfg = from_dict(
+        OPADataConfig,
+        apply_overrides(
+            {
+                "output_dir": str(workdir / "opa_data"),
+                "policy": base,
+                "world": world,
+                "cache_dir": sft.data.cache_dir,
+                "seed": sft.seed,
+            },
+            groups["opa_data"],
+        ),
+    )
+    common = {
+        "seed": sft.seed,
+        "dataset": str(Path(data_cfg.output_dir) / "dataset"),
+        "model": {"name_or_path": base},
+        "data": dataclasses.asdict(sft.data),
+        "eval": dataclasses.asdict(sft.eval),
+        "eval_at_end": False,
+    }
+    opa = from_dict(
+        OPADPOConfig, apply_overrides({**common, "output_dir": str(workdir / "opa_dpo")}, groups["opa_dpo"])
+    )
+    offpolicy = from_dict(
+        OPADPOConfig,
+        apply_overrides(
+            {**common, "output_dir": str(workdir / "dpo_offpolicy"), "baseline": "offpolicy"}, groups["opa_dpo"]
+        ),
+    )
+    return data_cfg, opa, offpolicy
+
+
+def run_alignment(workdir: Path, sft: SFTConfig, groups: dict[str, list[str]], timings: dict) -> dict[str, dict]:
+    """OPA-DPO data → OPA step + OPA-DPO → off-policy DPO baseline; returns each model's eval."""
+    from align import opa_dpo
+    from align.rollout import build_opa_data
+
+    data_cfg, opa_cfg, offpolicy_cfg = opa_demo_configs(workdir, sft, groups)
+    t = time.time()
+    how_many = "a caption per training image" if data_cfg.limit is None else f"{data_cfg.limit} captions"
+    print(f"[4/6] OPA-DPO data: the base policy samples {how_many}, the oracle corrects them")
+    data = build_opa_data(data_cfg)
+    print(f"      {data['rows_out']}/{data['rows_in']} rows kept, sentence scores {data['corrected_sentences']}")
+    timings["opa_data"] = round(time.time() - t, 1)
+    t = time.time()
+    print(f"[5/6] OPA step ({opa_cfg.opa.steps} steps), then OPA-DPO ({opa_cfg.optim.max_steps} steps)")
+    opa = opa_dpo.main(opa_cfg)
+    timings["opa_dpo"] = round(time.time() - t, 1)
+    t = time.time()
+    print(f"[6/6] off-policy DPO baseline ({offpolicy_cfg.optim.max_steps} steps) and the evals")
+    offpolicy = opa_dpo.main(offpolicy_cfg)
+    checkpoints = {"OPA step": opa["start"], "OPA-DPO": opa["final"], "off-policy DPO": offpolicy["final"]}
+    results = {name: evaluate_checkpoint(path, sft.eval, data_cfg=sft.data) for name, path in checkpoints.items()}
+    timings["baseline_and_evals"] = round(time.time() - t, 1)
+    return results
+
+
+def run_demo(
+    workdir: str | Path = "runs/demo", seed: int = 0, overrides: list[str] | None = None, base_only: bool = False
+) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    cfg = dataclasses.replace(demo_config(workdir, seed, overrides), eval_at_end=False)
+    groups = split_overrides(overrides)
+    cfg = dataclasses.replace(demo_config(workdir, seed, groups["sft"]), eval_at_end=False)
+    n = 3 if base_only else 6
     timings = {}
 
     t = time.time()
-    print("[1/3] building ToyWorld (cached after the first run)")
+    print(f"[1/{n}] building ToyWorld (cached after the first run)")
     data = build_toyworld(cfg.data.world, cfg.data.cache_dir)
     for split, s in summarize(data).items():
         print(
@@ -45,24 +127,28 @@ def run_demo(workdir: str | Path = "runs/demo", seed: int = 0, overrides: list[s
     timings["build_data"] = round(time.time() - t, 1)
 
     t = time.time()
-    print(f"[2/3] SFT of the base policy: {cfg.optim.max_steps} steps, batch {cfg.optim.batch_size}")
+    print(f"[2/{n}] SFT of the base policy: {cfg.optim.max_steps} steps, batch {cfg.optim.batch_size}")
     summary = run_sft(cfg)
     timings["sft"] = round(time.time() - t, 1)
 
     t = time.time()
-    print("[3/3] hallucination eval on the ToyWorld test split")
+    print(f"[3/{n}] hallucination eval of the base policy on the ToyWorld test split")
     results = evaluate_checkpoint(summary["final"], cfg.eval)
     timings["eval"] = round(time.time() - t, 1)
 
+    compared = {"base (SFT)": results}
+    if not base_only:
+        compared.update(run_alignment(workdir, cfg, groups, timings))
     report = {k: v for k, v in results.items() if k != "meta"}
     report["meta"] = {**results["meta"], "stages_seconds": timings, "sft_config": dataclasses.asdict(cfg)}
     (workdir / "report.json").write_text(json.dumps(report, indent=2))
+    (workdir / "comparison.json").write_text(json.dumps(compared, indent=2))
     print()
-    print(format_table({"base (SFT)": report}))
+    print(format_table(compared))
     c = report["toyworld_chair"]
     print(
-        f"\nhallucinated mentions: {100 * c['substitution_share']:.0f}% misnamed present objects, "
+        f"\nbase policy's hallucinated mentions: {100 * c['substitution_share']:.0f}% misnamed present objects, "
         f"{100 * c['addition_share']:.0f}% added absent objects"
     )
-    print(f"wrote {workdir / 'report.json'}  ({sum(timings.values()):.0f}s: {timings})")
+    print(f"wrote {workdir / 'report.json'} and comparison.json  ({sum(timings.values()):.0f}s: {timings})")
     return report

@@ -43,7 +43,7 @@ VIEWS = ("reference", "rollout", "revision", "reference_masked", "revision_maske
 
 @dataclasses.dataclass
 class OPAStepConfig:
-    steps: int = field(default=300, metadata={"help": "OPA step: LoRA SFT steps on reference + revision (0 = skip)."})
+    steps: int = field(default=600, metadata={"help": "OPA step: LoRA SFT steps on reference + revision (0 = skip)."})
     lr: float = field(default=2e-4, metadata={"help": "OPA step learning rate."})
     batch_size: int = field(default=32, metadata={"help": "OPA step batch size per device."})
     grad_accum: int = field(default=1, metadata={"help": "OPA step gradient accumulation steps."})
@@ -56,13 +56,15 @@ class OPADPOConfig:
     seed: int = field(default=0, metadata={"help": "Seed for LoRA init, data order and image masks."})
     dataset: str = field(default="runs/opa_data/dataset", metadata={"help": "OPA dataset from `align build-data`."})
     model: ModelConfig = field(
-        default_factory=lambda: ModelConfig(name_or_path="runs/demo/sft_base/final", lora_r=16, lora_alpha=32),
+        default_factory=lambda: ModelConfig(
+            name_or_path="runs/demo/sft_base/final", lora_r=16, lora_alpha=32, lora_dropout=0.0
+        ),
         metadata={"help": "The base policy (a full model) and the LoRA settings of both stages."},
     )
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "World used for eval; max_length."})
     opa: OPAStepConfig = field(default_factory=OPAStepConfig, metadata={"help": "The OPA step."})
     optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(lr=5e-4, warmup_steps=10, max_steps=300, batch_size=8),
+        default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=10, max_steps=100, batch_size=8),
         metadata={"help": "OPA-DPO optimiser and schedule."},
     )
     baseline: Literal["none", "offpolicy"] = field(
@@ -70,7 +72,7 @@ class OPADPOConfig:
     )
     beta: float = field(default=0.1, metadata={"help": "DPO temperature."})
     loss_form: Literal["token", "sequence", "mean"] = field(
-        default="token",
+        default="sequence",
         metadata={
             "help": "token: OPA-DPO's position-paired per-token form; sequence: plain DPO; mean: length-normalised "
             "DPO (not in OPA-DPO; use a larger beta)."

@@ -2,6 +2,7 @@
 
     python bench/demo.py                      # seeds 0 1 2 → bench/results/demo.{json,md}
     python bench/demo.py --seeds 0            # one seed
+    python bench/demo.py --base-only          # the demo without its OPA-DPO stages
 
 Each seed runs `align demo --seed S --workdir runs/bench-demo/seed-S` in a fresh process; its wall time and its
 own peak RSS are kept in that workdir's bench.json, then the metrics are aggregated as mean ± std. A rerun reuses
@@ -41,6 +42,7 @@ _WRAPPER = (
 
 
 def run_seed(seed: int, root: Path, extra: list[str]) -> dict:
+    """Run (or reuse) one seed's demo; `extra` is passed to `align demo`."""
     workdir = root / f"seed-{seed}"
     measured = workdir / "bench.json"
     if measured.is_file():  # a rerun of the bench would only resume the demo: keep the first run's figures
@@ -69,9 +71,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--root", default="runs/bench-demo")
     ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--base-only", action="store_true", help="time the demo without its OPA-DPO stages")
     ap.add_argument("overrides", nargs="*", help="passed to `align demo`")
     args = ap.parse_args()
-    runs = [run_seed(s, Path(args.root), args.overrides) for s in args.seeds]
+    extra = (["--base-only"] if args.base_only else []) + args.overrides
+    runs = [run_seed(s, Path(args.root), extra) for s in args.seeds]
 
     rows = [
         "| metric | " + " | ".join(f"seed {r['seed']}" for r in runs) + " | mean ± std |",

@@ -39,8 +39,10 @@ from data_builders.toyworld_data import build_toyworld, objects_from_json
 
 @dataclasses.dataclass
 class RolloutSettings:
-    temperature: float = dataclasses.field(default=1.0, metadata={"help": "Sampling temperature (OPA-DPO: 1.0)."})
-    top_k: int = dataclasses.field(default=30, metadata={"help": "Top-k sampling (OPA-DPO: 30; 0 = off)."})
+    temperature: float = dataclasses.field(
+        default=0.2, metadata={"help": "Sampling temperature (OPA-DPO: 1.0; the toy policy does best near greedy)."}
+    )
+    top_k: int = dataclasses.field(default=0, metadata={"help": "Top-k sampling (OPA-DPO: 30; 0 = off)."})
     top_p: float = dataclasses.field(default=0.95, metadata={"help": "Nucleus sampling (OPA-DPO: 0.95)."})
     max_new_tokens: int = dataclasses.field(default=64, metadata={"help": "Longest response in tokens."})
     batch_size: int = dataclasses.field(default=64, metadata={"help": "Prompts per generate call."})
@@ -66,7 +68,7 @@ class OPADataConfig:
     world: tw.WorldConfig = dataclasses.field(default_factory=tw.WorldConfig, metadata={"help": "ToyWorld."})
     cache_dir: str | None = dataclasses.field(default=None, metadata={"help": "ToyWorld cache root."})
     split: typing.Literal["train", "val", "test"] = dataclasses.field(default="train", metadata={"help": "Images."})
-    limit: int | None = dataclasses.field(default=1000, metadata={"help": "Prompts to use (null = the whole split)."})
+    limit: int | None = dataclasses.field(default=None, metadata={"help": "Prompts to use (null = the whole split)."})
     seed: int = dataclasses.field(default=0, metadata={"help": "Seed of prompt choice and sampling."})
     rollout: RolloutSettings = dataclasses.field(default_factory=RolloutSettings, metadata={"help": "Sampling."})
     expert: typing.Literal["oracle", "openai"] = dataclasses.field(

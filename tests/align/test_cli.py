@@ -104,11 +104,34 @@ def test_eval_missing_path_is_a_clear_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_demo_end_to_end_small(tmp_path, cache_dir):
-    assert main(["demo", "--workdir", str(tmp_path / "demo"), f"data.cache_dir={cache_dir}", *MICRO]) == 0
+MICRO_ALIGNMENT = [
+    "opa_data.limit=6",
+    "opa_data.rollout.max_new_tokens=12",
+    "opa_dpo.opa.steps=2",
+    "opa_dpo.opa.batch_size=4",
+    "opa_dpo.optim.max_steps=2",
+    "opa_dpo.optim.warmup_steps=0",
+    "opa_dpo.optim.batch_size=2",
+    "opa_dpo.model.lora_r=4",
+]
+
+
+def test_demo_base_only_small(tmp_path, cache_dir):
+    argv = ["demo", "--base-only", "--workdir", str(tmp_path / "demo"), f"data.cache_dir={cache_dir}", *MICRO]
+    assert main(argv) == 0
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert {"toyworld_chair", "toyworld_pope", "meta"} <= set(report)
     assert set(report["meta"]["stages_seconds"]) == {"build_data", "sft", "eval"}
+
+
+def test_demo_with_alignment_stages_small(tmp_path, cache_dir, capsys):
+    argv = ["demo", "--workdir", str(tmp_path / "demo"), f"data.cache_dir={cache_dir}", *MICRO, *MICRO_ALIGNMENT]
+    assert main(argv) == 0
+    compared = json.loads((tmp_path / "demo" / "comparison.json").read_text())
+    assert list(compared) == ["base (SFT)", "OPA step", "OPA-DPO", "off-policy DPO"]
+    assert all("toyworld_chair" in r for r in compared.values())
+    out = capsys.readouterr().out
+    assert "[6/6]" in out and "off-policy DPO" in out
 
 
 @pytest.mark.slow

@@ -78,6 +78,28 @@ def test_demo_runs_exactly_the_shipped_sft_base_config(tmp_path):
     assert dataclasses.replace(demo, output_dir=shipped.output_dir) == shipped
 
 
+def test_demo_runs_exactly_the_shipped_opa_dpo_configs(tmp_path):
+    from align.demo import opa_demo_configs, split_overrides
+
+    sft = demo_config(tmp_path)
+    data, opa, offpolicy = opa_demo_configs(tmp_path, sft, split_overrides([]))
+    shipped_data = load_config(REPO / "configs/toy/opa_dpo_data.yaml")
+    wired = {"output_dir": shipped_data.output_dir, "policy": shipped_data.policy, "world": shipped_data.world}
+    assert dataclasses.replace(data, **wired) == shipped_data
+    shipped = load_config(REPO / "configs/toy/opa_dpo.yaml")
+    wired = {"output_dir": shipped.output_dir, "dataset": shipped.dataset, "model": shipped.model}
+    assert dataclasses.replace(opa, **wired, data=shipped.data, eval=shipped.eval, eval_at_end=True) == shipped
+    assert opa.model.name_or_path == str(tmp_path / "sft_base" / "final")
+    assert offpolicy.baseline == "offpolicy" and dataclasses.replace(offpolicy, baseline="none").optim == opa.optim
+
+
+def test_demo_overrides_go_to_their_stage():
+    from align.demo import split_overrides
+
+    groups = split_overrides(["optim.lr=1", "opa_data.limit=5", "opa_dpo.optim.max_steps=3", "opa_data=1"])
+    assert groups == {"sft": ["optim.lr=1", "opa_data=1"], "opa_data": ["limit=5"], "opa_dpo": ["optim.max_steps=3"]}
+
+
 def test_from_dict_builds_nested_defaults():
     cfg = from_dict(SFTConfig, {"optim": {"lr": 1}})
     assert cfg.optim.lr == 1.0 and cfg.model.finetune == "full"
