@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from data_builders import toyworld as tw
 from data_builders.experts import CorrectionRequest, CorrectionResult, correct_all, summarize_results
+from data_builders.importers import public_prompts
 from data_builders.openai_expert import OpenAIExpert, OpenAIExpertConfig
 from data_builders.oracle import OracleExpert, sentences_of
 from data_builders.schema import OPA_FEATURES
@@ -65,6 +66,13 @@ class OPADataConfig:
     policy: str = dataclasses.field(
         default="runs/demo/sft_base/final", metadata={"help": "Checkpoint that rolls out (the base policy)."}
     )
+    prompts: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Public RLAIF-V-style rows {image, question, chosen[, rejected]} (save_to_disk folder, .parquet "
+            "or .jsonl; chosen becomes the reference); null = ToyWorld. Needs expert: openai (no ground truth)."
+        },
+    )
     world: tw.WorldConfig = dataclasses.field(default_factory=tw.WorldConfig, metadata={"help": "ToyWorld."})
     cache_dir: str | None = dataclasses.field(default=None, metadata={"help": "ToyWorld cache root."})
     split: typing.Literal["train", "val", "test"] = dataclasses.field(default="train", metadata={"help": "Images."})
@@ -87,6 +95,8 @@ class OPADataConfig:
             raise ValueError("limit must be >= 1 or null")
         if self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if self.prompts is not None and self.expert == "oracle":
+            raise ValueError("prompts: public rows have no ground-truth objects for the oracle; set expert: openai")
 
 
 class RolloutEngine(Protocol):
@@ -181,7 +191,7 @@ def build(cfg: OPADataConfig, engine: RolloutEngine) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     expert = make_expert(cfg)  # before the rollout: a missing API key fails now, not after an hour of sampling
-    prompts = toyworld_prompts(cfg)
+    prompts = toyworld_prompts(cfg) if cfg.prompts is None else public_prompts(cfg.prompts, cfg.limit)
     rollouts = roll_out(engine, prompts, out / "rollouts.jsonl", cfg.rollout, cfg.seed)
     requests = [
         CorrectionRequest(p["id"], p["image"], p["prompt"], rollouts[p["id"]], p["reference"], p["objects"])
@@ -195,7 +205,8 @@ def build(cfg: OPADataConfig, engine: RolloutEngine) -> dict:
         if reason:
             dropped[reason] += 1
             continue
-        meta = {"dataset": f"toyworld/{cfg.split}", "expert": expert.expert_id, "request_hash": r.request_hash}
+        source = f"toyworld/{cfg.split}" if cfg.prompts is None else str(cfg.prompts)
+        meta = {"dataset": source, "expert": expert.expert_id, "request_hash": r.request_hash}
         values = {
             "id": p["id"],
             "image": {"bytes": p["image"], "path": None},

@@ -12,6 +12,7 @@ from align.models import save_policy
 from align.rollout import HFRolloutEngine
 from data_builders.opa_dpo import OPADataConfig, RolloutSettings, build, load_opa_dataset
 from tests.conftest import SMALL_WORLD
+from tests.openai_server import openai_server_fixture  # noqa: F401  (provides the openai_server fixture)
 
 
 @pytest.fixture
@@ -96,3 +97,30 @@ def test_missing_api_key_fails_before_any_rollout(tmp_path, cache_dir, policy_di
     with pytest.raises(ValueError, match="ALIGN_TEST_MISSING_KEY"):
         build(cfg, engine)
     assert engine.calls == []
+
+
+def test_public_prompts_with_an_openai_compatible_expert(tmp_path, cache_dir, policy_dir, small_world, openai_server):
+    """RLAIF-V-style rows → rollouts by the real tiny policy → corrections from a local OpenAI-compatible server."""
+    from datasets import Dataset
+
+    rows = [
+        {
+            "idx": f"pub-{i}",
+            "image": small_world["train"][i]["image"],
+            "question": "Describe the image.",
+            "chosen": small_world["train"][i]["caption"],
+            "rejected": "a kite.",
+        }
+        for i in range(3)
+    ]
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "rlaifv.parquet"))
+
+    edit = {"copied": "x", "score": 4, "error_type": "correct", "objects": [], "rewritten": "a cup.", "reason": "ok"}
+    openai_server.default = ("json", {"sentences": [edit], "added": "", "added_reason": ""})  # every request
+    cfg = opa_config(tmp_path, cache_dir, policy_dir, prompts=str(tmp_path / "rlaifv.parquet"), expert="openai")
+    cfg.openai.base_url, cfg.openai.api_key_env, cfg.openai.max_retries = openai_server.base_url, None, 0
+    summary = build(cfg, HFRolloutEngine(policy_dir, cfg.rollout))
+    assert summary["rows_in"] == 3 and summary["expert"]["ok"] == 3 and summary["expert"]["prompt_tokens"] == 300
+    data = load_opa_dataset(summary["dataset"])
+    assert sorted(data["id"]) == ["pub-0", "pub-1", "pub-2"] and set(data["offpolicy"]) == {"a kite."}
+    assert json.loads(data[0]["meta"])["dataset"].endswith("rlaifv.parquet")
