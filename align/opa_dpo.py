@@ -157,9 +157,12 @@ def _token_weights(tokenizer, text: str, spans: list, n: int) -> list[float]:
 
 
 def encode_record(processor, record: dict, cfg: OPADPOConfig, n_image_tokens: int) -> dict | None:
-    """Token ids, labels and per-token weights of each response of one record (None if a prompt is too long).
+    """Token ids, labels and per-token weights of each response of one record (None if a prompt is too long, or
+    if the off-policy baseline has no rejected answer for it).
 
     The rollout and revision texts are rebuilt from the report's sentences so the weighted spans line up."""
+    if cfg.baseline == "offpolicy" and not record.get("offpolicy"):
+        return None  # a public row without a rejected answer has nothing to prefer against
     image = to_pil(record["image"], record["id"])
     if cfg.baseline == "offpolicy":
         texts = {"reference": (record["reference"], []), "rollout": (record["offpolicy"], [])}
