@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +27,12 @@ from typing import Protocol
 from tqdm.auto import tqdm
 
 ERROR_TYPES = ("correct", "image_recognition_error", "language_comprehension_error")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentences_of(text: str) -> list[str]:
+    """The sentences an expert reports on, one per entry: split after . ! ? followed by whitespace."""
+    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
 
 
 class ExpertReplyError(ValueError):

@@ -30,10 +30,10 @@ from datasets import Dataset, Image, load_from_disk
 from tqdm.auto import tqdm
 
 from data_builders import toyworld as tw
-from data_builders.experts import CorrectionRequest, CorrectionResult, correct_all, summarize_results
+from data_builders.experts import CorrectionRequest, CorrectionResult, correct_all, sentences_of, summarize_results
 from data_builders.importers import public_prompts
 from data_builders.openai_expert import OpenAIExpert, OpenAIExpertConfig
-from data_builders.oracle import OracleExpert, sentences_of
+from data_builders.oracle import OracleExpert
 from data_builders.schema import OPA_FEATURES
 from data_builders.toyworld_data import build_toyworld, objects_from_json
 

@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from data_builders.experts import REPORT_SCHEMA, CorrectionRequest, ExpertReplyError, ExpertReport, Usage
+from data_builders.experts import REPORT_SCHEMA, CorrectionRequest, ExpertReplyError, ExpertReport, Usage, sentences_of
 
 # Part of expert_id, hence of the cache key: bump it whenever the prompt or the message layout changes.
 PROMPT_VERSION = "opa-sentences-v1"
@@ -55,7 +55,6 @@ REPAIR_PROMPT = (
 )
 
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?\s*```$", re.DOTALL)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 @dataclass
@@ -104,7 +103,7 @@ def image_data_url(image: bytes) -> str:
 
 
 def numbered_sentences(text: str) -> str:
-    sentences = [s for s in _SENTENCE_END.split(text.strip()) if s]
+    sentences = sentences_of(text)
     if len(sentences) <= 1:  # nothing to number; the model sees the response as-is
         return text.strip()
     return "\n".join(f"({i}) {s}" for i, s in enumerate(sentences, 1))

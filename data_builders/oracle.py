@@ -20,15 +20,10 @@ import json
 import re
 
 from data_builders import toyworld as tw
-from data_builders.experts import CorrectionRequest, ExpertReport, SentenceEdit, Usage
+from data_builders.experts import CorrectionRequest, ExpertReport, SentenceEdit, Usage, sentences_of
 from data_builders.toyworld_text import SYNONYMS, caption_mentions, sentence_cells
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _NUMBER = {w: n for n, w in tw.NUMBER_WORDS.items()}
-
-
-def sentences_of(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
 
 
 def _sub(sentence: str, old: str, new: str) -> str:
