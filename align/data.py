@@ -125,6 +125,27 @@ def encode_dataset(dataset, processor, max_length: int, features_per_image: int,
     return out, stats
 
 
+class RowsDataset(torch.utils.data.Dataset):
+    """A list of encoded rows as a torch Dataset (what `Trainer` takes)."""
+
+    def __init__(self, rows: list):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def pad_right(rows: list[list], width: int, fill, dtype) -> torch.Tensor:
+    """Stack variable-length lists into a [len(rows), width] tensor, filling the right with `fill`."""
+    out = torch.full((len(rows), width), fill, dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=dtype)
+    return out
+
+
 @dataclasses.dataclass
 class VisionSFTCollator:
     """Right-pads encoded rows and runs the image processor; labels are -100 on prompt, image and padding."""
@@ -132,15 +153,13 @@ class VisionSFTCollator:
     processor: object
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        pad = self.processor.tokenizer.pad_token_id
         width = max(len(r["input_ids"]) for r in rows)
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            input_ids[i, :n] = torch.tensor(r["input_ids"])
-            labels[i, :n] = torch.tensor(r["labels"])
-            attention[i, :n] = 1
         pixels = self.processor.image_processor([r["image"] for r in rows], return_tensors="pt")["pixel_values"]
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "pixel_values": pixels}
+        return {
+            "input_ids": pad_right(
+                [r["input_ids"] for r in rows], width, self.processor.tokenizer.pad_token_id, torch.long
+            ),
+            "attention_mask": pad_right([[1] * len(r["input_ids"]) for r in rows], width, 0, torch.long),
+            "labels": pad_right([r["labels"] for r in rows], width, -100, torch.long),
+            "pixel_values": pixels,
+        }

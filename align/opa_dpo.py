@@ -30,11 +30,11 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from align import losses
 from align.config import save_config
-from align.data import VisionSFTCollator, encode_dataset, encode_row, image_seq_length, to_pil
+from align.data import RowsDataset, VisionSFTCollator, encode_dataset, encode_row, image_seq_length, pad_right, to_pil
 from align.masking import mask_blocks, mask_random
 from align.models import build_model, save_policy
 from align.sections import DataConfig, EvalConfig, ModelConfig, OptimConfig
-from align.sft import _Rows, training_arguments
+from align.sft import training_arguments
 from align.trainer_utils import ResumableTrainer
 from data_builders.opa_dpo import load_opa_dataset
 
@@ -140,7 +140,7 @@ def opa_step(cfg: OPADPOConfig, dataset) -> Path:
     trainer = ResumableTrainer(
         model=model,
         args=training_arguments(sft_like),
-        train_dataset=_Rows(encoded),
+        train_dataset=RowsDataset(encoded),
         data_collator=VisionSFTCollator(processor),
         processing_class=processor,
     )
@@ -190,13 +190,6 @@ def encode_record(processor, record: dict, cfg: OPADPOConfig, n_image_tokens: in
     return out
 
 
-def _pad(rows: list[list], width: int, fill, dtype) -> torch.Tensor:
-    out = torch.full((len(rows), width), fill, dtype=dtype)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(row, dtype=dtype)
-    return out
-
-
 @dataclasses.dataclass
 class PreferenceCollator:
     """Stacks every (response, image view) a record needs into one padded batch: row v*B + b is view v of record b.
@@ -226,16 +219,16 @@ class PreferenceCollator:
         width = max(len(s["input_ids"]) for s in seqs)
         resp = max(len(s["weights"]) for s in seqs)
         batch = {
-            "input_ids": _pad(
+            "input_ids": pad_right(
                 [s["input_ids"] for s in seqs], width, self.processor.tokenizer.pad_token_id, torch.long
             ),
-            "attention_mask": _pad([[1] * len(s["input_ids"]) for s in seqs], width, 0, torch.long),
-            "labels": _pad([s["labels"] for s in seqs], width, -100, torch.long),
+            "attention_mask": pad_right([[1] * len(s["input_ids"]) for s in seqs], width, 0, torch.long),
+            "labels": pad_right([s["labels"] for s in seqs], width, -100, torch.long),
             "pixel_values": torch.cat([masked if v.endswith("_masked") else pixels for v in self.views]),
-            "token_weights": _pad([s["weights"] for s in seqs], resp, 0.0, torch.float),
+            "token_weights": pad_right([s["weights"] for s in seqs], resp, 0.0, torch.float),
         }
         if "revision" in self.views:
-            batch["revision_error_weights"] = _pad(
+            batch["revision_error_weights"] = pad_right(
                 [r["revision_error_weights"] for r in records], resp, 0.0, torch.float
             )
         return batch
@@ -359,7 +352,7 @@ def main(cfg: OPADPOConfig) -> dict:
     trainer = OPADPOTrainer(
         model=model,
         args=training_arguments(cfg),
-        train_dataset=_Rows(records),
+        train_dataset=RowsDataset(records),
         data_collator=PreferenceCollator(
             processor, views, cfg.mask, cfg.mask_ratio, cfg.seed, patch_size=model.config.vision_config.patch_size
         ),

@@ -23,7 +23,7 @@ from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from align.config import save_config
-from align.data import VisionSFTCollator, encode_dataset, image_seq_length
+from align.data import RowsDataset, VisionSFTCollator, encode_dataset, image_seq_length
 from align.models import build_model, save_policy, vision_tower
 from align.sections import DataConfig, EvalConfig, ModelConfig, OptimConfig
 from align.trainer_utils import ResumableTrainer
@@ -64,17 +64,6 @@ class SFTConfig:
             raise ValueError("model: the tiny model is built from scratch, so it needs finetune: full, not lora")
         if self.save_steps < 1 or self.logging_steps < 1:
             raise ValueError("save_steps and logging_steps must be >= 1")
-
-
-class _Rows(torch.utils.data.Dataset):
-    def __init__(self, rows):
-        self.rows = rows
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return self.rows[i]
 
 
 def training_arguments(cfg: SFTConfig) -> TrainingArguments:
@@ -128,7 +117,7 @@ def main(cfg: SFTConfig) -> dict:
     trainer = ResumableTrainer(
         model=model,
         args=training_arguments(cfg),
-        train_dataset=_Rows(encoded),
+        train_dataset=RowsDataset(encoded),
         data_collator=VisionSFTCollator(processor),
         processing_class=processor,
         projector_lr=cfg.optim.projector_lr,
