@@ -151,14 +151,20 @@ def opa_step(cfg: OPADPOConfig, dataset) -> Path:
 # ---------------------------------------------------------------- preference data
 
 
-def _token_weights(tokenizer, text: str, spans: list, n: int) -> list[float]:
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+def _offsets(tokenizer, text: str) -> list[tuple[int, int]]:
+    return tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+
+
+def _token_weights(offsets: list, spans: list, n: int) -> list[float]:
     return (losses.span_token_weights(offsets, spans) + [1.0])[:n]  # + the EOS token; cut like the response
 
 
-def encode_record(processor, record: dict, cfg: OPADPOConfig, n_image_tokens: int) -> dict | None:
+def encode_record(
+    processor, record: dict, cfg: OPADPOConfig, n_image_tokens: int, prompt_cache: dict | None = None
+) -> dict | None:
     """Token ids, labels and per-token weights of each response of one record (None if a prompt is too long, or
-    if the off-policy baseline has no rejected answer for it).
+    if the off-policy baseline has no rejected answer for it). Pass one `prompt_cache` dict for all records so a
+    prompt is run through the processor once, not once per response.
 
     The rollout and revision texts are rebuilt from the report's sentences so the weighted spans line up."""
     if cfg.baseline == "offpolicy" and not record.get("offpolicy"):
@@ -173,20 +179,23 @@ def encode_record(processor, record: dict, cfg: OPADPOConfig, n_image_tokens: in
             "rollout": losses.report_spans(report, "rollout"),
             "revision": losses.report_spans(report, "revision"),
         }
+    cache = {} if prompt_cache is None else prompt_cache
     out = {"id": record["id"], "image": image}
     for name, (text, spans) in texts.items():
         row = {"id": record["id"], "image": image, "prompt": record["prompt"], "response": text}
-        enc = encode_row(processor, row, cfg.data.max_length, n_image_tokens)
+        enc = encode_row(processor, row, cfg.data.max_length, n_image_tokens, cache)
         if enc is None:
             return None
         n = sum(label != -100 for label in enc["labels"])
-        out[name] = {"input_ids": enc["input_ids"], "labels": enc["labels"]}
-        out[name]["weights"] = _token_weights(processor.tokenizer, text, spans, n)
-    if "revision" in out:
-        text, spans = losses.report_spans(report, "revision", weights="error_type")
-        out["revision_error_weights"] = _token_weights(
-            processor.tokenizer, text, spans, len(out["revision"]["weights"])
-        )
+        offsets = _offsets(processor.tokenizer, text)
+        out[name] = {
+            "input_ids": enc["input_ids"],
+            "labels": enc["labels"],
+            "weights": _token_weights(offsets, spans, n),
+        }
+        if name == "revision":  # the same tokens, weighted by error type for the image-contrast pair
+            _, error_spans = losses.report_spans(report, "revision", weights="error_type")
+            out["revision_error_weights"] = _token_weights(offsets, error_spans, n)
     return out
 
 
@@ -343,7 +352,8 @@ def main(cfg: OPADPOConfig) -> dict:
     start = opa_step(cfg, dataset) if cfg.opa.steps > 0 and cfg.baseline == "none" else Path(cfg.model.name_or_path)
     model, processor = build_model(dataclasses.replace(cfg.model, name_or_path=str(start)), cfg.seed)
     n_img = image_seq_length(model.config)
-    records = [r for r in (encode_record(processor, row, cfg, n_img) for row in dataset) if r is not None]
+    cache: dict = {}
+    records = [r for r in (encode_record(processor, row, cfg, n_img, cache) for row in dataset) if r is not None]
     print(f"[opa-dpo] {len(records)}/{len(dataset)} records encoded (starting from {start})")
     if cfg.baseline == "offpolicy":
         views: tuple[str, ...] = ("reference", "rollout")
