@@ -198,43 +198,45 @@ def build(cfg: OPADataConfig, engine: RolloutEngine) -> dict:
         for p in prompts
     ]
     results = correct_all(expert, requests, out / "expert_cache", cfg.concurrency)
-    rows = collections.defaultdict(list)
+    source = f"toyworld/{cfg.split}" if cfg.prompts is None else str(cfg.prompts)
+    records = []
     dropped: collections.Counter = collections.Counter()
     for p, r in zip(prompts, results, strict=True):
         reason = filter_reason(rollouts[p["id"]], r, cfg.max_word_repeats)
         if reason:
             dropped[reason] += 1
             continue
-        source = f"toyworld/{cfg.split}" if cfg.prompts is None else str(cfg.prompts)
         meta = {"dataset": source, "expert": expert.expert_id, "request_hash": r.request_hash}
-        values = {
-            "id": p["id"],
-            "image": {"bytes": p["image"], "path": None},
-            "prompt": p["prompt"],
-            "reference": p["reference"],
-            "rollout": rollouts[p["id"]],
-            "revision": r.report.revision,
-            "offpolicy": p["offpolicy"],
-            "report": json.dumps(r.report.to_dict()),
-            "source": f"{engine.name}+{expert.expert_id}",
-            "meta": json.dumps(meta),
-        }
-        for k, v in values.items():
-            rows[k].append(v)
-    dataset = (
-        Dataset.from_dict(dict(rows), features=OPA_FEATURES) if rows else Dataset.from_list([], features=OPA_FEATURES)
-    )
-    save_dataset(dataset, out / "dataset")
+        records.append(
+            {
+                "id": p["id"],
+                "image": {"bytes": p["image"], "path": None},
+                "prompt": p["prompt"],
+                "reference": p["reference"],
+                "rollout": rollouts[p["id"]],
+                "revision": r.report.revision,
+                "offpolicy": p["offpolicy"],
+                "report": json.dumps(r.report.to_dict()),
+                "source": f"{engine.name}+{expert.expert_id}",
+                "meta": json.dumps(meta),
+            }
+        )
     summary = {
         "dataset": str(out / "dataset"),
         "rows_in": len(prompts),
-        "rows_out": len(dataset),
+        "rows_out": len(records),
         "dropped": dict(dropped),
         "expert": summarize_results(results, cfg.openai.price_in, cfg.openai.price_out),
         "corrected_sentences": _score_counts(results),
         "seconds": round(time.time() - t0, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if not records:  # nothing to train on; rollouts and cached replies are kept, failed requests retried on a rerun
+        raise ValueError(
+            f"{cfg.output_dir}: no rows left of {len(prompts)} (dropped: {dict(dropped)}); "
+            f"see {out / 'summary.json'} and rerun once the cause is fixed"
+        )
+    save_dataset(Dataset.from_list(records, features=OPA_FEATURES), out / "dataset")
     return summary
 
 

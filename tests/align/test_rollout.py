@@ -124,3 +124,15 @@ def test_public_prompts_with_an_openai_compatible_expert(tmp_path, cache_dir, po
     data = load_opa_dataset(summary["dataset"])
     assert sorted(data["id"]) == ["pub-0", "pub-1", "pub-2"] and set(data["offpolicy"]) == {"a kite."}
     assert json.loads(data[0]["meta"])["dataset"].endswith("rlaifv.parquet")
+
+
+def test_a_build_where_every_row_fails_says_so_and_keeps_its_work(tmp_path, cache_dir, policy_dir, openai_server):
+    openai_server.default = ("status", 500)  # the endpoint is down for the whole build
+    cfg = opa_config(tmp_path, cache_dir, policy_dir, expert="openai")
+    cfg.openai.base_url, cfg.openai.api_key_env, cfg.openai.max_retries = openai_server.base_url, None, 0
+    with pytest.raises(ValueError, match=r"no rows left of 10 \(dropped: \{'expert_failed': 10\}\)"):
+        build(cfg, HFRolloutEngine(policy_dir, cfg.rollout))
+    summary = json.loads((tmp_path / "opa" / "summary.json").read_text())
+    assert summary["rows_out"] == 0 and summary["expert"]["failures"] == {"InternalServerError": 10}
+    assert len((tmp_path / "opa" / "rollouts.jsonl").read_text().splitlines()) == 10  # sampling is not lost
+    assert not (tmp_path / "opa" / "dataset").exists()
