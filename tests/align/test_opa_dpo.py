@@ -48,10 +48,7 @@ def opa_config(tmp_path, policy, dataset, **kw) -> OPADPOConfig:
         opa=OPAStepConfig(steps=2, lr=1e-3, batch_size=8),
         optim=OptimConfig(lr=1e-2, warmup_steps=0, max_steps=3, batch_size=4),
         eval=EvalConfig(limit=2, pope=False, generation=GenerationConfig(max_new_tokens=8)),
-        logging_steps=1,
-        save_steps=100,
-        eval_at_end=False,
-        **kw,
+        **{"logging_steps": 1, "save_steps": 100, "eval_at_end": False, **kw},
     )
 
 
@@ -126,3 +123,40 @@ def test_offpolicy_baseline_skips_the_opa_step_and_logs_the_nll_term(opa_data, t
     assert summary["start"] == policy and not (tmp_path / "run" / "opa").exists()
     assert any("rewards/accuracy" in h for h in summary["log_history"])
     assert all(h["sft"] > 0 for h in summary["log_history"] if "pair_std" in h)  # the NLL term is on
+
+
+def test_killed_opa_dpo_run_resumes_without_redoing_work(opa_data, tmp_path, monkeypatch):
+    from align import opa_dpo
+
+    policy, dataset = opa_data
+    cfg = opa_config(tmp_path, policy, dataset, save_steps=2)
+    real_step = opa_dpo.OPADPOTrainer.training_step
+
+    def killed_after_step_two(self, *args, **kwargs):  # stands in for a kill once checkpoint-2 is on disk
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(opa_dpo.OPADPOTrainer, "training_step", killed_after_step_two)
+    with pytest.raises(KeyboardInterrupt):
+        main(cfg)
+    run = tmp_path / "run"
+    assert (run / "checkpoint-2").is_dir() and not (run / "final").exists()
+    opa_final = run / "opa" / "final" / "model.safetensors"
+    opa_written = opa_final.stat().st_mtime_ns
+    before = json.loads((run / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+
+    steps_run = []
+
+    def counted_step(self, *args, **kwargs):
+        steps_run.append(self.state.global_step + 1)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(opa_dpo.OPADPOTrainer, "training_step", counted_step)
+    summary = main(cfg)
+    assert steps_run == [3]  # only the step the kill lost is trained
+    assert opa_final.stat().st_mtime_ns == opa_written  # the finished OPA step is reused, not retrained
+    history = [h for h in summary["log_history"] if "loss" in h]
+    assert [h["step"] for h in history] == [1, 2, 3]
+    assert history[:2] == [h for h in before if "loss" in h]  # steps 1-2 come from the checkpoint's log
+    assert (run / "final" / "config.json").is_file()
