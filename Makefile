@@ -30,7 +30,9 @@ test-slow: setup
 lint: setup
 	$(VENV)/bin/ruff check align data_builders rewards kernels tests bench
 
-bench: setup
+bench: setup   # about an hour on 2 CPU cores: base policies, OPA-DPO with its baseline and ablation, full demos
+	$(PY) bench/demo.py --base-only
+	$(PY) bench/opa_dpo.py
 	$(PY) bench/demo.py
 
 clean:

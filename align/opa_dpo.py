@@ -43,10 +43,17 @@ VIEWS = ("reference", "rollout", "revision", "reference_masked", "revision_maske
 
 @dataclasses.dataclass
 class OPAStepConfig:
-    steps: int = field(default=600, metadata={"help": "OPA step: LoRA SFT steps on reference + revision (0 = skip)."})
+    steps: int = field(default=1200, metadata={"help": "OPA step: LoRA SFT steps on reference + revision (0 = skip)."})
     lr: float = field(default=2e-4, metadata={"help": "OPA step learning rate."})
     batch_size: int = field(default=32, metadata={"help": "OPA step batch size per device."})
     grad_accum: int = field(default=1, metadata={"help": "OPA step gradient accumulation steps."})
+    answers: Literal["both", "reference"] = field(
+        default="both",
+        metadata={
+            "help": "both: reference answers + expert revisions (OPA-DPO); reference: the references alone, an "
+            "ablation that is plain continued SFT on ground truth, without the on-policy corrections."
+        },
+    )
 
 
 @dataclasses.dataclass
@@ -57,7 +64,12 @@ class OPADPOConfig:
     dataset: str = field(default="runs/opa_data/dataset", metadata={"help": "OPA dataset from `align build-data`."})
     model: ModelConfig = field(
         default_factory=lambda: ModelConfig(
-            name_or_path="runs/demo/sft_base/final", lora_r=16, lora_alpha=32, lora_dropout=0.0
+            name_or_path="runs/demo/sft_base/final",
+            lora_r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            lora_vision=True,  # OPA-DPO adapts the vision tower and projector too
+            lora_projector=True,
         ),
         metadata={"help": "The base policy (a full model) and the LoRA settings of both stages."},
     )
@@ -112,18 +124,25 @@ class OPADPOConfig:
 # ---------------------------------------------------------------- the OPA step
 
 
+def opa_rows(dataset, answers: str = "both") -> list[dict]:
+    """SFT rows of the OPA step: each record's reference answer and its revision (or the reference alone)."""
+    kinds = ("reference", "revision") if answers == "both" else ("reference",)
+    return [
+        {"id": f"{r['id']}/{kind}", "image": r["image"], "prompt": r["prompt"], "response": r[kind]}
+        for r in dataset
+        for kind in kinds
+    ]
+
+
 def opa_step(cfg: OPADPOConfig, dataset) -> Path:
-    """LoRA SFT of the base policy on two copies of the data (reference answers, revisions); merged and saved."""
+    """LoRA SFT of the base policy on the reference answers and the revisions (or, as an ablation, the references
+    alone); merged and saved."""
     out = Path(cfg.output_dir) / "opa"
     final = out / "final"
     if (final / "config.json").is_file():
         return final
     model, processor = build_model(cfg.model, cfg.seed)
-    rows = [
-        {"id": f"{r['id']}/{kind}", "image": r["image"], "prompt": r["prompt"], "response": r[kind]}
-        for r in dataset
-        for kind in ("reference", "revision")
-    ]
+    rows = opa_rows(dataset, cfg.opa.answers)
     encoded, stats = encode_dataset(rows, processor, cfg.data.max_length, image_seq_length(model.config))
     print(f"[opa] {stats.summary()}")
     sft_like = dataclasses.replace(

@@ -2,10 +2,11 @@
 
     python bench/demo.py                      # seeds 0 1 2 → bench/results/demo.{json,md}
     python bench/demo.py --seeds 0            # one seed
-    python bench/demo.py --base-only          # the demo without its OPA-DPO stages
+    python bench/demo.py --base-only          # without the OPA-DPO stages → bench/results/demo_base.{json,md}
 
-Each seed runs `align demo --seed S --workdir runs/bench-demo/seed-S` in a fresh process; its wall time and its
-own peak RSS are kept in that workdir's bench.json, then the metrics are aggregated as mean ± std. A rerun reuses
+Each seed runs `align demo --seed S --workdir runs/bench-demo[-full]/seed-S` in a fresh process; its wall time and its
+own peak RSS are kept in that workdir's bench.json, then the metrics are aggregated as mean ± std. The full demo
+also reports each aligned model's CHAIR_i and recall (OPA step, OPA-DPO, the off-policy baseline). A rerun reuses
 a finished seed's bench.json (its figures are the first run's); delete the workdir to measure again. The dataset
 cache ($ALIGN_CACHE) is shared: point it at an empty folder to include the data build in the wall time.
 """
@@ -55,6 +56,9 @@ def run_seed(seed: int, root: Path, extra: list[str]) -> dict:
     peak_mb = int((workdir / "peak_rss_kb").read_text()) / 1024
     report = json.loads((workdir / "report.json").read_text())
     result = {"seed": seed, "wall_seconds": round(wall, 1), "peak_rss_mb": round(peak_mb, 1), "report": report}
+    if "--base-only" not in extra:  # every model the full demo trains, scored on the test split
+        compared = json.loads((workdir / "comparison.json").read_text())
+        result["models"] = {name: r["toyworld_chair"] for name, r in compared.items()}
     measured.write_text(json.dumps(result, indent=2))
     return result
 
@@ -69,13 +73,14 @@ def fmt(values: list[float], pct: bool) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--root", default="runs/bench-demo")
+    ap.add_argument("--root", default=None, help="default: runs/bench-demo (--base-only), runs/bench-demo-full")
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--base-only", action="store_true", help="time the demo without its OPA-DPO stages")
     ap.add_argument("overrides", nargs="*", help="passed to `align demo`")
     args = ap.parse_args()
     extra = (["--base-only"] if args.base_only else []) + args.overrides
-    runs = [run_seed(s, Path(args.root), extra) for s in args.seeds]
+    root = args.root or ("runs/bench-demo" if args.base_only else "runs/bench-demo-full")
+    runs = [run_seed(s, Path(root), extra) for s in args.seeds]
 
     rows = [
         "| metric | " + " | ".join(f"seed {r['seed']}" for r in runs) + " | mean ± std |",
@@ -97,11 +102,17 @@ def main() -> None:
         + f" | {fmt([r['wall_seconds'] for r in runs], False)} |"
     )
     rows.append("| peak RSS (MB) | " + " | ".join(str(r["peak_rss_mb"]) for r in runs) + " | |")
+    for name in runs[0].get("models", {}):  # the full demo: each aligned model's CHAIR_i and recall
+        for key, label in (("chair_i", "CHAIR_i"), ("recall", "recall")):
+            vals = [r["models"][name][key] for r in runs]
+            cells = " | ".join(f"{100 * v:.1f}" for v in vals)
+            rows.append(f"| {name}: {label} (%) | {cells} | {fmt(vals, True)} |")
     table = "\n".join(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "demo.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
-    (out / "demo.md").write_text(table + "\n")
+    name = "demo_base" if args.base_only else "demo"
+    (out / f"{name}.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
+    (out / f"{name}.md").write_text(table + "\n")
     print(table)
 
 

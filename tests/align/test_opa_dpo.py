@@ -11,7 +11,7 @@ import torch
 
 from align.data import image_seq_length
 from align.models import load_policy, save_policy
-from align.opa_dpo import OPADPOConfig, OPAStepConfig, encode_record, main
+from align.opa_dpo import OPADPOConfig, OPAStepConfig, encode_record, main, opa_rows
 from align.rollout import HFRolloutEngine
 from align.sections import DataConfig, EvalConfig, GenerationConfig, ModelConfig, OptimConfig
 from data_builders.opa_dpo import OPADataConfig, RolloutSettings, build
@@ -43,7 +43,9 @@ def opa_config(tmp_path, policy, dataset, **kw) -> OPADPOConfig:
     return OPADPOConfig(
         output_dir=str(tmp_path / "run"),
         dataset=dataset,
-        model=ModelConfig(name_or_path=policy, lora_r=4, lora_alpha=8, lora_dropout=0.0),
+        model=ModelConfig(
+            name_or_path=policy, lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_vision=True, lora_projector=True
+        ),
         data=DataConfig(world=SMALL_WORLD, max_length=160),
         opa=OPAStepConfig(steps=2, lr=1e-3, batch_size=8),
         optim=OptimConfig(lr=1e-2, warmup_steps=0, max_steps=3, batch_size=4),
@@ -110,8 +112,13 @@ def test_opa_then_opa_dpo_trains_every_lora_weight(opa_data, tmp_path):
     start, _ = load_policy(summary["start"], device="cpu")
     final, _ = load_policy(summary["final"], device="cpu")
     before, after = dict(start.named_parameters()), dict(final.named_parameters())
-    adapted = [n for n in before if "language_model" in n and any(k in n for k in ("q_proj", "v_proj", "down_proj"))]
-    assert adapted and all(not torch.equal(before[n], after[n]) for n in adapted)
+    adapted = [
+        n
+        for n in before
+        if any(k in n for k in ("q_proj", "v_proj", "down_proj", "fc2", "linear_1", "linear_2")) and "weight" in n
+    ]
+    assert {"language_model", "vision_tower", "multi_modal_projector"} <= {p for n in adapted for p in n.split(".")}
+    assert all(not torch.equal(before[n], after[n]) for n in adapted)
     # and the OPA step moved the base policy
     base, _ = load_policy(policy, device="cpu")
     assert not torch.equal(dict(base.named_parameters())[adapted[0]], before[adapted[0]])
@@ -160,3 +167,9 @@ def test_killed_opa_dpo_run_resumes_without_redoing_work(opa_data, tmp_path, mon
     assert [h["step"] for h in history] == [1, 2, 3]
     assert history[:2] == [h for h in before if "loss" in h]  # steps 1-2 come from the checkpoint's log
     assert (run / "final" / "config.json").is_file()
+
+
+def test_opa_step_rows_are_references_and_revisions_or_references_alone():
+    records = [{"id": "a", "image": b"png", "prompt": "p", "reference": "ref a", "revision": "rev a"}]
+    assert [r["response"] for r in opa_rows(records)] == ["ref a", "rev a"]
+    assert [(r["id"], r["response"]) for r in opa_rows(records, "reference")] == [("a/reference", "ref a")]
