@@ -109,6 +109,64 @@ def dpo_pair_loss(
     return -F.logsigmoid(beta * logits).mean(), *rewards
 
 
+def weighted_logps(token_logps: Tensor, mask: Tensor, weights: Tensor | None = None, average: bool = False) -> Tensor:
+    """Token-weighted log-likelihood of each response, [B] (RLHF-V's DDPO; Muffin's `compute_weighted_logp`):
+
+        average=False:  sum_t w_t logp_t m_t
+        average=True:   sum_t w_t logp_t m_t / sum_t w_t m_t
+
+    With w_t = 1 on unchanged tokens y_u and gamma on corrected ones y_c, the average is the paper's
+    (1/N)[sum_{y_u} log p + gamma sum_{y_c} log p], N = |y_u| + gamma |y_c| (Muffin's `dpo_use_average`).
+    Padding contributes exactly 0 with zero gradient even where its log-prob is -inf or NaN (`where`, not a
+    product); a response with no weight at all (empty, or all weights 0) averages to 0, not 0/0.
+    """
+    m = mask.bool()
+    zero = torch.zeros((), dtype=token_logps.dtype, device=token_logps.device)
+    w = torch.ones_like(token_logps) if weights is None else weights.to(token_logps.dtype)
+    w = torch.where(m, w, zero)  # a padded weight may be anything; it must not reach the sum or N
+    total = (torch.where(m, token_logps, zero) * w).sum(-1)
+    if not average:
+        return total
+    n = w.sum(-1)
+    # total is 0 where n is 0; dividing by 1 there (not by 0) keeps the gradient finite
+    return total / torch.where(n > 0, n, torch.ones_like(n))
+
+
+def ddpo_loss(
+    pol_w: Tensor,
+    ref_w: Tensor,
+    pol_l: Tensor,
+    ref_l: Tensor,
+    mask_w: Tensor,
+    mask_l: Tensor,
+    weights_w: Tensor | None,
+    weights_l: Tensor | None,
+    beta: float,
+    average: bool = False,
+    sft_weight: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """RLHF-V's dense DPO (DDPO): sigmoid DPO on token-weighted log-likelihoods g (`weighted_logps`). Returns
+    (loss, chosen reward [B], rejected reward [B]).
+
+        h_y   = g(log pi(y) - log pi_ref(y); w^y)              (policy minus reference, weighted, summed or averaged)
+        loss  = 1/B sum_b -log sigmoid(beta (h_w - h_l))  +  sft_weight * 1/B sum_b -gbar(log pi(y^w); w^w)
+
+    gbar is the weighted *average* log-likelihood of the chosen answer under the policy, whatever `average` is, so
+    the SFT term's scale does not grow with the answer's length (Muffin: loss = DPO_weight L_DPO - SFT_weight
+    mean(log pi(y_w)), with its log pi the same sum-or-average as its DPO term). g is linear in the log-probs and
+    policy and reference score the same tokens with the same weights, so g(pi) - g(pi_ref) = g(pi - pi_ref);
+    taking the ratio first avoids subtracting two large sums. With all weights 1, average=False is
+    `dpo_pair_loss(form="sequence")` and average=True is its `form="mean"` (same loss; the rewards differ there).
+    Rewards (detached): beta * h_w and beta * h_l, the quantities inside the sigmoid.
+    """
+    h_w = weighted_logps(pol_w - ref_w, mask_w, weights_w, average)
+    h_l = weighted_logps(pol_l - ref_l, mask_l, weights_l, average)
+    loss = -F.logsigmoid(beta * (h_w - h_l)).mean()
+    if sft_weight:
+        loss = loss + sft_weight * -weighted_logps(pol_w, mask_w, weights_w, average=True).mean()
+    return loss, beta * h_w.detach(), beta * h_l.detach()
+
+
 def anchor_loss(reference_rewards: list[Tensor], revision_rewards: list[Tensor], delta: float = 0.0) -> Tensor:
     """OPA-DPO's AncPO (mDPO-style) anchor, mean over the batch:
 

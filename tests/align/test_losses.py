@@ -11,12 +11,14 @@ import torch
 from align.losses import (
     LOG2,
     anchor_loss,
+    ddpo_loss,
     dpo_pair_loss,
     opa_dpo_loss,
     policy_rewards,
     report_spans,
     sequence_logps,
     span_token_weights,
+    weighted_logps,
 )
 from data_builders.experts import ExpertReport
 
@@ -231,3 +233,118 @@ def test_mean_form_divides_each_side_by_its_length():
     mask_w, mask_l = torch.tensor([[1, 1, 0]]), torch.tensor([[1, 1, 1]])
     loss, _, _ = dpo_pair_loss(pol_w, ref_w, pol_l, ref_l, mask_w, mask_l, beta=2.0, form="mean")
     assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-2.0 * (1.0 - 0.5)))))
+
+
+# ---------------------------------------------------------------- DDPO (RLHF-V)
+
+
+def test_weighted_logps_hand():
+    # row 0: 2*-1 + 1*-2 + 1.5*-0.5 = -4.75 over N = 4.5; row 1: 1*-0.2 + 3*-0.3 = -1.1 over N = 4 (the 7 pads)
+    assert weighted_logps(POL_W, MASK_W, S_W).tolist() == pytest.approx([-4.75, -1.1])
+    assert weighted_logps(POL_W, MASK_W, S_W, average=True).tolist() == pytest.approx([-4.75 / 4.5, -1.1 / 4])
+    assert weighted_logps(POL_W, MASK_W).tolist() == sequence_logps(POL_W, MASK_W).tolist()  # no weights: ones
+    # an empty response averages to 0, not 0/0
+    assert weighted_logps(t([[-1.0]]), t([[0]]), t([[2.0]]), average=True).tolist() == [0.0]
+
+
+def test_weighted_logps_padding_is_exactly_zero_even_at_minus_inf():
+    logps = t([[-1.0, -math.inf, math.nan]]).requires_grad_()
+    mask, weights = t([[1, 0, 0]]), t([[3.0, 5.0, math.inf]])
+    for average in (False, True):
+        got = weighted_logps(logps, mask, weights, average=average)
+        assert got.tolist() == [-3.0 if not average else -1.0]
+        logps.grad = None
+        got.sum().backward()
+        assert logps.grad.tolist() == [[3.0 if not average else 1.0, 0.0, 0.0]]
+
+
+# By hand, weighted ratios (see above): chosen [1.75, -0.6] over N = [4.5, 4], rejected [-1.25, 0] over N = [3.5, 1]
+DDPO_SUM = ([1.75, -0.6], [-1.25, 0.0])
+DDPO_AVG = ([1.75 / 4.5, -0.6 / 4], [-1.25 / 3.5, 0.0])
+
+
+@pytest.mark.parametrize("average, expected", [(False, DDPO_SUM), (True, DDPO_AVG)])
+def test_ddpo_hand(average, expected):
+    (h_w0, h_w1), (h_l0, h_l1) = expected
+    loss, r_w, r_l = ddpo_loss(POL_W, REF_W, POL_L, REF_L, MASK_W, MASK_L, S_W, S_L, BETA, average=average)
+    assert loss.item() == pytest.approx((softplus_neg(BETA * (h_w0 - h_l0)) + softplus_neg(BETA * (h_w1 - h_l1))) / 2)
+    assert r_w.tolist() == pytest.approx([BETA * h_w0, BETA * h_w1])
+    assert r_l.tolist() == pytest.approx([BETA * h_l0, BETA * h_l1])
+    assert not r_w.requires_grad
+    # the SFT term: sft_weight * mean of the chosen answer's weighted *average* NLL under the policy, in both forms
+    with_sft, _, _ = ddpo_loss(
+        POL_W, REF_W, POL_L, REF_L, MASK_W, MASK_L, S_W, S_L, BETA, average=average, sft_weight=0.3
+    )
+    assert with_sft.item() == pytest.approx(loss.item() + 0.3 * (4.75 / 4.5 + 1.1 / 4) / 2)
+
+
+def _random_pair(seed: int = 0):
+    """float32 per-token log-probs of a 3-pair batch, right-padded with -inf (a gather on padding can give that)."""
+    gen = torch.Generator().manual_seed(seed)
+    mask_w = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]])
+    mask_l = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+
+    def logps(mask):
+        x = -torch.rand(mask.shape, generator=gen) * 3
+        return x.masked_fill(mask == 0, -math.inf)
+
+    return logps(mask_w), logps(mask_w), logps(mask_l), logps(mask_l), mask_w, mask_l
+
+
+def test_ddpo_with_gamma_1_is_sequence_dpo_exactly():
+    pol_w, ref_w, pol_l, ref_l, mask_w, mask_l = _random_pair()
+    ones_w, ones_l = torch.ones(mask_w.shape), torch.ones(mask_l.shape)
+    got = ddpo_loss(pol_w, ref_w, pol_l, ref_l, mask_w, mask_l, ones_w, ones_l, 0.7)
+    want = dpo_pair_loss(pol_w, ref_w, pol_l, ref_l, mask_w, mask_l, 0.7, form="sequence")
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    unweighted = ddpo_loss(pol_w, ref_w, pol_l, ref_l, mask_w, mask_l, None, None, 0.7)
+    assert all(torch.equal(a, b) for a, b in zip(unweighted, want))
+
+
+def test_ddpo_average_with_gamma_1_is_mean_form_dpo():
+    pol_w, ref_w, pol_l, ref_l, mask_w, mask_l = _random_pair(1)
+    ones_w, ones_l = torch.ones(mask_w.shape), torch.ones(mask_l.shape)
+    loss, r_w, _ = ddpo_loss(pol_w, ref_w, pol_l, ref_l, mask_w, mask_l, ones_w, ones_l, 2.0, average=True)
+    mean_loss, mean_r_w, _ = dpo_pair_loss(pol_w, ref_w, pol_l, ref_l, mask_w, mask_l, 2.0, form="mean")
+    assert torch.equal(loss, mean_loss)
+    # the rewards differ by design: DDPO's are the averaged log-ratios inside its sigmoid, the mean form logs sums
+    assert torch.allclose(r_w * mask_w.sum(-1), mean_r_w)
+
+
+@pytest.mark.parametrize("average", [False, True])
+def test_ddpo_gradient_is_zero_on_padding(average):
+    pol_w, ref_w, pol_l, ref_l, mask_w, mask_l = _random_pair(2)
+    pol_w, pol_l = pol_w.requires_grad_(), pol_l.requires_grad_()
+    weights_w = torch.full(mask_w.shape, 2.0).masked_fill(mask_w == 0, math.nan)  # padded weights must not matter
+    weights_l = torch.full(mask_l.shape, 3.0)
+    loss, _, _ = ddpo_loss(
+        pol_w, ref_w, pol_l, ref_l, mask_w, mask_l, weights_w, weights_l, 0.5, average=average, sft_weight=1.0
+    )
+    assert torch.isfinite(loss)
+    loss.backward()
+    for grad, mask in ((pol_w.grad, mask_w), (pol_l.grad, mask_l)):
+        assert torch.isfinite(grad).all()
+        assert (grad[mask == 0] == 0).all() and (grad[mask == 1] != 0).all()
+
+
+@pytest.mark.parametrize("average", [False, True])
+def test_ddpo_raising_gamma_raises_the_changed_tokens_gradient(average):
+    """A corrected token (index 1 of each answer) weighted gamma gets a larger gradient the larger gamma is."""
+    pol_w, ref_w, pol_l, ref_l, mask_w, mask_l = _random_pair(3)
+    pol_w = ref_w + 0.1 * torch.randn(ref_w.shape, generator=torch.Generator().manual_seed(4))
+    pol_l = ref_l - 0.1
+
+    def grads(gamma: float):
+        weights_w, weights_l = torch.ones(mask_w.shape), torch.ones(mask_l.shape)
+        weights_w[:, 1], weights_l[:, 1] = gamma, gamma
+        p_w, p_l = pol_w.clone().requires_grad_(), pol_l.clone().requires_grad_()
+        loss, _, _ = ddpo_loss(p_w, ref_w, p_l, ref_l, mask_w, mask_l, weights_w, weights_l, 0.5, average=average)
+        loss.backward()
+        return p_w.grad, p_l.grad
+
+    (gw1, gl1), (gw5, gl5) = grads(1.0), grads(5.0)
+    changed_w, changed_l = mask_w[:, 1] == 1, mask_l[:, 1] == 1  # rows whose answer has a token 1
+    assert (gw5[changed_w, 1].abs() > gw1[changed_w, 1].abs()).all()
+    assert (gl5[changed_l, 1].abs() > gl1[changed_l, 1].abs()).all()
+    # the gradient still raises the chosen answer and lowers the rejected one
+    assert (gw5[changed_w, 1] < 0).all() and (gl5[changed_l, 1] > 0).all()
