@@ -66,3 +66,19 @@ def micro_sft_config(output_dir, cache_dir, steps: int = 30, vision_pretrain_ste
         vision_pretrain_steps=vision_pretrain_steps,
         **kw,
     )
+
+
+def sample_report() -> dict:
+    """An expert report with a correct, a misrecognised and a dropped sentence, and an added part."""
+    edit = dict(objects=[], reason="")
+    return {
+        "sentences": [
+            dict(copied="there is a red cup at the top left.", score=4, error_type="correct",
+                 rewritten="there is a red cup at the top left.", **edit),
+            dict(copied="a blue fork is at the center.", score=2, error_type="image_recognition_error",
+                 rewritten="  a blue knife is at the center. ", **edit),
+            dict(copied="a dog sings.", score=1, error_type="language_comprehension_error", rewritten="", **edit),
+        ],
+        "added": "there is a green cat at the bottom right.",
+        "added_reason": "missing",
+    }  # fmt: skip

@@ -21,6 +21,7 @@ from align.losses import (
     weighted_logps,
 )
 from data_builders.experts import ExpertReport
+from tests.conftest import sample_report
 
 
 def softplus_neg(x: float) -> float:
@@ -174,23 +175,8 @@ def test_span_token_weights_hand_offsets():
     assert span_token_weights([(2, 5)], [(0.0, 6.0, 2.0)]) == [2.0]
 
 
-def _report() -> dict:
-    edit = dict(objects=[], reason="")
-    return {
-        "sentences": [
-            dict(copied="there is a red cup at the top left.", score=4, error_type="correct",
-                 rewritten="there is a red cup at the top left.", **edit),
-            dict(copied="a blue fork is at the center.", score=2, error_type="image_recognition_error",
-                 rewritten="  a blue knife is at the center. ", **edit),
-            dict(copied="a dog sings.", score=1, error_type="language_comprehension_error", rewritten="", **edit),
-        ],
-        "added": "there is a green cat at the bottom right.",
-        "added_reason": "missing",
-    }  # fmt: skip
-
-
 def test_report_spans_text_and_weights():
-    report = _report()
+    report = sample_report()
     text, spans = report_spans(report, "rollout")
     assert text == "there is a red cup at the top left. a blue fork is at the center. a dog sings."
     assert spans == [(0, 35, 1.0), (36, 65, 2.0), (66, 78, 2.5)]
@@ -213,7 +199,7 @@ def test_report_spans_text_and_weights():
 def test_weights_land_on_tokens_with_the_tiny_tokenizer():
     from align.models import build_tiny_tokenizer
 
-    report = _report()
+    report = sample_report()
     report["sentences"] = report["sentences"][:2]
     text, spans = report_spans(report, "rollout")
     assert text == "there is a red cup at the top left. a blue fork is at the center."

@@ -22,6 +22,7 @@ from data_builders.rlhf_v import (
     validate_spans,
 )
 from data_builders.schema import PREFERENCE_FEATURES
+from tests.conftest import sample_report
 
 G = 5.0  # gamma
 
@@ -99,23 +100,8 @@ def test_changed_char_spans_round_trip_through_the_tokenizer(tokenizer):
     assert changed_char_spans(chosen, chosen, tokenizer, G) == ([], [])
 
 
-def _report() -> dict:
-    edit = dict(objects=[], reason="")
-    return {
-        "sentences": [
-            dict(copied="there is a red cup at the top left.", score=4, error_type="correct",
-                 rewritten="there is a red cup at the top left.", **edit),
-            dict(copied="a blue fork is at the center.", score=2, error_type="image_recognition_error",
-                 rewritten="  a blue knife is at the center. ", **edit),
-            dict(copied="a dog sings.", score=1, error_type="language_comprehension_error", rewritten="", **edit),
-        ],
-        "added": "there is a green cat at the bottom right.",
-        "added_reason": "missing",
-    }  # fmt: skip
-
-
 def test_report_char_spans_weight_wrong_sentences_and_the_added_part():
-    report = _report()
+    report = sample_report()
     chosen, chosen_spans, rejected, rejected_spans = report_char_spans(report, G)
     assert chosen == ExpertReport.from_dict(report).revision == report_spans(report, "revision")[0]
     assert rejected == report_spans(report, "rollout")[0]
