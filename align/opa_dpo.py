@@ -341,7 +341,8 @@ class OPADPOTrainer(ResumableTrainer):
             nll = torch.stack([-(pol[v] * mask[v]).sum() / mask[v].sum().clamp(min=1) for v in chosen]).mean()
             parts["sft"] = nll.detach()
             loss = loss + c.c_sft * nll
-        if self.state.global_step % max(self.args.logging_steps, 1) == 0 and model.training:
+        # Trainer logs after the step that makes global_step a multiple of logging_steps: keep that step's terms
+        if (self.state.global_step + 1) % max(self.args.logging_steps, 1) == 0 and model.training:
             logs = {k: float(v.detach()) for k, v in parts.items()}
             logs.update({f"rewards/{k}": float(v.mean()) for k, v in rewards.items()})
             if "rollout" in rewards or "rejected" in rewards:
@@ -352,7 +353,7 @@ class OPADPOTrainer(ResumableTrainer):
         return loss
 
     def log(self, logs, *args, **kwargs):
-        logs.update(getattr(self, "_pending_logs", {}))
+        logs.update(self.__dict__.pop("_pending_logs", {}))  # once: not into the end-of-training metrics too
         super().log(logs, *args, **kwargs)
 
 

@@ -1,15 +1,17 @@
-"""RLHF-V / RLAIF-V preference data: fine-grained correction weights, and importers for public preference sets.
+"""RLHF-V preference data: fine-grained correction weights, and RLHF-V pairs built from OPA-DPO records.
 
 RLHF-V's DDPO up-weights (by gamma) the tokens a human corrected. Its training code (thunlp/Muffin,
 `utils/diff_lib.py:get_diff_ids`) finds them by diffing the token ids of the rejected (original) and chosen
 (corrected) answers and ignoring matches shorter than 3 tokens. `changed_char_spans` runs that diff and stores the
 result as weighted character spans, the PreferenceRecord format, which the collator maps back to tokens through
 the tokenizer's offsets (`align.losses.span_token_weights`). `report_char_spans` gives the same spans from an
-OPA-DPO expert report, where the changed sentences are known without a diff.
+OPA-DPO expert report, where the changed sentences are known without a diff. `preferences_from_opa` turns a whole
+OPA dataset into such pairs (revision over rollout), so RLHF-V's DDPO can be compared with OPA-DPO on equal data:
 
-`import_preferences` turns public rows (RLHF-V-Dataset, RLAIF-V-Dataset, LLaVA-Human-Preference-10K) into
-PreferenceRecords with no spans. A bad row is skipped and counted by reason, never raised: one broken image in
-83k rows must not stop an import. Nothing is downloaded: fetch the files yourself.
+    align build-data configs/toy/preference_data.yaml   # runs/opa_data/dataset → runs/pref_data/dataset
+
+Public preference sets (RLHF-V-Dataset, RLAIF-V-Dataset, LLaVA-Human-Preference-10K) are imported by
+`data_builders.preference_import`.
 
 This package never imports `align` (DESIGN.md), so the expert-report text rule is restated here; the tests pin it
 to `align.losses.report_spans` and `ExpertReport.revision`.
@@ -17,44 +19,20 @@ to `align.losses.report_spans` and `ExpertReport.revision`.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import io
 import json
-import re
+import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-import PIL.Image
-from datasets import Image
+from datasets import Dataset, Image
 
-from data_builders.experts import ExpertReport
-from data_builders.importers import _read
-
-Format = Literal["rlhf_v", "rlaif_v", "llava_human_pref"]
-DATASET_NAMES = {
-    "rlhf_v": "HaoyeZhang/RLHF-V-Dataset",
-    "rlaif_v": "openbmb/RLAIF-V-Dataset",
-    "llava_human_pref": "zhiqings/LLaVA-Human-Preference-10K",
-}
-REQUIRED_COLUMNS = {
-    "rlhf_v": ("text", "image"),
-    "rlaif_v": ("question", "chosen", "rejected", "image"),
-    "llava_human_pref": ("conversations", "output_1", "output_2", "preference", "image"),
-}
-SKIP_REASONS = (
-    "malformed_row",  # a .jsonl line or .json entry that is not a JSON object
-    "malformed_text_json",
-    "missing_field",
-    "multi_turn",  # LLaVA-Human-Preference rows whose outputs answer a later turn; a record holds one prompt
-    "empty_response",
-    "chosen_equals_rejected",
-    "bad_image",
-)
-MAX_SKIP_EXAMPLES = 50
-_IMAGE_TOKEN = re.compile(r"\s*<image>\s*")
-
+from data_builders.experts import ExpertReplyError, ExpertReport
+from data_builders.opa_dpo import load_opa_dataset, save_dataset
+from data_builders.preference_import import SkipRow
+from data_builders.schema import PREFERENCE_FEATURES
 
 # ---------------------------------------------------------------- correction weights
 
@@ -161,188 +139,152 @@ def validate_spans(text: str, spans: list[list[float]]) -> None:
         raise ValueError(f"span {i} {list(span)}: {problem}")
 
 
-# ---------------------------------------------------------------- public preference sets
+# ---------------------------------------------------------------- equal-data pairs from OPA-DPO records
+
+OPA_SKIP_REASONS = (
+    "uncorrected",  # the revision equals the rollout: RLHF-V discards responses without a hallucination
+    "empty_response",
+    "malformed_report",
+)
 
 
-class _SkipRow(Exception):
-    """A row that cannot become a record; `reason` is one of SKIP_REASONS, the message says what was found."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
+def _image_field(image) -> dict:
+    """The stored-image dict of PREFERENCE_FEATURES from an undecoded dataset cell or raw bytes."""
+    return image if isinstance(image, dict) else {"bytes": image, "path": None}
 
 
-def _text(container: dict, key: str) -> str:
-    value = container.get(key)
-    if not isinstance(value, str):
-        raise _SkipRow("missing_field", f"{key}: expected text, got {type(value).__name__}")
-    return value
-
-
-def _rlhf_v_fields(row: dict) -> tuple[str, str, str]:
-    text = row.get("text")
-    if text is None:
-        raise _SkipRow("missing_field", "text: missing")
+def _opa_pair(row: dict, gamma: float, spans: str, tokenizer, min_match: int) -> dict:
+    """One OPA record as an RLHF-V pair (chosen = revision, rejected = rollout); raises SkipRow."""
     try:
-        data = json.loads(text) if isinstance(text, str) else text
-    except json.JSONDecodeError as err:
-        raise _SkipRow("malformed_text_json", f"text: {err}") from None
-    if not isinstance(data, dict):
-        raise _SkipRow("malformed_text_json", f"text: expected a JSON object, got {type(data).__name__}")
-    return _text(data, "question"), _text(data, "chosen"), _text(data, "rejected")
+        chosen, chosen_spans, rejected, rejected_spans = report_char_spans(json.loads(row["report"]), gamma)
+    except (json.JSONDecodeError, TypeError, ExpertReplyError) as err:
+        raise SkipRow("malformed_report", f"report: {err}") from None
+    if not chosen or not rejected:
+        raise SkipRow("empty_response", "revision or rollout is empty")
+    if chosen == rejected:
+        raise SkipRow("uncorrected", "the expert changed nothing")
+    if spans == "diff":
+        chosen_spans, rejected_spans = changed_char_spans(chosen, rejected, tokenizer, gamma, min_match)
+    validate_spans(chosen, chosen_spans)  # a bad span here is a bug in this module: fail loudly, write nothing
+    validate_spans(rejected, rejected_spans)
+    return {"chosen": chosen, "rejected": rejected, "chosen_spans": chosen_spans, "rejected_spans": rejected_spans}
 
 
-def _llava_pref_fields(row: dict) -> tuple[str, str, str]:
-    """LLaVA-RLHF's reward-model data puts output_1/output_2 in place of the last gpt turn, so the turn they
-    answer is the human turn before it; with earlier turns the prompt would lose its context: skipped."""
-    turns = row.get("conversations")
-    if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
-        raise _SkipRow("missing_field", "conversations: expected a list of {from, value}")
-    if turns and turns[-1].get("from") == "gpt":
-        turns = turns[:-1]
-    if len(turns) > 1:
-        raise _SkipRow("multi_turn", f"conversations: {len(turns)} turns before the compared answer")
-    if not turns or turns[0].get("from") != "human":
-        raise _SkipRow("missing_field", "conversations: no human turn")
-    outputs = [row.get("output_1"), row.get("output_2")]
-    if not all(isinstance(o, dict) for o in outputs):
-        raise _SkipRow("missing_field", "output_1/output_2: expected {from, value}")
-    first, second = (_text(o, "value") for o in outputs)
-    preference = row.get("preference")
-    if isinstance(preference, bool) or preference not in (1, 2):
-        raise _SkipRow("missing_field", f"preference: expected 1 or 2, got {preference!r}")
-    return _text(turns[0], "value"), *((first, second) if preference == 1 else (second, first))
-
-
-def _checked_image(image, image_dir: Path) -> bytes:
-    """Encoded bytes from raw bytes, {"bytes", "path"} or a path (relative to `image_dir`). Decoded once here so
-    a corrupt image is skipped at import, not met in the middle of a training run."""
-    if isinstance(image, dict):
-        image = image.get("bytes") or image.get("path")
-    if isinstance(image, str) and image:
-        file = image_dir / image
-        if not file.is_file():
-            raise _SkipRow("bad_image", f"image: file {file} not found")
-        image = file.read_bytes()
-    if not isinstance(image, (bytes, bytearray)) or not image:
-        raise _SkipRow("missing_field", "image: no bytes or path")
-    try:
-        with PIL.Image.open(io.BytesIO(image)) as im:
-            im.verify()  # structure and checksums; verify() leaves the image unusable, hence the second open
-        with PIL.Image.open(io.BytesIO(image)) as im:
-            im.load()  # full decode: catches truncated data that verify() does not read
-    except Exception as err:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
-        raise _SkipRow("bad_image", f"image: {type(err).__name__}: {err}") from None
-    return bytes(image)
-
-
-def _to_record(row, fmt: Format, index: int, path: Path, image_dir: Path) -> dict:
-    if not isinstance(row, dict):
-        raise _SkipRow("malformed_row", "not a JSON object")
-    if fmt == "rlhf_v":
-        prompt, chosen, rejected = _rlhf_v_fields(row)
-    elif fmt == "rlaif_v":
-        prompt, chosen, rejected = _text(row, "question"), _text(row, "chosen"), _text(row, "rejected")
-    else:
-        prompt, chosen, rejected = _llava_pref_fields(row)
-    prompt = _IMAGE_TOKEN.sub(" ", prompt).strip()  # the chat template places the image; a second token breaks it
-    if not prompt:
-        raise _SkipRow("missing_field", "prompt: empty")
-    if not chosen.strip() or not rejected.strip():
-        raise _SkipRow("empty_response", "chosen or rejected is empty")
-    if chosen.strip() == rejected.strip():
-        raise _SkipRow("chosen_equals_rejected", "chosen and rejected are the same text")
-    image = _checked_image(row.get("image"), image_dir)
-    row_id = row.get("idx", row.get("id"))
-    row_id = f"{path.stem}-{index}" if row_id is None or row_id == "" else str(row_id)
-    meta = {"dataset": DATASET_NAMES[fmt], "file": str(path), "row": index, "row_id": row_id}
-    if row.get("ds_name"):
-        meta["ds_name"] = row["ds_name"]
-    return {
-        "id": row_id,
-        "image": {"bytes": image, "path": None},
-        "prompt": prompt,
-        "chosen": chosen,
-        "rejected": rejected,
-        "chosen_spans": [],
-        "rejected_spans": [],
-        "source": DATASET_NAMES[fmt],
-        "meta": json.dumps(meta),
-    }
-
-
-def _rows(path: Path, fmt: Format) -> Iterator[tuple[int, object]]:
-    """(row index, row) pairs. Text files are parsed line by line so one broken line is one skipped row; columnar
-    sources go through `importers._read` and must have the format's columns (a missing one means the wrong fmt)."""
-    if path.suffix == ".jsonl":
-        with path.open() as lines:
-            for index, line in enumerate(lines):
-                if line.strip():
-                    try:
-                        yield index, json.loads(line)
-                    except json.JSONDecodeError:
-                        yield index, None
-        return
-    if path.suffix == ".json":  # LLaVA-Human-Preference-10K ships as one JSON array
-        try:
-            rows = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err}); expected an array of rows") from None
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a JSON array of rows, got {type(rows).__name__}")
-        yield from enumerate(rows)
-        return
-    data = _read(path)
-    missing = [c for c in REQUIRED_COLUMNS[fmt] if c not in data.column_names]
-    if missing:
-        raise ValueError(
-            f"{path}: no column(s) {', '.join(missing)}; {fmt} rows ({DATASET_NAMES[fmt]}) need "
-            f"{', '.join(REQUIRED_COLUMNS[fmt])}. Is this another format?"
-        )
-    if isinstance(data.features.get("image"), Image):
-        data = data.cast_column("image", Image(decode=False))
-    yield from enumerate(data)
-
-
-def import_preferences(
-    path: str | Path, fmt: Format, limit: int | None = None, image_dir: str | Path | None = None
+def preferences_from_opa(
+    opa_dataset, gamma: float, spans: Literal["report", "diff"] = "report", tokenizer=None, min_match: int = 3
 ) -> tuple[list[dict], dict]:
-    """PreferenceRecord dicts (no spans) from a public preference set, and a report of what was read and skipped.
+    """RLHF-V pairs on exactly the data OPA-DPO trains on: chosen = the expert's revision, rejected = the policy's
+    rollout, both rebuilt from the report (`report_char_spans`) so the spans line up with the texts.
 
-    `path`: a `datasets.save_to_disk` folder, a .parquet file (the hub layout), a .jsonl file, or a .json array
-    (LLaVA-Human-Preference-10K's own file). Image paths in rows are resolved against `image_dir` (default: the
-    file's folder; LLaVA-Human-Preference names COCO train2017 files). `limit` caps the rows read, so a skipped row
-    still counts. The report: rows_read, kept, skipped {reason: count} over SKIP_REASONS, and up to
-    MAX_SKIP_EXAMPLES examples {row, reason, detail} to find the bad rows by (`row` is 0-based; in a .jsonl file
-    it is the line index, blank lines included, so the line number is row + 1).
+    spans="report": gamma on the sentences the expert flagged (and its added text); spans="diff": gamma on the
+    tokens Muffin's token-id diff marks changed (`changed_char_spans`; needs the policy's `tokenizer`).
+    `opa_dataset` is an OPA dataset (OPA_FEATURES) or a list of its rows. Rows the expert left unchanged are
+    skipped (RLHF-V keeps only corrected responses), as are empty sides and malformed reports; returns
+    (PreferenceRecord dicts, counts {rows_in, rows_out, skipped {reason: n}}).
     """
-    if fmt not in DATASET_NAMES:
-        raise ValueError(f"unknown preference format {fmt!r}; expected one of {', '.join(DATASET_NAMES)}")
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"preference data {str(path)!r} does not exist")
-    if not path.is_dir() and path.suffix not in (".parquet", ".jsonl", ".json"):
-        raise ValueError(f"{path}: expected a save_to_disk folder, a .parquet, .jsonl or .json file")
-    image_dir = Path(image_dir) if image_dir is not None else (path if path.is_dir() else path.parent)
+    if spans not in ("report", "diff"):
+        raise ValueError(f"spans must be 'report' or 'diff', got {spans!r}")
+    if spans == "diff" and tokenizer is None:
+        raise ValueError("spans='diff' diffs token ids: pass the policy's tokenizer")
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    if isinstance(getattr(opa_dataset, "features", {}).get("image"), Image):
+        opa_dataset = opa_dataset.cast_column("image", Image(decode=False))  # pass the encoded bytes through
+    records: list[dict] = []
     skipped: Counter = Counter()
-    examples: list[dict] = []
-    records, rows_read = [], 0
-    for index, row in _rows(path, fmt):
-        if limit is not None and rows_read >= limit:
-            break
-        rows_read += 1
+    for index, row in enumerate(opa_dataset):
         try:
-            records.append(_to_record(row, fmt, index, path, image_dir))
-        except _SkipRow as skip:
+            pair = _opa_pair(row, gamma, spans, tokenizer, min_match)
+        except SkipRow as skip:
             skipped[skip.reason] += 1
-            if len(examples) < MAX_SKIP_EXAMPLES:
-                examples.append({"row": index, "reason": skip.reason, "detail": str(skip)})
-    report = {
-        "path": str(path),
-        "format": fmt,
-        "rows_read": rows_read,
-        "kept": len(records),
-        "skipped": {reason: skipped[reason] for reason in SKIP_REASONS},
-        "examples": examples,
+            continue
+        meta = {"builder": "preferences_from_opa", "row": index, "spans": spans, "gamma": gamma}
+        meta["opa_meta"] = json.loads(row["meta"]) if row.get("meta") else {}
+        records.append(
+            {
+                "id": row["id"],
+                "image": _image_field(row["image"]),
+                "prompt": row["prompt"],
+                **pair,
+                "source": row.get("source") or "opa",
+                "meta": json.dumps(meta),
+            }
+        )
+    counts = {
+        "rows_in": len(records) + sum(skipped.values()),
+        "rows_out": len(records),
+        "skipped": {reason: skipped[reason] for reason in OPA_SKIP_REASONS},
     }
-    return records, report
+    return records, counts
+
+
+@dataclasses.dataclass
+class PreferenceDataConfig:
+    """`align build-data` config: RLHF-V preference pairs from an OPA-DPO dataset (the same rollouts and
+    corrections, so DPO/DDPO and OPA-DPO can be compared on equal data)."""
+
+    recipe: Literal["preference_data"] = dataclasses.field(
+        default="preference_data", metadata={"help": "Selects this builder."}
+    )
+    opa_dataset: str = dataclasses.field(
+        default="runs/opa_data/dataset", metadata={"help": "OPA dataset from `align build-data` (opa_dpo_data)."}
+    )
+    output_dir: str = dataclasses.field(
+        default="runs/pref_data", metadata={"help": "Where dataset/ and summary.json are written."}
+    )
+    gamma: float = dataclasses.field(
+        default=5.0,
+        metadata={
+            "help": "DDPO weight of corrected tokens, stored as the span weight. 5.0 as the RLHF-V paper and "
+            "Muffin's first README; the current RLHF-V script uses 1.1."
+        },
+    )
+    spans: Literal["report", "diff"] = dataclasses.field(
+        default="report",
+        metadata={
+            "help": "report: the sentences the expert flagged; diff: the tokens a token-id diff of revision and "
+            "rollout marks changed (Muffin's rule; needs policy for its tokenizer)."
+        },
+    )
+    policy: str | None = dataclasses.field(
+        default=None, metadata={"help": "Checkpoint whose tokenizer the diff runs on (spans: diff only)."}
+    )
+    min_match: int = dataclasses.field(
+        default=3, metadata={"help": "spans: diff: matching runs shorter than this count as changed (Muffin: 3)."}
+    )
+
+    def __post_init__(self):
+        if not self.gamma > 0:
+            raise ValueError(f"gamma must be > 0, got {self.gamma}")
+        if self.spans == "diff" and not self.policy:
+            raise ValueError("spans: diff needs policy (a checkpoint directory) for its tokenizer")
+        if self.min_match < 1:
+            raise ValueError("min_match must be >= 1")
+
+
+def build_preference_data(cfg: PreferenceDataConfig) -> dict:
+    """Write `output_dir/dataset` (PREFERENCE_FEATURES) and `output_dir/summary.json`; returns the summary."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    tokenizer = None
+    if cfg.spans == "diff":
+        from transformers import AutoTokenizer  # only here: the report spans need no tokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.policy)
+    records, counts = preferences_from_opa(
+        load_opa_dataset(cfg.opa_dataset), cfg.gamma, cfg.spans, tokenizer, cfg.min_match
+    )
+    summary = {
+        "dataset": str(out / "dataset"),
+        "opa_dataset": cfg.opa_dataset,
+        "gamma": cfg.gamma,
+        "spans": cfg.spans,
+        **counts,
+        "seconds": round(time.time() - t0, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if not records:
+        raise ValueError(f"{cfg.opa_dataset}: no pair left of {counts['rows_in']} rows; skipped {counts['skipped']}")
+    save_dataset(Dataset.from_list(records, features=PREFERENCE_FEATURES), out / "dataset")
+    return summary
