@@ -40,6 +40,29 @@ def small_world(cache_dir):
     return build_toyworld(SMALL_WORLD, cache_dir)
 
 
+@pytest.fixture(scope="session")
+def micro_opa_data(tmp_path_factory, cache_dir):
+    """(a saved micro policy, an OPA dataset of its rollouts on 8 small-world images corrected by the oracle)."""
+    from align.models import build_model, save_policy
+    from align.rollout import HFRolloutEngine
+    from data_builders.opa_dpo import OPADataConfig, RolloutSettings, build
+
+    root = tmp_path_factory.mktemp("opa")
+    model, processor = build_model(ModelConfig(tiny=MICRO_SPEC, finetune="full"), seed=0)
+    policy = str(save_policy(model, processor, root / "policy"))
+    cfg = OPADataConfig(
+        output_dir=str(root / "data"),
+        policy=policy,
+        world=SMALL_WORLD,
+        cache_dir=str(cache_dir),
+        limit=8,
+        rollout=RolloutSettings(max_new_tokens=16, batch_size=8),
+    )
+    summary = build(cfg, HFRolloutEngine(policy, cfg.rollout))
+    assert summary["rows_out"] >= 4, summary
+    return policy, summary["dataset"]
+
+
 @pytest.fixture
 def micro_model_cfg():
     return ModelConfig(tiny=MICRO_SPEC, finetune="full")

@@ -17,11 +17,9 @@ from datasets import Dataset, Image, load_from_disk
 from align.cli import main as cli
 from align.data import image_seq_length
 from align.dpo import DPORecipeConfig, encode_pair, encode_pairs, main
-from align.models import build_tiny_tokenizer, load_policy, save_policy
-from align.rollout import HFRolloutEngine
+from align.models import build_tiny_tokenizer, load_policy
 from align.sections import DataConfig, EvalConfig, GenerationConfig, ModelConfig, OptimConfig
 from data_builders.experts import ExpertReport
-from data_builders.opa_dpo import OPADataConfig, RolloutSettings, build
 from data_builders.rlhf_v import (
     PreferenceDataConfig,
     build_preference_data,
@@ -30,7 +28,7 @@ from data_builders.rlhf_v import (
     validate_spans,
 )
 from data_builders.schema import OPA_FEATURES, PREFERENCE_FEATURES
-from tests.conftest import MICRO_SPEC, SMALL_WORLD, sample_report
+from tests.conftest import SMALL_WORLD, sample_report
 
 REPO = Path(__file__).resolve().parents[2]
 G = 5.0
@@ -70,22 +68,10 @@ def _opa_row(row_id: str, report, png: bytes) -> dict:
 
 
 @pytest.fixture(scope="module")
-def pref_data(tmp_path_factory, cache_dir):
+def pref_data(tmp_path_factory, micro_opa_data):
     """(policy, OPA dataset, preference dataset for training: the built pairs plus a duplicate and an empty pair)."""
-    from align.models import build_model
-
+    policy, opa = micro_opa_data
     root = tmp_path_factory.mktemp("dpo")
-    model, processor = build_model(ModelConfig(tiny=MICRO_SPEC, finetune="full"), seed=0)
-    policy = str(save_policy(model, processor, root / "policy"))
-    opa_cfg = OPADataConfig(
-        output_dir=str(root / "opa"),
-        policy=policy,
-        world=SMALL_WORLD,
-        cache_dir=str(cache_dir),
-        limit=8,
-        rollout=RolloutSettings(max_new_tokens=16, batch_size=8),
-    )
-    opa = build(opa_cfg, HFRolloutEngine(policy, opa_cfg.rollout))["dataset"]
     summary = build_preference_data(PreferenceDataConfig(opa_dataset=opa, output_dir=str(root / "pref"), gamma=G))
     assert summary["rows_out"] >= 4, summary
     rows = [dict(r) for r in load_from_disk(summary["dataset"]).cast_column("image", Image(decode=False))]

@@ -10,33 +10,15 @@ import pytest
 import torch
 
 from align.data import image_seq_length
-from align.models import load_policy, save_policy
+from align.models import load_policy
 from align.opa_dpo import OPADPOConfig, OPAStepConfig, encode_record, main, opa_rows
-from align.rollout import HFRolloutEngine
 from align.sections import DataConfig, EvalConfig, GenerationConfig, ModelConfig, OptimConfig
-from data_builders.opa_dpo import OPADataConfig, RolloutSettings, build
 from tests.conftest import SMALL_WORLD
 
 
 @pytest.fixture(scope="module")
-def opa_data(tmp_path_factory, cache_dir):
-    from align.models import build_model
-    from tests.conftest import MICRO_SPEC
-
-    root = tmp_path_factory.mktemp("opa")
-    model, processor = build_model(ModelConfig(tiny=MICRO_SPEC, finetune="full"), seed=0)
-    policy = str(save_policy(model, processor, root / "policy"))
-    cfg = OPADataConfig(
-        output_dir=str(root / "data"),
-        policy=policy,
-        world=SMALL_WORLD,
-        cache_dir=str(cache_dir),
-        limit=8,
-        rollout=RolloutSettings(max_new_tokens=16, batch_size=8),
-    )
-    summary = build(cfg, HFRolloutEngine(policy, cfg.rollout))
-    assert summary["rows_out"] >= 4, summary
-    return policy, summary["dataset"]
+def opa_data(micro_opa_data):
+    return micro_opa_data
 
 
 def opa_config(tmp_path, policy, dataset, **kw) -> OPADPOConfig:
