@@ -30,9 +30,10 @@ test-slow: setup
 lint: setup
 	$(VENV)/bin/ruff check align data_builders rewards kernels tests bench
 
-bench: setup   # about an hour on 2 CPU cores: base policies, OPA-DPO with its baseline and ablation, full demos
+bench: setup   # over an hour on 2 CPU cores: base policies, OPA-DPO (+ baseline, ablation), DPO vs DDPO, full demos
 	$(PY) bench/demo.py --base-only
 	$(PY) bench/opa_dpo.py
+	$(PY) bench/rlhf_v.py
 	$(PY) bench/demo.py
 
 clean:
