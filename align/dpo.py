@@ -217,8 +217,7 @@ class DDPOTrainer(ResumableTrainer):
         loss, r_w, r_l = losses.ddpo_loss(
             pol[ch], ref[ch], pol[rj], ref[rj], mask[ch], mask[rj], w_ch, w_rj, c.beta, c.average, c.sft_weight
         )
-        # Trainer logs after the step that makes global_step a multiple of logging_steps: keep that step's terms
-        if (self.state.global_step + 1) % max(self.args.logging_steps, 1) == 0 and model.training:
+        if self.logs_this_step(model):
             logs = {
                 "rewards/chosen": float(r_w.mean()),
                 "rewards/rejected": float(r_l.mean()),
@@ -230,12 +229,8 @@ class DDPOTrainer(ResumableTrainer):
                 sft = float(-losses.weighted_logps(pol[ch].detach(), mask[ch], w_ch, average=True).mean())
                 logs["sft"] = sft
             logs["pair"] = float(loss.detach()) - c.sft_weight * sft
-            self._pending_logs = logs
+            self.stash_step_logs(logs)
         return loss
-
-    def log(self, logs, *args, **kwargs):
-        logs.update(self.__dict__.pop("_pending_logs", {}))  # once: not into the end-of-training metrics too
-        super().log(logs, *args, **kwargs)
 
 
 # ---------------------------------------------------------------- the recipe

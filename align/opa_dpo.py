@@ -341,20 +341,15 @@ class OPADPOTrainer(ResumableTrainer):
             nll = torch.stack([-(pol[v] * mask[v]).sum() / mask[v].sum().clamp(min=1) for v in chosen]).mean()
             parts["sft"] = nll.detach()
             loss = loss + c.c_sft * nll
-        # Trainer logs after the step that makes global_step a multiple of logging_steps: keep that step's terms
-        if (self.state.global_step + 1) % max(self.args.logging_steps, 1) == 0 and model.training:
+        if self.logs_this_step(model):
             logs = {k: float(v.detach()) for k, v in parts.items()}
             logs.update({f"rewards/{k}": float(v.mean()) for k, v in rewards.items()})
             if "rollout" in rewards or "rejected" in rewards:
                 rejected = rewards.get("rollout", rewards.get("rejected"))
                 logs["rewards/accuracy"] = float((rewards["reference"] > rejected).float().mean())
                 logs["rewards/margin"] = float((rewards["reference"] - rejected).mean())
-            self._pending_logs = logs
+            self.stash_step_logs(logs)
         return loss
-
-    def log(self, logs, *args, **kwargs):
-        logs.update(self.__dict__.pop("_pending_logs", {}))  # once: not into the end-of-training metrics too
-        super().log(logs, *args, **kwargs)
 
 
 # ---------------------------------------------------------------- the recipe

@@ -40,6 +40,19 @@ class ResumableTrainer(Trainer):
                 optimizer.add_param_group({**settings, "params": moved, "lr": self.projector_lr, "name": "projector"})
         return optimizer
 
+    def logs_this_step(self, model) -> bool:
+        """Whether the step in progress is one Trainer logs after: it logs once the step makes `global_step` a
+        multiple of `logging_steps`, and `global_step` counts finished steps."""
+        return model.training and (self.state.global_step + 1) % max(self.args.logging_steps, 1) == 0
+
+    def stash_step_logs(self, logs: dict) -> None:
+        """Values from `compute_loss` (loss terms, rewards) to add to the next `log` call, once."""
+        self._step_logs = logs
+
+    def log(self, logs, *args, **kwargs):
+        logs.update(self.__dict__.pop("_step_logs", {}))  # once: not into the end-of-training metrics too
+        super().log(logs, *args, **kwargs)
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         model = model if model is not None else self.model
         single_file = os.path.isfile(os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME))

@@ -63,6 +63,25 @@ def micro_opa_data(tmp_path_factory, cache_dir):
     return policy, summary["dataset"]
 
 
+def assert_every_lora_weight_moved(start: str, final: str) -> list[str]:
+    """Every weight LoRA adapts (language model, vision tower, projector) differs between the start and the merged
+    final policy. Returns those weights' names."""
+    import torch
+
+    from align.models import load_policy
+
+    before = dict(load_policy(start, device="cpu")[0].named_parameters())
+    after = dict(load_policy(final, device="cpu")[0].named_parameters())
+    adapted = [
+        n
+        for n in before
+        if any(k in n for k in ("q_proj", "v_proj", "down_proj", "fc2", "linear_1", "linear_2")) and "weight" in n
+    ]
+    assert {"language_model", "vision_tower", "multi_modal_projector"} <= {p for n in adapted for p in n.split(".")}
+    assert all(not torch.equal(before[n], after[n]) for n in adapted)
+    return adapted
+
+
 @pytest.fixture
 def micro_model_cfg():
     return ModelConfig(tiny=MICRO_SPEC, finetune="full")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import PIL.Image
 import pytest
-import torch
 from datasets import Dataset, Image, load_from_disk
 
 from align.cli import main as cli
@@ -28,7 +27,7 @@ from data_builders.rlhf_v import (
     validate_spans,
 )
 from data_builders.schema import OPA_FEATURES, PREFERENCE_FEATURES
-from tests.conftest import SMALL_WORLD, sample_report
+from tests.conftest import SMALL_WORLD, assert_every_lora_weight_moved, sample_report
 
 REPO = Path(__file__).resolve().parents[2]
 G = 5.0
@@ -179,16 +178,7 @@ def test_dpo_starts_at_log2_and_trains_every_lora_weight(dpo_run, pref_data):
     assert all(math.isfinite(h["loss"]) for h in dpo_run["log_history"] if "loss" in h)
     assert dpo_run["pairs"]["kept"] == n_pairs
     assert json.loads((Path(dpo_run["final"]).parent / "train_summary.json").read_text())["pairs"] == dpo_run["pairs"]
-    start, _ = load_policy(policy, device="cpu")
-    final, _ = load_policy(dpo_run["final"], device="cpu")
-    before, after = dict(start.named_parameters()), dict(final.named_parameters())
-    adapted = [
-        n
-        for n in before
-        if any(k in n for k in ("q_proj", "v_proj", "down_proj", "fc2", "linear_1", "linear_2")) and "weight" in n
-    ]
-    assert {"language_model", "vision_tower", "multi_modal_projector"} <= {p for n in adapted for p in n.split(".")}
-    assert all(not torch.equal(before[n], after[n]) for n in adapted)
+    assert_every_lora_weight_moved(policy, dpo_run["final"])
 
 
 def test_duplicate_and_empty_pairs_are_counted_and_skipped(dpo_run):

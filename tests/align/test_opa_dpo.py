@@ -13,7 +13,7 @@ from align.data import image_seq_length
 from align.models import load_policy
 from align.opa_dpo import OPADPOConfig, OPAStepConfig, encode_record, main, opa_rows
 from align.sections import DataConfig, EvalConfig, GenerationConfig, ModelConfig, OptimConfig
-from tests.conftest import SMALL_WORLD
+from tests.conftest import SMALL_WORLD, assert_every_lora_weight_moved
 
 
 @pytest.fixture(scope="module")
@@ -91,19 +91,11 @@ def test_opa_then_opa_dpo_trains_every_lora_weight(opa_data, tmp_path):
     losses = [h["loss"] for h in summary["log_history"] if "loss" in h]
     assert all(math.isfinite(v) for v in losses)
     # the final model differs from the OPA start in every LoRA-adapted (merged) weight
-    start, _ = load_policy(summary["start"], device="cpu")
-    final, _ = load_policy(summary["final"], device="cpu")
-    before, after = dict(start.named_parameters()), dict(final.named_parameters())
-    adapted = [
-        n
-        for n in before
-        if any(k in n for k in ("q_proj", "v_proj", "down_proj", "fc2", "linear_1", "linear_2")) and "weight" in n
-    ]
-    assert {"language_model", "vision_tower", "multi_modal_projector"} <= {p for n in adapted for p in n.split(".")}
-    assert all(not torch.equal(before[n], after[n]) for n in adapted)
+    adapted = assert_every_lora_weight_moved(summary["start"], summary["final"])
     # and the OPA step moved the base policy
     base, _ = load_policy(policy, device="cpu")
-    assert not torch.equal(dict(base.named_parameters())[adapted[0]], before[adapted[0]])
+    start, _ = load_policy(summary["start"], device="cpu")
+    assert not torch.equal(dict(base.named_parameters())[adapted[0]], dict(start.named_parameters())[adapted[0]])
 
 
 def test_offpolicy_baseline_skips_the_opa_step_and_logs_the_nll_term(opa_data, tmp_path):
