@@ -6,8 +6,10 @@ from typing import Any, NamedTuple
 
 from align.dpo import DPORecipeConfig
 from align.opa_dpo import OPADPOConfig
+from align.rlaif_v import RLAIFVConfig
 from align.sft import SFTConfig
 from data_builders.opa_dpo import OPADataConfig
+from data_builders.rlaif_v import RLAIFVDataConfig
 from data_builders.rlhf_v import PreferenceDataConfig
 from data_builders.toyworld_data import ToyWorldDataConfig
 
@@ -22,9 +24,11 @@ RECIPES: dict[str, Recipe] = {
     "sft": Recipe(SFTConfig, "train", "align.sft:main"),
     "opa_dpo": Recipe(OPADPOConfig, "train", "align.opa_dpo:main"),
     "dpo": Recipe(DPORecipeConfig, "train", "align.dpo:main"),
+    "rlaif_v": Recipe(RLAIFVConfig, "train", "align.rlaif_v:main"),
     "toyworld": Recipe(ToyWorldDataConfig, "build-data", "data_builders.toyworld_data:build_from_config"),
     "opa_dpo_data": Recipe(OPADataConfig, "build-data", "align.rollout:build_opa_data"),
     "preference_data": Recipe(PreferenceDataConfig, "build-data", "data_builders.rlhf_v:build_preference_data"),
+    "rlaif_v_data": Recipe(RLAIFVDataConfig, "build-data", "align.rollout:build_rlaif_v_data"),
 }
 
 

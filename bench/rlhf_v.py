@@ -1,17 +1,18 @@
-"""Plain DPO vs RLHF-V's DDPO on ToyWorld, on equal data (the same OPA-DPO rollouts and oracle corrections) and
-equal steps, over seeds.
+"""Plain DPO vs RLHF-V's DDPO vs iterative RLAIF-V on ToyWorld, at equal prompts and equal steps, over seeds.
 
     python bench/opa_dpo.py                   # first: the base policies and the OPA data of each seed
     python bench/rlhf_v.py                    # seeds 0 1 2 → bench/results/rlhf_v.{json,md}
-    python bench/rlhf_v.py --root runs/bench-rlhf-v-lr1e-4 --out bench/results/lr1e-4 optim.lr=1e-4
-                                              # overrides go to every train run
+    python bench/rlhf_v.py --lr 3e-5 --steps 200 --root runs/bench-rlhf-v-mid --out bench/results/mid
 
-Per seed S (each stage is skipped when its output already exists):
-  align build-data configs/toy/preference_data.yaml opa_dataset=runs/bench-opa/seed-S/data/dataset
-        policy=<base> output_dir=<root>/seed-S/pref                  (revision ≻ rollout, corrected sentences γ=5)
-  align train configs/toy/dpo.yaml  model.name_or_path=<base> ... output_dir=<root>/seed-S/dpo
-  align train configs/toy/ddpo.yaml model.name_or_path=<base> ... output_dir=<root>/seed-S/ddpo
-with <base> = runs/bench-demo/seed-S/sft_base/final. Metrics are on the ToyWorld test split, POPE included.
+Per seed S, with <base> = runs/bench-demo/seed-S/sft_base/final (each stage is skipped when its output exists):
+  align build-data configs/toy/preference_data.yaml opa_dataset=runs/bench-opa/seed-S/data/dataset ...
+        → revision ≻ rollout pairs on the 3000 training images, corrected sentences γ=5 (DPO ignores the spans)
+  align train configs/toy/dpo.yaml  ...   plain DPO, --steps steps at --lr
+  align train configs/toy/ddpo.yaml ...   DDPO, the same
+  align train configs/toy/rlaif_v.yaml labeler=oracle ...  RLAIF-V: --rounds rounds of (sample 4 captions per
+        training image with the current policy, check their claims, 2 pairs per image, DPO for steps/rounds steps)
+  align train configs/toy/rlaif_v.yaml labeler=policy ...  the same with the policy as its own labeler
+All use the same LoRA, β and batch. Metrics are on the ToyWorld test split, POPE included.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-MODELS = ("base", "dpo", "ddpo")
+MODELS = ("base", "dpo", "ddpo", "rlaif_v", "rlaif_v_self")
 METRICS = [
     ("toyworld_chair", "chair_s", "CHAIR_s"),
     ("toyworld_chair", "chair_i", "CHAIR_i"),
@@ -43,7 +44,7 @@ def evaluated(checkpoint: Path) -> dict:
     return json.loads(results.read_text())
 
 
-def run_seed(seed: int, root: Path, overrides: list[str]) -> dict:
+def run_seed(seed: int, root: Path, args) -> dict:
     base = Path("runs/bench-demo") / f"seed-{seed}" / "sft_base" / "final"
     opa_data = Path("runs/bench-opa") / f"seed-{seed}" / "data" / "dataset"
     if not (base / "config.json").is_file() or not (opa_data / "dataset_info.json").is_file():
@@ -57,32 +58,46 @@ def run_seed(seed: int, root: Path, overrides: list[str]) -> dict:
             f"policy={base}",
             f"output_dir={work / 'pref'}",
         )
+    common = [f"seed={seed}", "eval_at_end=false", f"optim.lr={args.lr}", f"optim.max_steps={args.steps}"]
     for name in ("dpo", "ddpo"):
         if not (work / name / "final" / "config.json").is_file():
             align(
                 "train",
                 f"configs/toy/{name}.yaml",
                 f"model.name_or_path={base}",
-                f"seed={seed}",
                 f"data.world.seed={seed}",
                 f"dataset={work / 'pref' / 'dataset'}",
                 f"output_dir={work / name}",
-                "eval_at_end=false",
-                *overrides,
+                *common,
             )
-    checkpoints = {"base": base, "dpo": work / "dpo" / "final", "ddpo": work / "ddpo" / "final"}
-    return {"seed": seed, **{m: evaluated(c) for m, c in checkpoints.items()}}
+    finals = {"base": base, "dpo": work / "dpo" / "final", "ddpo": work / "ddpo" / "final"}
+    for name, labeler in (("rlaif_v", "oracle"), ("rlaif_v_self", "policy")):
+        run = work / name
+        if not (run / "rounds.json").is_file():
+            align(
+                "train",
+                "configs/toy/rlaif_v.yaml",
+                f"policy={base}",
+                f"seed={seed}",
+                f"rounds={args.rounds}",
+                f"output_dir={run}",
+                f"data.world.seed={seed}",
+                f"data.labeler={labeler}",
+                f"train.data.world.seed={seed}",
+                f"train.optim.lr={args.lr}",
+                f"train.optim.max_steps={args.steps // args.rounds}",
+                "train.eval_at_end=false",
+            )
+        rounds = json.loads((run / "rounds.json").read_text())
+        finals[name] = Path(rounds["final"])
+        data = [r["data"] for r in rounds["rounds"]]
+        pairs = [d["pairs"]["kept"] for d in data]
+        agreement = [d["labeler_agreement_with_truth"] for d in data]
+        print(f"seed {seed} {name}: pairs per round {pairs}, labeler agreement with truth {agreement}")
+    return {"seed": seed, **{m: evaluated(c) for m, c in finals.items()}}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--root", default="runs/bench-rlhf-v")
-    ap.add_argument("--out", default="bench/results")
-    ap.add_argument("overrides", nargs="*", help="passed to both `align train` runs")
-    args = ap.parse_args()
-    runs = [run_seed(s, Path(args.root), args.overrides) for s in args.seeds]
-
+def table(runs: list[dict]) -> str:
     rows = ["| model | " + " | ".join(label for *_, label in METRICS) + " | CHAIR_i vs base |", "|---" * 6 + "|"]
     for model in MODELS:
         cells = []
@@ -95,12 +110,28 @@ def main() -> None:
         ]
         cells.append(f"{statistics.mean(change):+.0f}% ({', '.join(f'{c:+.0f}%' for c in change)})")
         rows.append(f"| {model} | " + " | ".join(cells) + " |")
-    table = "\n".join(rows) + f"\n\nseeds {args.seeds}; overrides {args.overrides}\n"
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--lr", type=float, default=1e-5, help="learning rate of every run (configs: 1e-5)")
+    ap.add_argument("--steps", type=int, default=100, help="optimiser steps of every method (configs: 100)")
+    ap.add_argument("--rounds", type=int, default=2, help="RLAIF-V rounds; each trains steps/rounds steps")
+    ap.add_argument("--root", default="runs/bench-rlhf-v")
+    ap.add_argument("--out", default="bench/results")
+    args = ap.parse_args()
+    if args.steps % args.rounds:
+        raise SystemExit("--steps must be a multiple of --rounds (equal steps for every method)")
+    runs = [run_seed(s, Path(args.root), args) for s in args.seeds]
+    settings = {"seeds": args.seeds, "lr": args.lr, "steps": args.steps, "rounds": args.rounds}
+    text = table(runs) + f"\n\n{settings}\n"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "rlhf_v.json").write_text(json.dumps({"runs": runs, "overrides": args.overrides}, indent=2))
-    (out / "rlhf_v.md").write_text(table)
-    print(table)
+    (out / "rlhf_v.json").write_text(json.dumps({"runs": runs, "settings": settings}, indent=2))
+    (out / "rlhf_v.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -131,6 +131,22 @@ def parse_report(content: str) -> ExpertReport:
     return ExpertReport.from_dict(data)
 
 
+def build_client(cfg: OpenAIExpertConfig):
+    """An openai client for cfg; the key is read from cfg.api_key_env and kept only inside the client."""
+    import openai  # lazy: only the OpenAI-backed builders need it
+
+    if cfg.api_key_env is None:
+        api_key = "EMPTY"  # OpenAI-compatible local servers want some value in the header
+    else:
+        api_key = os.environ.get(cfg.api_key_env)
+        if not api_key:
+            raise ValueError(
+                f"environment variable {cfg.api_key_env} is not set: export {cfg.api_key_env}=<your key>, "
+                "or set api_key_env to None for a server that needs no key"
+            )
+    return openai.OpenAI(api_key=api_key, base_url=cfg.base_url, timeout=cfg.timeout, max_retries=cfg.max_retries)
+
+
 class OpenAIExpert:
     """Corrects responses with an OpenAI-compatible VLM; see the module docstring for the failure policy."""
 
@@ -142,18 +158,7 @@ class OpenAIExpert:
 
     @staticmethod
     def _build_client(cfg: OpenAIExpertConfig):
-        import openai  # lazy: only this expert needs it
-
-        if cfg.api_key_env is None:
-            api_key = "EMPTY"  # OpenAI-compatible local servers want some value in the header
-        else:
-            api_key = os.environ.get(cfg.api_key_env)
-            if not api_key:
-                raise ValueError(
-                    f"environment variable {cfg.api_key_env} is not set: export {cfg.api_key_env}=<your key>, "
-                    "or set api_key_env to None for a server that needs no key"
-                )
-        return openai.OpenAI(api_key=api_key, base_url=cfg.base_url, timeout=cfg.timeout, max_retries=cfg.max_retries)
+        return build_client(cfg)
 
     def __repr__(self) -> str:
         return f"OpenAIExpert(model={self.cfg.model!r}, base_url={self.cfg.base_url!r}, prompt={PROMPT_VERSION!r})"

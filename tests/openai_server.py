@@ -7,6 +7,8 @@ Behaviours, consumed one per request from `server.script` (then `server.default`
     ("json", obj)       200, message content = json.dumps(obj)
     ("text", str)       200, message content = str
     ("refusal", str)    200, content None and message.refusal = str
+    ("logprobs", [(token, logprob), ...])  200, a one-token reply: content = the first token given, and
+                        choices[0].logprobs.content[0].top_logprobs = the pairs given, in that order
     ("status", code)    error `code` with a `retry-after-ms: 10` header, so client retries are quick
     ("sleep", s[, then]) wait s seconds (past the client timeout), then answer with `then` (default: a text reply)
     callable(body)      called with the request JSON; returns one of the above
@@ -28,16 +30,26 @@ import pytest
 USAGE = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
 
 
-def completion(body: dict, content: str | None, refusal: str | None = None) -> dict:
+def completion(body: dict, content: str | None, refusal: str | None = None, logprobs: dict | None = None) -> dict:
     message = {"role": "assistant", "content": content, "refusal": refusal}
     return {
         "id": "chatcmpl-test",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body.get("model", "test"),
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": logprobs}],
         "usage": dict(USAGE),
     }
+
+
+def token_logprobs(top: list[tuple[str, float]]) -> dict:
+    """choices[i].logprobs of a one-token reply whose token is top[0], in OpenAI's shape."""
+
+    def entry(token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    first = entry(*top[0]) | {"top_logprobs": [entry(t, lp) for t, lp in top]}
+    return {"content": [first], "refusal": None}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -69,6 +81,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, completion(body, arg))
         elif kind == "refusal":
             self._send(200, completion(body, None, refusal=arg))
+        elif kind == "logprobs":
+            self._send(200, completion(body, arg[0][0], logprobs=token_logprobs(arg)))
         elif kind == "status":
             error = {"error": {"message": f"scripted status {arg}", "type": "server_error", "code": None}}
             self._send(arg, error, {"retry-after-ms": "10"})

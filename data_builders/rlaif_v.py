@@ -1,0 +1,327 @@
+"""RLAIF-V-style AI-feedback preference data: sample, divide into claims, check, score, pair, length-balance.
+
+    align build-data configs/toy/rlaif_v_data.yaml     # one round; `align train configs/toy/rlaif_v.yaml` iterates
+
+Steps, as RLAIF-V's pipeline (methods.md §2.3), each resumable:
+1. the policy samples `samples` responses per prompt (T=0.7), appended to `samples.jsonl` batch by batch;
+2. each response is divided into atomic claims with yes/no questions (data_builders/claims.py);
+3. a labeler answers every question; a claim is rejected when P(yes) <= 0.5, i.e. P(yes) <= P(no); per response
+   the claims and verdicts are appended to `feedback.jsonl` chunk by chunk, so a killed build resumes;
+4. score = −(rejected claims); every two responses of a prompt whose scores differ by >= `min_score_diff` make a
+   candidate pair (higher score = chosen), and `pairs_per_prompt` of them are drawn per prompt;
+5. length balancing: the threshold t on (len_rejected − len_chosen) / len_rejected (words) that brings the mean
+   chosen and rejected lengths closest is searched over 0, 0.02, ..., 0.98, and pairs above it are dropped
+   (otherwise fewer claims, i.e. shorter answers, would win most pairs).
+The output is a PreferenceRecord dataset (no spans: plain DPO) plus `summary.json`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import json
+import time
+import typing
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+from data_builders import toyworld as tw
+from data_builders.claims import CheckRequest, Claim, Divider, Labeler, parse_truth
+from data_builders.importers import public_prompts
+from data_builders.opa_dpo import RolloutEngine, RolloutSettings, roll_out, save_dataset, toyworld_prompts
+from data_builders.openai_expert import OpenAIExpertConfig
+from data_builders.openai_feedback import divide_all
+from data_builders.schema import PREFERENCE_FEATURES
+
+THRESHOLDS = [round(0.02 * i, 2) for i in range(50)]
+
+
+@dataclasses.dataclass
+class RLAIFVDataConfig:
+    """`align build-data` config: one round of RLAIF-V feedback data from a policy's own samples."""
+
+    recipe: typing.Literal["rlaif_v_data"] = dataclasses.field(
+        default="rlaif_v_data", metadata={"help": "Selects this builder."}
+    )
+    output_dir: str = dataclasses.field(default="runs/rlaif_v_data", metadata={"help": "Where everything goes."})
+    policy: str = dataclasses.field(
+        default="runs/demo/sft_base/final", metadata={"help": "Checkpoint that samples (and labels, labeler: policy)."}
+    )
+    prompts: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Public RLAIF-V-style rows (save_to_disk folder, .parquet, .jsonl); null = ToyWorld."},
+    )
+    world: tw.WorldConfig = dataclasses.field(default_factory=tw.WorldConfig, metadata={"help": "ToyWorld."})
+    cache_dir: str | None = dataclasses.field(default=None, metadata={"help": "ToyWorld cache root."})
+    split: typing.Literal["train", "val", "test"] = dataclasses.field(default="train", metadata={"help": "Images."})
+    limit: int | None = dataclasses.field(default=None, metadata={"help": "Prompts to use (null = all)."})
+    seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the prompts (the same every round)."})
+    round: int = dataclasses.field(
+        default=0, metadata={"help": "Iteration number: shifts the sampling seed so each round samples anew."}
+    )
+    samples: int = dataclasses.field(default=4, metadata={"help": "Responses sampled per prompt."})
+    rollout: RolloutSettings = dataclasses.field(
+        default_factory=lambda: RolloutSettings(temperature=0.7, top_p=1.0),
+        metadata={"help": "Sampling (RLAIF-V: T=0.7)."},
+    )
+    divider: typing.Literal["toyworld", "sentences", "openai"] = dataclasses.field(
+        default="toyworld",
+        metadata={"help": "toyworld: rules for ToyWorld captions; sentences: a claim per sentence; openai: an LLM."},
+    )
+    labeler: typing.Literal["oracle", "policy", "openai"] = dataclasses.field(
+        default="oracle",
+        metadata={"help": "oracle: ground truth; policy: the sampling policy's own P(yes) (self-feedback); openai."},
+    )
+    openai: OpenAIExpertConfig = dataclasses.field(
+        default_factory=lambda: OpenAIExpertConfig(max_tokens=1024),
+        metadata={"help": "The OpenAI-compatible endpoint of divider: openai and labeler: openai."},
+    )
+    concurrency: int = dataclasses.field(default=8, metadata={"help": "OpenAI requests in flight."})
+    min_score_diff: int = dataclasses.field(default=1, metadata={"help": "Least score gap of a pair (RLAIF-V: 1)."})
+    pairs_per_prompt: int = dataclasses.field(default=2, metadata={"help": "Pairs drawn per prompt (RLAIF-V: 2)."})
+    length_balance: bool = dataclasses.field(default=True, metadata={"help": "Search the length threshold."})
+    chunk: int = dataclasses.field(default=64, metadata={"help": "Responses checked per feedback.jsonl append."})
+
+    def __post_init__(self):
+        if self.samples < 2:
+            raise ValueError("samples must be >= 2: pairs are made between responses to the same prompt")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be >= 1 or null")
+        if self.min_score_diff < 1 or self.pairs_per_prompt < 1 or self.chunk < 1 or self.concurrency < 1:
+            raise ValueError("min_score_diff, pairs_per_prompt, chunk and concurrency must be >= 1")
+        if self.prompts is not None and (self.labeler == "oracle" or self.divider == "toyworld"):
+            raise ValueError(
+                "prompts: public rows have no ground truth; use divider: openai|sentences and labeler: openai|policy"
+            )
+        if self.labeler == "oracle" and self.divider != "toyworld":
+            raise ValueError("labeler: oracle checks structured ToyWorld claims only; set divider: toyworld")
+
+
+# ---------------------------------------------------------------- scores and pairs (pure)
+
+
+def response_score(verdicts: list[bool]) -> int:
+    """RLAIF-V's score: minus the number of rejected claims."""
+    return -sum(not v for v in verdicts)
+
+
+def candidate_pairs(scores: dict[str, int], texts: dict[str, str], min_diff: int) -> list[tuple[str, str]]:
+    """(chosen id, rejected id) for every two responses whose scores differ by >= min_diff and whose texts
+    differ, in a fixed order."""
+    pairs = []
+    for a, b in itertools.combinations(sorted(scores), 2):
+        if abs(scores[a] - scores[b]) < min_diff or texts[a].strip() == texts[b].strip():
+            continue
+        pairs.append((a, b) if scores[a] > scores[b] else (b, a))
+    return pairs
+
+
+def _length_gap(pairs: list[dict]) -> float:
+    chosen = np.mean([len(p["chosen"].split()) for p in pairs])
+    rejected = np.mean([len(p["rejected"].split()) for p in pairs])
+    return abs(chosen - rejected) / max(rejected, 1e-9)
+
+
+def length_balance(pairs: list[dict]) -> tuple[list[dict], dict]:
+    """Drop the pairs whose chosen is shorter than its rejected by more than a searched fraction of the rejected
+    length; the fraction is the one of THRESHOLDS whose kept pairs have the closest mean lengths."""
+
+    def keep(t: float) -> list[dict]:
+        return [p for p in pairs if (_words(p["rejected"]) - _words(p["chosen"])) / max(_words(p["rejected"]), 1) <= t]
+
+    tried = [(t, keep(t)) for t in THRESHOLDS]
+    tried = [(t, kept) for t, kept in tried if kept]
+    if not tried:
+        return pairs, {"threshold": None, "kept": len(pairs)}
+    best, kept = min(tried, key=lambda tk: _length_gap(tk[1]))  # the smallest t wins a tie
+    stats = {
+        "threshold": best,
+        "kept": len(kept),
+        "dropped": len(pairs) - len(kept),
+        "gap_before": round(float(_length_gap(pairs)), 4) if pairs else None,
+        "gap_after": round(float(_length_gap(kept)), 4),
+    }
+    return kept, stats
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+# ---------------------------------------------------------------- the build
+
+
+def make_divider(cfg: RLAIFVDataConfig, out: Path) -> Divider:
+    from data_builders.claims import SentenceDivider, ToyWorldDivider
+
+    if cfg.divider == "toyworld":
+        return ToyWorldDivider()
+    if cfg.divider == "sentences":
+        return SentenceDivider()
+    from data_builders.openai_feedback import OpenAIDivider
+
+    return OpenAIDivider(cfg.openai, cache_dir=out / "divider_cache")
+
+
+def sample_prompts(cfg: RLAIFVDataConfig) -> tuple[list[dict], list[dict]]:
+    """(prompts, one entry per sample: the prompt's fields with id '<prompt id>#<k>')."""
+    prompts = toyworld_prompts(cfg) if cfg.prompts is None else public_prompts(cfg.prompts, cfg.limit)
+    expanded = [{**p, "id": f"{p['id']}#{k}", "prompt_id": p["id"]} for p in prompts for k in range(cfg.samples)]
+    return prompts, expanded
+
+
+def read_feedback(path: Path) -> dict[str, dict]:
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                done[row["id"]] = row
+            except (json.JSONDecodeError, KeyError):
+                continue  # torn by a kill mid-write: checked again
+    return done
+
+
+def check_responses(
+    samples, responses, divider, labeler, path: Path, chunk: int, concurrency: int = 1
+) -> tuple[dict, collections.Counter]:
+    """id → {claims, score}; responses already in `path` are kept, the rest divided, checked and appended."""
+    done, failed = read_feedback(path), collections.Counter()
+    todo = [s for s in samples if s["id"] not in done]
+    with path.open("a") as f:
+        for start in tqdm(range(0, len(todo), chunk), desc="feedback", leave=False):
+            batch = todo[start : start + chunk]
+            divided = divide_all(divider, [(s["prompt"], responses[s["id"]]) for s in batch], concurrency)
+            claims: dict[str, list[Claim]] = {}
+            for s, result in zip(batch, divided, strict=True):
+                if isinstance(result, Exception):
+                    failed["divider_failed"] += 1  # not written: divided again on a rerun
+                else:
+                    claims[s["id"]] = result
+            requests = [
+                CheckRequest(f"{sid}#{i}", s["image"], c, s["objects"])
+                for s in batch
+                if (sid := s["id"]) in claims
+                for i, c in enumerate(claims[sid])
+            ]
+            answers = dict(zip((r.id for r in requests), labeler.p_yes(requests), strict=True))
+            for s in batch:
+                if s["id"] not in claims:
+                    continue
+                probs = [answers[f"{s['id']}#{i}"] for i in range(len(claims[s["id"]]))]
+                if any(p is None for p in probs):
+                    failed["labeler_failed"] += 1
+                    continue  # not written: a rerun checks this response again
+                row = {
+                    "id": s["id"],
+                    "prompt_id": s["prompt_id"],
+                    "claims": [{**c.to_dict(), "p_yes": p} for c, p in zip(claims[s["id"]], probs, strict=True)],
+                    "score": response_score([p > 0.5 for p in probs]),
+                }
+                done[s["id"]] = row
+                f.write(json.dumps(row) + "\n")
+            f.flush()
+    return done, failed
+
+
+def labeler_agreement(feedback: dict[str, dict], samples: list[dict]) -> float | None:
+    """Share of checked claims on which the labeler agrees with ToyWorld ground truth (None without truth)."""
+    from data_builders.claims import claim_holds
+
+    agree = total = 0
+    for s in samples:
+        row = feedback.get(s["id"])
+        if row is None or s.get("objects") is None:
+            continue
+        scene, objects = parse_truth(s["objects"])
+        for c in row["claims"]:
+            if c["kind"] == "statement":
+                continue
+            claim = Claim(c["text"], c["question"], c["kind"], c["facts"])
+            agree += claim_holds(claim, scene, objects) == (c["p_yes"] > 0.5)
+            total += 1
+    return agree / total if total else None
+
+
+def make_pairs(cfg, prompts, samples, responses, feedback) -> tuple[list[dict], dict]:
+    by_prompt: dict[str, list[str]] = collections.defaultdict(list)
+    for s in samples:
+        if s["id"] in feedback and responses[s["id"]].strip():
+            by_prompt[s["prompt_id"]].append(s["id"])
+    pairs, no_pair, n_candidates = [], 0, 0
+    for index, p in enumerate(prompts):
+        ids = by_prompt.get(p["id"], [])
+        scores = {i: feedback[i]["score"] for i in ids}
+        candidates = candidate_pairs(scores, {i: responses[i] for i in ids}, cfg.min_score_diff)
+        n_candidates += len(candidates)
+        if not candidates:
+            no_pair += 1
+            continue
+        rng = np.random.default_rng([cfg.seed, cfg.round, index])
+        for k in sorted(rng.permutation(len(candidates))[: cfg.pairs_per_prompt]):
+            chosen, rejected = candidates[k]
+            meta = {"prompt_id": p["id"], "chosen_id": chosen, "rejected_id": rejected, "round": cfg.round}
+            meta |= {"chosen_score": scores[chosen], "rejected_score": scores[rejected]}
+            pairs.append({"prompt": p, "chosen": responses[chosen], "rejected": responses[rejected], "meta": meta})
+    counts = {"candidates": n_candidates, "prompts_without_pair": no_pair, "drawn": len(pairs)}
+    return pairs, counts
+
+
+def build(cfg: RLAIFVDataConfig, engine: RolloutEngine, labeler: Labeler) -> dict:
+    """Write `output_dir/dataset` (PREFERENCE_FEATURES) and `summary.json`; returns the summary."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    divider = make_divider(cfg, out)
+    prompts, samples = sample_prompts(cfg)
+    seed = cfg.seed + 100_003 * cfg.round  # a new draw each round, the same on a rerun of that round
+    responses = roll_out(engine, samples, out / "samples.jsonl", cfg.rollout, seed)
+    feedback, failed = check_responses(
+        samples, responses, divider, labeler, out / "feedback.jsonl", cfg.chunk, cfg.concurrency
+    )
+    pairs, pair_counts = make_pairs(cfg, prompts, samples, responses, feedback)
+    length_stats = {"threshold": None}
+    if cfg.length_balance and pairs:
+        pairs, length_stats = length_balance(pairs)
+    source = f"{engine.name}+{divider.divider_id}+{labeler.labeler_id}"
+    records = [
+        {
+            "id": f"{p['meta']['chosen_id']}>{p['meta']['rejected_id']}",
+            "image": {"bytes": p["prompt"]["image"], "path": None},
+            "prompt": p["prompt"]["prompt"],
+            "chosen": p["chosen"],
+            "rejected": p["rejected"],
+            "chosen_spans": [],
+            "rejected_spans": [],
+            "source": source,
+            "meta": json.dumps({"builder": "rlaif_v", **p["meta"]}),
+        }
+        for p in pairs
+    ]
+    scores = collections.Counter(row["score"] for row in feedback.values())
+    summary = {
+        "dataset": str(out / "dataset"),
+        "round": cfg.round,
+        "policy": cfg.policy,
+        "source": source,
+        "prompts": len(prompts),
+        "responses": len(samples),
+        "checked": len(feedback),
+        "failed": dict(failed + collections.Counter(getattr(labeler, "failures", {}))),
+        "usage": dataclasses.asdict(labeler.usage) if hasattr(labeler, "usage") else None,
+        "claims": sum(len(r["claims"]) for r in feedback.values()),
+        "score_histogram": {str(k): scores[k] for k in sorted(scores)},
+        "labeler_agreement_with_truth": labeler_agreement(feedback, samples),
+        "pairs": {**pair_counts, "kept": len(records)},
+        "length_balance": length_stats,
+        "seconds": round(time.time() - t0, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if not records:
+        raise ValueError(f"{cfg.output_dir}: no preference pair (see {out / 'summary.json'}); rerun once fixed")
+    save_dataset(Dataset.from_list(records, features=PREFERENCE_FEATURES), out / "dataset")
+    return summary
