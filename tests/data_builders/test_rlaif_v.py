@@ -174,7 +174,11 @@ def test_build_scores_pairs_and_resumes_after_a_kill(tmp_path, cache_dir):
     labeler, engine = CountingLabeler(), ScriptedEngine(SCRIPT)
     again = build(cfg, engine, labeler)
     assert engine.calls == 0  # every sample was already on disk
-    assert labeler.asked == sum(len(json.loads(line)["claims"]) for line in lines[12:])
+    rest = [json.loads(line) for line in lines[12:]]
+    chunks = [rest[i : i + cfg.chunk] for i in range(0, len(rest), cfg.chunk)]
+    # each (prompt, question) is asked once per chunk: the samples of a prompt share their image
+    unique = sum(len({(r["prompt_id"], c["question"]) for r in chunk for c in r["claims"]}) for chunk in chunks)
+    assert labeler.asked == unique < sum(len(r["claims"]) for r in rest)
     assert [(r["id"], r["chosen"], r["rejected"]) for r in load_from_disk(again["dataset"])] == first
 
 
