@@ -10,7 +10,7 @@ from align.rlaif_v import RLAIFVConfig
 from align.sft import SFTConfig
 from data_builders.opa_dpo import OPADataConfig
 from data_builders.rlaif_v import RLAIFVDataConfig
-from data_builders.rlhf_v import PreferenceDataConfig
+from data_builders.rlhf_v import PreferenceDataConfig, PublicPreferenceConfig
 from data_builders.toyworld_data import ToyWorldDataConfig
 
 
@@ -28,6 +28,9 @@ RECIPES: dict[str, Recipe] = {
     "toyworld": Recipe(ToyWorldDataConfig, "build-data", "data_builders.toyworld_data:build_from_config"),
     "opa_dpo_data": Recipe(OPADataConfig, "build-data", "align.rollout:build_opa_data"),
     "preference_data": Recipe(PreferenceDataConfig, "build-data", "data_builders.rlhf_v:build_preference_data"),
+    "public_preferences": Recipe(
+        PublicPreferenceConfig, "build-data", "data_builders.rlhf_v:build_public_preferences"
+    ),
     "rlaif_v_data": Recipe(RLAIFVDataConfig, "build-data", "align.rollout:build_rlaif_v_data"),
 }
 

@@ -10,8 +10,11 @@ OPA dataset into such pairs (revision over rollout), so RLHF-V's DDPO can be com
 
     align build-data configs/toy/preference_data.yaml   # runs/opa_data/dataset → runs/pref_data/dataset
 
-Public preference sets (RLHF-V-Dataset, RLAIF-V-Dataset, LLaVA-Human-Preference-10K) are imported by
-`data_builders.preference_import`.
+Public preference sets (RLHF-V-Dataset, RLAIF-V-Dataset, LLaVA-Human-Preference-10K) are read by
+`data_builders.preference_import`; `build_public_preferences` writes them as a PreferenceRecord dataset, with the
+same diff spans if asked (nothing is downloaded: fetch the file yourself):
+
+    align build-data configs/llava15_7b/rlhf_v_data.yaml   # RLHF-V-Dataset.parquet → runs/llava15_7b/rlhf_v_data
 
 This package never imports `align` (DESIGN.md), so the expert-report text rule is restated here; the tests pin it
 to `align.losses.report_spans` and `ExpertReport.revision`.
@@ -31,7 +34,7 @@ from datasets import Dataset, Image
 
 from data_builders.experts import ExpertReplyError, ExpertReport
 from data_builders.opa_dpo import load_opa_dataset, save_dataset
-from data_builders.preference_import import SkipRow
+from data_builders.preference_import import MAX_SKIP_EXAMPLES, Format, SkipRow, import_preferences
 from data_builders.schema import PREFERENCE_FEATURES
 
 # ---------------------------------------------------------------- correction weights
@@ -262,16 +265,19 @@ class PreferenceDataConfig:
             raise ValueError("min_match must be >= 1")
 
 
+def _load_tokenizer(policy: str):
+    """The policy's tokenizer for the token-id diff. Never trust_remote_code: a config file must not run code."""
+    from transformers import AutoTokenizer  # only here: spans "none"/"report" need no tokenizer
+
+    return AutoTokenizer.from_pretrained(policy, trust_remote_code=False)
+
+
 def build_preference_data(cfg: PreferenceDataConfig) -> dict:
     """Write `output_dir/dataset` (PREFERENCE_FEATURES) and `output_dir/summary.json`; returns the summary."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    tokenizer = None
-    if cfg.spans == "diff":
-        from transformers import AutoTokenizer  # only here: the report spans need no tokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(cfg.policy)
+    tokenizer = _load_tokenizer(cfg.policy) if cfg.spans == "diff" else None
     records, counts = preferences_from_opa(
         load_opa_dataset(cfg.opa_dataset), cfg.gamma, cfg.spans, tokenizer, cfg.min_match
     )
@@ -286,5 +292,154 @@ def build_preference_data(cfg: PreferenceDataConfig) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if not records:
         raise ValueError(f"{cfg.opa_dataset}: no pair left of {counts['rows_in']} rows; skipped {counts['skipped']}")
+    save_dataset(Dataset.from_list(records, features=PREFERENCE_FEATURES), out / "dataset")
+    return summary
+
+
+# ---------------------------------------------------------------- public preference sets → PreferenceRecords
+
+PUBLIC_SKIP_REASONS = (
+    "empty_response",  # the importer drops these already; checked again so any record list is safe here
+    "chosen_equals_rejected",
+    "same_tokens",  # spans: diff: texts differ (case, spacing) but the tokens do not, so DPO's logit is 0
+)
+
+
+@dataclasses.dataclass
+class PublicPreferenceConfig:
+    """`align build-data` config: a public preference set (a file you downloaded) as PreferenceRecords, optionally
+    with RLHF-V's DDPO spans, for `align train` with recipe dpo."""
+
+    recipe: Literal["public_preferences"] = dataclasses.field(
+        default="public_preferences", metadata={"help": "Selects this builder."}
+    )
+    path: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "The downloaded rows: .parquet (hub layout), .jsonl, .json array or save_to_disk folder."},
+    )
+    format: Format = dataclasses.field(
+        default="rlhf_v",
+        metadata={
+            "help": "rlhf_v: HaoyeZhang/RLHF-V-Dataset; rlaif_v: openbmb/RLAIF-V-Dataset; llava_human_pref: "
+            "zhiqings/LLaVA-Human-Preference-10K."
+        },
+    )
+    image_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "Root of image paths named in rows (null: the file's folder)."}
+    )
+    limit: int | None = dataclasses.field(default=None, metadata={"help": "Rows to read (null = all)."})
+    output_dir: str = dataclasses.field(
+        default="runs/public_pref", metadata={"help": "Where dataset/ and summary.json are written."}
+    )
+    spans: Literal["none", "diff"] = dataclasses.field(
+        default="none",
+        metadata={
+            "help": "none: plain DPO pairs; diff: Muffin's token-id diff of chosen vs rejected marks the corrected "
+            "tokens with weight gamma (RLHF-V's DDPO; needs policy for its tokenizer)."
+        },
+    )
+    gamma: float = dataclasses.field(
+        default=5.0,
+        metadata={
+            "help": "DDPO weight of the changed tokens (spans: diff). 5.0 as the RLHF-V paper and Muffin's first "
+            "README; the current RLHF-V script uses 1.1."
+        },
+    )
+    min_match: int = dataclasses.field(
+        default=3, metadata={"help": "spans: diff: matching runs shorter than this count as changed (Muffin: 3)."}
+    )
+    policy: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Checkpoint or hub id whose tokenizer the diff uses (spans: diff only; no remote code)."},
+    )
+
+    def __post_init__(self):
+        if not self.path:
+            raise ValueError("path: the downloaded preference file or folder is required (nothing is downloaded)")
+        if self.spans == "diff" and not self.policy:
+            raise ValueError("policy: spans: diff needs a checkpoint or hub id for its tokenizer")
+        if not self.gamma > 0:
+            raise ValueError(f"gamma must be > 0, got {self.gamma}")
+        if self.min_match < 1:
+            raise ValueError("min_match must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be >= 1 or null")
+
+
+def _with_diff_spans(record: dict, tokenizer, gamma: float, min_match: int) -> dict:
+    """The record with Muffin's diff spans on both sides; raises SkipRow for a pair with nothing to prefer."""
+    chosen, rejected = record["chosen"], record["rejected"]
+    if not chosen.strip() or not rejected.strip():
+        raise SkipRow("empty_response", "chosen or rejected is empty")
+    if chosen == rejected:
+        raise SkipRow("chosen_equals_rejected", "chosen and rejected are the same text")
+    chosen_spans, rejected_spans = changed_char_spans(chosen, rejected, tokenizer, gamma, min_match)
+    if not chosen_spans and not rejected_spans:  # differing texts always leave a span unless the tokens agree
+        raise SkipRow("same_tokens", "chosen and rejected tokenize the same")
+    validate_spans(chosen, chosen_spans)  # a bad span here is a bug in this module: fail loudly, write nothing
+    validate_spans(rejected, rejected_spans)
+    return {**record, "chosen_spans": chosen_spans, "rejected_spans": rejected_spans}
+
+
+def public_preference_spans(
+    records: list[dict], tokenizer, gamma: float, min_match: int = 3
+) -> tuple[list[dict], dict, list[dict]]:
+    """Imported records with diff spans: (kept records, skip counts over PUBLIC_SKIP_REASONS, examples).
+
+    A pair that cannot carry a preference is skipped and counted, never raised, as in the importer: one odd row in
+    thousands must not stop a build. The diff settings go into each record's meta so a span can be traced back.
+    """
+    kept: list[dict] = []
+    skipped: Counter = Counter()
+    examples: list[dict] = []
+    for record in records:
+        try:
+            record = _with_diff_spans(record, tokenizer, gamma, min_match)
+        except SkipRow as skip:
+            skipped[skip.reason] += 1
+            if len(examples) < MAX_SKIP_EXAMPLES:
+                examples.append(
+                    {"row": json.loads(record["meta"]).get("row"), "reason": skip.reason, "detail": str(skip)}
+                )
+            continue
+        meta = json.loads(record["meta"]) | {"spans": "diff", "gamma": gamma, "min_match": min_match}
+        kept.append({**record, "meta": json.dumps(meta)})
+    return kept, {reason: skipped[reason] for reason in PUBLIC_SKIP_REASONS}, examples
+
+
+def build_public_preferences(cfg: PublicPreferenceConfig) -> dict:
+    """Write `output_dir/dataset` (PREFERENCE_FEATURES) and `output_dir/summary.json`; returns the summary.
+
+    summary.json is written before a build with no pair left fails, so the skip counts and examples that explain
+    the failure are on disk.
+    """
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    if not Path(cfg.path).exists():  # before the tokenizer, which may come from the hub
+        raise FileNotFoundError(f"preference data {cfg.path!r} does not exist (nothing is downloaded: fetch it)")
+    tokenizer = _load_tokenizer(cfg.policy) if cfg.spans == "diff" else None  # fail before a long import
+    records, report = import_preferences(cfg.path, cfg.format, cfg.limit, cfg.image_dir)
+    span_skipped, span_examples = {}, []
+    if cfg.spans == "diff":
+        records, span_skipped, span_examples = public_preference_spans(records, tokenizer, cfg.gamma, cfg.min_match)
+    summary = {
+        "dataset": str(out / "dataset"),
+        **{k: v for k, v in report.items() if k != "examples"},
+        "spans": cfg.spans,
+        "gamma": cfg.gamma if cfg.spans == "diff" else None,
+        "min_match": cfg.min_match if cfg.spans == "diff" else None,
+        "policy": cfg.policy if cfg.spans == "diff" else None,
+        "span_skipped": span_skipped,
+        "rows_out": len(records),
+        "examples": report["examples"] + span_examples,
+        "seconds": round(time.time() - t0, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if not records:
+        counts = {k: n for k, n in {**report["skipped"], **span_skipped}.items() if n}
+        raise ValueError(
+            f"{cfg.path}: no pair left of {report['rows_read']} rows; skipped {counts} (see {out}/summary.json)"
+        )
     save_dataset(Dataset.from_list(records, features=PREFERENCE_FEATURES), out / "dataset")
     return summary
