@@ -230,19 +230,23 @@ def build(cfg: OPADataConfig, engine: RolloutEngine) -> dict:
         "corrected_sentences": _score_counts(results),
         "seconds": round(time.time() - t0, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    if not records:  # nothing to train on; rollouts and cached replies are kept, failed requests retried on a rerun
-        raise ValueError(
-            f"{cfg.output_dir}: no rows left of {len(prompts)} (dropped: {dict(dropped)}); "
-            f"see {out / 'summary.json'} and rerun once the cause is fixed"
-        )
-    save_dataset(Dataset.from_list(records, features=OPA_FEATURES), out / "dataset")
-    return summary
+    empty = f"{cfg.output_dir}: no rows left of {len(prompts)} (dropped: {dict(dropped)})"
+    return finish_build(out, summary, records, OPA_FEATURES, empty)
 
 
 def _score_counts(results: list[CorrectionResult]) -> dict[str, int]:
     counts = collections.Counter(s.score for r in results if r.report for s in r.report.sentences)
     return {f"score_{k}": counts[k] for k in (4, 3, 2, 1)}
+
+
+def finish_build(out: Path, summary: dict, records: list[dict], features, empty: str) -> dict:
+    """Write `summary.json`, then the dataset; no record is an error (message `empty`) after the summary is written,
+    so the cause can be read there while every cached step (rollouts, expert replies) is kept for the rerun."""
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if not records:
+        raise ValueError(f"{empty}; see {out / 'summary.json'} and rerun once the cause is fixed")
+    save_dataset(Dataset.from_list(records, features=features), out / "dataset")
+    return summary
 
 
 def save_dataset(dataset: Dataset, path: Path) -> None:

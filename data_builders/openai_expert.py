@@ -147,6 +147,24 @@ def build_client(cfg: OpenAIExpertConfig):
     return openai.OpenAI(api_key=api_key, base_url=cfg.base_url, timeout=cfg.timeout, max_retries=cfg.max_retries)
 
 
+def json_completion(client, cfg: OpenAIExpertConfig, messages: list[dict], name: str, schema: dict):
+    """One chat completion asking for a JSON reply: the schema is sent as a strict json_schema response format when
+    `cfg.structured_output`, else only the prompt asks for it (servers without structured outputs)."""
+    kwargs = {}
+    if cfg.structured_output:
+        kwargs["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": name, "schema": schema, "strict": True},
+        }
+    return client.chat.completions.create(
+        model=cfg.model,
+        messages=messages,
+        temperature=cfg.temperature,
+        max_completion_tokens=cfg.max_tokens,
+        **kwargs,
+    )
+
+
 class OpenAIExpert:
     """Corrects responses with an OpenAI-compatible VLM; see the module docstring for the failure policy."""
 
@@ -175,17 +193,7 @@ class OpenAIExpert:
 
     def _complete(self, messages: list[dict], usage: Usage) -> tuple[str, str | None]:
         """One chat completion -> (content, finish_reason); usage is added even when the reply is unusable."""
-        kwargs = {}
-        if self.cfg.structured_output:
-            schema = {"name": "expert_report", "schema": REPORT_SCHEMA, "strict": True}
-            kwargs["response_format"] = {"type": "json_schema", "json_schema": schema}
-        response = self.client.chat.completions.create(
-            model=self.cfg.model,
-            messages=messages,
-            temperature=self.cfg.temperature,
-            max_completion_tokens=self.cfg.max_tokens,
-            **kwargs,
-        )
+        response = json_completion(self.client, self.cfg, messages, "expert_report", REPORT_SCHEMA)
         if response.usage is not None:
             usage += Usage(response.usage.prompt_tokens or 0, response.usage.completion_tokens or 0)
         if not response.choices:

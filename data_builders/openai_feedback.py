@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from data_builders.claims import CheckRequest, Claim
 from data_builders.experts import ReplyCache, Usage
-from data_builders.openai_expert import OpenAIExpertConfig, build_client, image_data_url, strip_fence
+from data_builders.openai_expert import OpenAIExpertConfig, build_client, image_data_url, json_completion, strip_fence
 
 log = logging.getLogger(__name__)
 
@@ -114,17 +114,7 @@ class OpenAIDivider:
         return hashlib.sha256(json.dumps([self.divider_id, prompt, response]).encode()).hexdigest()
 
     def _complete(self, messages: list[dict]) -> str:
-        kwargs = {}
-        if self.cfg.structured_output:
-            schema = {"name": "claims", "schema": CLAIMS_SCHEMA, "strict": True}
-            kwargs["response_format"] = {"type": "json_schema", "json_schema": schema}
-        reply = self.client.chat.completions.create(
-            model=self.cfg.model,
-            messages=messages,
-            temperature=self.cfg.temperature,
-            max_completion_tokens=self.cfg.max_tokens,
-            **kwargs,
-        )
+        reply = json_completion(self.client, self.cfg, messages, "claims", CLAIMS_SCHEMA)
         if reply.usage is not None:
             with self._lock:
                 self.usage += Usage(reply.usage.prompt_tokens or 0, reply.usage.completion_tokens or 0)

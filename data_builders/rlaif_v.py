@@ -26,13 +26,12 @@ import typing
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset
 from tqdm.auto import tqdm
 
 from data_builders import toyworld as tw
 from data_builders.claims import CheckRequest, Claim, Divider, Labeler, parse_truth
 from data_builders.importers import public_prompts
-from data_builders.opa_dpo import RolloutEngine, RolloutSettings, roll_out, save_dataset, toyworld_prompts
+from data_builders.opa_dpo import RolloutEngine, RolloutSettings, finish_build, roll_out, toyworld_prompts
 from data_builders.openai_expert import OpenAIExpertConfig
 from data_builders.openai_feedback import divide_all
 from data_builders.schema import PREFERENCE_FEATURES
@@ -331,8 +330,4 @@ def build(cfg: RLAIFVDataConfig, engine: RolloutEngine, labeler: Labeler) -> dic
         "length_balance": length_stats,
         "seconds": round(time.time() - t0, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    if not records:
-        raise ValueError(f"{cfg.output_dir}: no preference pair (see {out / 'summary.json'}); rerun once fixed")
-    save_dataset(Dataset.from_list(records, features=PREFERENCE_FEATURES), out / "dataset")
-    return summary
+    return finish_build(out, summary, records, PREFERENCE_FEATURES, f"{cfg.output_dir}: no preference pair")

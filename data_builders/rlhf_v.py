@@ -30,10 +30,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Literal
 
-from datasets import Dataset, Image
+from datasets import Image
 
 from data_builders.experts import ExpertReplyError, ExpertReport
-from data_builders.opa_dpo import load_opa_dataset, save_dataset
+from data_builders.opa_dpo import finish_build, load_opa_dataset
 from data_builders.preference_import import MAX_SKIP_EXAMPLES, Format, SkipRow, import_preferences
 from data_builders.schema import PREFERENCE_FEATURES
 
@@ -289,11 +289,8 @@ def build_preference_data(cfg: PreferenceDataConfig) -> dict:
         **counts,
         "seconds": round(time.time() - t0, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    if not records:
-        raise ValueError(f"{cfg.opa_dataset}: no pair left of {counts['rows_in']} rows; skipped {counts['skipped']}")
-    save_dataset(Dataset.from_list(records, features=PREFERENCE_FEATURES), out / "dataset")
-    return summary
+    empty = f"{cfg.opa_dataset}: no pair left of {counts['rows_in']} rows; skipped {counts['skipped']}"
+    return finish_build(out, summary, records, PREFERENCE_FEATURES, empty)
 
 
 # ---------------------------------------------------------------- public preference sets → PreferenceRecords
@@ -435,11 +432,6 @@ def build_public_preferences(cfg: PublicPreferenceConfig) -> dict:
         "examples": report["examples"] + span_examples,
         "seconds": round(time.time() - t0, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    if not records:
-        counts = {k: n for k, n in {**report["skipped"], **span_skipped}.items() if n}
-        raise ValueError(
-            f"{cfg.path}: no pair left of {report['rows_read']} rows; skipped {counts} (see {out}/summary.json)"
-        )
-    save_dataset(Dataset.from_list(records, features=PREFERENCE_FEATURES), out / "dataset")
-    return summary
+    counts = {k: n for k, n in {**report["skipped"], **span_skipped}.items() if n}
+    empty = f"{cfg.path}: no pair left of {report['rows_read']} rows; skipped {counts}"
+    return finish_build(out, summary, records, PREFERENCE_FEATURES, empty)
