@@ -30,7 +30,7 @@ test-slow: setup
 lint: setup
 	$(VENV)/bin/ruff check align data_builders rewards kernels tests bench
 
-bench: setup   # over an hour on 2 CPU cores: base policies, OPA-DPO (+ baseline, ablation), DPO vs DDPO, full demos
+bench: setup   # about 2.5 hours on 2 CPU cores: base policies, OPA-DPO (+ baseline, ablation), DPO vs DDPO vs RLAIF-V, full demos
 	$(PY) bench/demo.py --base-only
 	$(PY) bench/opa_dpo.py
 	$(PY) bench/rlhf_v.py

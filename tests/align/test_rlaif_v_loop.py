@@ -11,20 +11,24 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import pytest
 import torch
+from datasets import load_from_disk
 
 from align.cli import main as cli
 from align.data import user_prompt
 from align.dpo import DPORecipeConfig
 from align.models import load_policy
 from align.rlaif_v import RLAIFVConfig, main
-from align.rollout import PolicyLabeler
+from align.rollout import PolicyLabeler, build_rlaif_v_data
 from align.sections import DataConfig, EvalConfig, GenerationConfig, ModelConfig, OptimConfig
 from data_builders.claims import CheckRequest, ToyWorldDivider
 from data_builders.opa_dpo import RolloutSettings
+from data_builders.openai_expert import OpenAIExpertConfig
 from data_builders.rlaif_v import RLAIFVDataConfig
 from data_builders.toyworld import SHORT_ANSWER_SUFFIX, image_to_png, render
 from tests.conftest import SMALL_WORLD, assert_every_lora_weight_moved
+from tests.openai_server import FakeOpenAIServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -126,3 +130,61 @@ def test_shipped_config_runs_through_the_cli(micro_opa_data, tmp_path, cache_dir
     )
     rounds = json.loads((out / "rounds.json").read_text())
     assert len(rounds["rounds"]) == 1 and Path(rounds["final"], "config.json").is_file()
+
+
+def test_openai_divider_and_labeler_build_with_a_failing_check_retried(micro_opa_data, tmp_path, cache_dir):
+    """`align build-data` wired to an OpenAI-compatible server (the local test server): the divider's claims are
+    asked with the image, P(yes) comes from log-probs, checks that keep failing are counted and asked again on a
+    rerun (the divider's replies come from its cache), and the pairs follow the labeler's verdicts."""
+    policy, _ = micro_opa_data
+    server = FakeOpenAIServer().start()
+    failing = {"on": True}
+
+    def reply(body):
+        content = body["messages"][-1]["content"]
+        if isinstance(content, str):  # the divider: a claim every answer passes, one that odd-length answers fail
+            parity = "odd" if len(content.rsplit("Answer to split:\n", 1)[1]) % 2 else "even"
+            claims = [{"claim": "x", "question": "Is it an image?"}, {"claim": parity, "question": f"Is it {parity}?"}]
+            return ("json", {"claims": claims})
+        question = next(part["text"] for part in content if part["type"] == "text")
+        if "odd" in question and failing["on"]:
+            return ("status", 500)
+        p_yes = 0.2 if "odd" in question else 0.9
+        return ("logprobs", [("Yes", math.log(p_yes)), ("no", math.log(1 - p_yes))])
+
+    server.default = reply
+    cfg = RLAIFVDataConfig(
+        output_dir=str(tmp_path / "data"),
+        policy=policy,
+        world=SMALL_WORLD,
+        cache_dir=str(cache_dir),
+        limit=4,
+        rollout=RolloutSettings(max_new_tokens=12, batch_size=16, temperature=1.0, top_p=1.0),
+        divider="openai",
+        labeler="openai",
+        openai=OpenAIExpertConfig(base_url=server.base_url, model="test", api_key_env=None, max_retries=0),
+        length_balance=False,
+    )
+    try:
+        with pytest.raises(ValueError, match="no preference pair"):  # only even answers checked: all score 0
+            build_rlaif_v_data(cfg)
+        first = json.loads((tmp_path / "data" / "summary.json").read_text())
+        odd = first["failed"]["labeler_failed"]
+        samples = [json.loads(line) for line in (tmp_path / "data" / "samples.jsonl").read_text().splitlines()]
+        odd_prompts = {s["id"].split("#")[0] for s in samples if len(s["response"]) % 2}
+        assert 0 < odd < 16 and first["checked"] == 16 - odd
+        assert first["failed"]["InternalServerError"] == len(odd_prompts)  # one question per prompt is asked
+        images = [p for r in server.requests if isinstance(r["messages"][-1]["content"], list)
+                  for p in r["messages"][-1]["content"] if p["type"] == "image_url"]  # fmt: skip
+        assert images and all(p["image_url"]["url"].startswith("data:image/png;base64,") for p in images)
+
+        failing["on"], before = False, len(server.requests)
+        summary = build_rlaif_v_data(cfg)
+        rerun = server.requests[before:]
+        assert all(isinstance(r["messages"][-1]["content"], list) for r in rerun)  # no divider call: cached
+        assert summary["checked"] == 16 and summary["failed"] == {}
+        rows = load_from_disk(summary["dataset"])
+        assert len(rows) > 0
+        assert all(len(r["chosen"]) % 2 == 0 and len(r["rejected"]) % 2 == 1 for r in rows)
+    finally:
+        server.stop()
