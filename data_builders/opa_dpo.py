@@ -152,12 +152,16 @@ def roll_out(engine: RolloutEngine, prompts: list[dict], path: Path, settings: R
                 done[row["id"]] = row["response"]
             except (json.JSONDecodeError, KeyError):
                 continue  # a line torn by a kill mid-write: that prompt is generated again
+    position = {p["id"]: i for i, p in enumerate(prompts)}
     todo = [p for p in prompts if p["id"] not in done]
     batches = range(0, len(todo), settings.batch_size)
     with path.open("a") as f:
         for start in tqdm(batches, desc="rollout", leave=False):
             batch = todo[start : start + settings.batch_size]
-            replies = engine.generate([p["image"] for p in batch], [p["prompt"] for p in batch], seed + start)
+            # seeded by where the batch starts in the whole prompt list, not in what is left: batches are written
+            # whole, so a resumed build draws the same seeds, batches and samples as an uninterrupted one
+            batch_seed = seed + position[batch[0]["id"]]
+            replies = engine.generate([p["image"] for p in batch], [p["prompt"] for p in batch], batch_seed)
             for p, reply in zip(batch, replies, strict=True):
                 done[p["id"]] = reply
                 f.write(json.dumps({"id": p["id"], "response": reply}) + "\n")

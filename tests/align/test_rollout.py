@@ -69,6 +69,12 @@ def test_build_resumes_after_a_kill_and_writes_records(tmp_path, cache_dir, poli
     again = KilledAfter(engine, 99)
     assert build(cfg, again)["expert"]["cached"] == 10 and again.calls == []  # a rerun is free
 
+    whole = opa_config(tmp_path / "whole", cache_dir, policy_dir)  # the same build, never interrupted
+    build(whole, KilledAfter(engine, 99))
+    assert (tmp_path / "whole" / "opa" / "rollouts.jsonl").read_text().splitlines() == (
+        tmp_path / "opa" / "rollouts.jsonl"
+    ).read_text().splitlines()  # a resumed rollout samples exactly what an uninterrupted one does
+
 
 def test_sampling_is_reproducible_per_batch(policy_dir, small_world):
     engine = HFRolloutEngine(policy_dir, RolloutSettings(max_new_tokens=12))
