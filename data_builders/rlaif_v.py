@@ -257,7 +257,11 @@ def labeler_agreement(feedback: dict[str, dict], samples: list[dict]) -> float |
     return agree / total if total else None
 
 
-def make_pairs(cfg, prompts, samples, responses, feedback) -> tuple[list[dict], dict]:
+def make_pairs(
+    cfg: RLAIFVDataConfig, prompts: list[dict], samples: list[dict], responses: dict, feedback: dict
+) -> tuple[list[dict], dict]:
+    """Up to `pairs_per_prompt` candidate pairs per prompt, drawn with a per-(seed, round, prompt) generator so a
+    rerun draws the same ones; empty responses and responses not yet checked take no part."""
     by_prompt: dict[str, list[str]] = collections.defaultdict(list)
     for s in samples:
         if s["id"] in feedback and responses[s["id"]].strip():
