@@ -19,7 +19,6 @@ spans that do not fit their text (ddpo only), a prompt that with its image token
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections import Counter
 from dataclasses import field
@@ -30,16 +29,15 @@ import torch
 from datasets import load_from_disk
 from tqdm.auto import tqdm
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from align import losses
 from align.config import save_config
 from align.data import DataError, RowsDataset, encode_row, image_seq_length, to_pil
-from align.models import build_model, save_policy
+from align.models import build_model
 from align.opa_dpo import PreferenceCollator, response_logps
 from align.sections import DataConfig, EvalConfig, ModelConfig, OptimConfig
 from align.sft import training_arguments
-from align.trainer_utils import ResumableTrainer
+from align.trainer_utils import ResumableTrainer, train_merge_and_save
 from data_builders.rlhf_v import validate_spans
 from data_builders.schema import PREFERENCE_FEATURES
 
@@ -257,21 +255,4 @@ def main(cfg: DPORecipeConfig) -> dict:
         processing_class=processor,
         dpo_cfg=cfg,
     )
-    last = get_last_checkpoint(str(out)) if cfg.resume else None
-    result = trainer.train(resume_from_checkpoint=last)
-    final = save_policy(trainer.model.merge_and_unload(), processor, out / "final")
-    save_config(cfg, final / "align_config.yaml")
-    summary = {
-        "final": str(final),
-        "start": cfg.model.name_or_path,
-        "train": result.metrics,
-        "pairs": counts,
-        "log_history": trainer.state.log_history,
-        "seconds": round(time.time() - t0, 1),
-    }
-    if cfg.eval_at_end:
-        from align.eval.runner import evaluate_checkpoint
-
-        summary["eval"] = evaluate_checkpoint(final, cfg.eval, data_cfg=cfg.data)
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return train_merge_and_save(trainer, cfg, processor, cfg.model.name_or_path, t0, pairs=counts)

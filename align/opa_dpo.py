@@ -35,7 +35,7 @@ from align.masking import mask_blocks, mask_random
 from align.models import build_model, save_policy
 from align.sections import DataConfig, EvalConfig, ModelConfig, OptimConfig
 from align.sft import training_arguments
-from align.trainer_utils import ResumableTrainer
+from align.trainer_utils import ResumableTrainer, train_merge_and_save
 from data_builders.opa_dpo import load_opa_dataset
 
 VIEWS = ("reference", "rollout", "revision", "reference_masked", "revision_masked")
@@ -385,21 +385,4 @@ def main(cfg: OPADPOConfig) -> dict:
         opa_cfg=cfg,
         views=views,
     )
-    last = get_last_checkpoint(str(out)) if cfg.resume else None
-    result = trainer.train(resume_from_checkpoint=last)
-    final = save_policy(trainer.model.merge_and_unload(), processor, out / "final")
-    save_config(cfg, final / "align_config.yaml")
-    summary = {
-        "final": str(final),
-        "start": str(start),
-        "train": result.metrics,
-        "records": len(records),
-        "log_history": trainer.state.log_history,
-        "seconds": round(time.time() - t0, 1),
-    }
-    if cfg.eval_at_end:
-        from align.eval.runner import evaluate_checkpoint
-
-        summary["eval"] = evaluate_checkpoint(final, cfg.eval, data_cfg=cfg.data)
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return train_merge_and_save(trainer, cfg, processor, str(start), t0, records=len(records))

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from pathlib import Path
 
 from peft import PeftModel
 from transformers import Trainer
+from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import SAFE_WEIGHTS_NAME
 
-from align.models import multimodal_projector
+from align.config import save_config
+from align.models import multimodal_projector, save_policy
 
 
 class ResumableTrainer(Trainer):
@@ -61,3 +66,27 @@ class ResumableTrainer(Trainer):
         dtype = next(model.parameters()).dtype
         loaded = type(model).from_pretrained(resume_from_checkpoint, dtype=dtype)
         model.load_state_dict(loaded.state_dict(), strict=True)
+
+
+def train_merge_and_save(trainer: Trainer, cfg, processor, start: str, t0: float, **counts) -> dict:
+    """The end of a LoRA preference recipe: train (from the last checkpoint when `cfg.resume`), merge the adapter
+    into `output_dir/final`, evaluate it when `cfg.eval_at_end`, and write `train_summary.json`."""
+    out = Path(cfg.output_dir)
+    last = get_last_checkpoint(str(out)) if cfg.resume else None
+    result = trainer.train(resume_from_checkpoint=last)
+    final = save_policy(trainer.model.merge_and_unload(), processor, out / "final")
+    save_config(cfg, final / "align_config.yaml")
+    summary = {
+        "final": str(final),
+        "start": start,
+        "train": result.metrics,
+        **counts,
+        "log_history": trainer.state.log_history,
+        "seconds": round(time.time() - t0, 1),
+    }
+    if cfg.eval_at_end:
+        from align.eval.runner import evaluate_checkpoint
+
+        summary["eval"] = evaluate_checkpoint(final, cfg.eval, data_cfg=cfg.data)
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
