@@ -123,13 +123,21 @@ def _check_source(name: str) -> None:
         raise FileNotFoundError(f"model path {name!r} does not exist; give a checkpoint directory or a hub id")
 
 
+def attn_implementation(cfg: ModelConfig) -> str | dict[str, str]:
+    """cfg's attention backend in transformers' form; registers the Triton backend first if it is asked for."""
+    impl = cfg.hf_attn_implementation()
+    if "triton_fused" in (impl.values() if isinstance(impl, dict) else [impl]):
+        import kernels.hf_attention  # noqa: F401  (registers `triton_fused` on import)
+    return impl
+
+
 def _load_pretrained(cfg: ModelConfig):
     name = cfg.name_or_path
     _check_source(name)
     path = Path(name).expanduser()
     adapter = path / "adapter_config.json"
     kwargs = dict(
-        dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code
+        dtype=DTYPES[cfg.dtype], attn_implementation=attn_implementation(cfg), trust_remote_code=cfg.trust_remote_code
     )
     if adapter.is_file():  # a LoRA directory: load its base, then the adapter on top, trainable
         base = json.loads(adapter.read_text())["base_model_name_or_path"]
@@ -163,7 +171,7 @@ def build_model(cfg: ModelConfig, seed: int = 0):
         torch.manual_seed(seed)
         processor = build_tiny_processor(cfg.tiny)
         model = build_tiny_llava(cfg.tiny, processor.tokenizer).to(DTYPES[cfg.dtype])
-        model.set_attn_implementation(cfg.attn_implementation)
+        model.set_attn_implementation(attn_implementation(cfg))
     else:
         model, processor = _load_pretrained(cfg)
     if cfg.finetune == "lora" and not isinstance(model, PeftModel):

@@ -35,6 +35,10 @@ class TinyModelSpec:
             raise ValueError("vision_hidden must divide by vision_heads")
 
 
+SUB_MODEL_KEYS = {"text": "text_config", "vision": "vision_config", "text_config": "text_config",
+                  "vision_config": "vision_config"}  # fmt: skip
+
+
 @dataclasses.dataclass
 class ModelConfig:
     name_or_path: str | None = field(
@@ -50,13 +54,30 @@ class ModelConfig:
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_vision: bool = field(default=False, metadata={"help": "Also put LoRA on the vision tower."})
     lora_projector: bool = field(default=False, metadata={"help": "Also put LoRA on the multimodal projector."})
-    attn_implementation: str = field(default="sdpa", metadata={"help": "Attention backend: sdpa or eager."})
+    attn_implementation: str | dict[str, str] = field(
+        default="sdpa",
+        metadata={
+            "help": "Attention backend: sdpa, eager or triton_fused (this project's Triton kernel), for the whole "
+            "model, or per sub-model as {text: triton_fused, vision: sdpa}."
+        },
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={"help": "Weights dtype."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with a hub model (unsafe)."})
 
     def __post_init__(self):
         if self.finetune == "lora" and self.lora_r < 1:
             raise ValueError("lora_r must be >= 1")
+        if isinstance(self.attn_implementation, dict):
+            unknown = set(self.attn_implementation) - set(SUB_MODEL_KEYS)
+            if unknown:
+                raise ValueError(
+                    f"attn_implementation: unknown sub-model {sorted(unknown)}; use keys {', '.join(SUB_MODEL_KEYS)}"
+                )
+
+    def hf_attn_implementation(self) -> str | dict[str, str]:
+        """The value transformers takes: per-sub-model keys become its sub-config names (text -> text_config)."""
+        impl = self.attn_implementation
+        return {SUB_MODEL_KEYS[k]: v for k, v in impl.items()} if isinstance(impl, dict) else impl
 
 
 @dataclasses.dataclass

@@ -1,0 +1,395 @@
+"""Triton fused attention (FlashAttention-2 style): forward with online softmax, backward recomputing P.
+
+    from kernels.fused_attention import fused_attention
+    out = fused_attention(q, k, v, causal=True, scale=None, kv_start=None, kv_end=None)   # (B, H, Nq, D)
+
+Same semantics as `kernels.reference.attention_reference` (read its docstring): grouped-query attention without
+expanding K/V, per-row key ranges for left/right padding, bottom-right causal alignment, zeros for rows that see
+no key. Any Nq/Nk (1 included) and head dims up to 256 (padded to a power of two inside the kernel).
+
+Precision: scores, softmax statistics and accumulators are fp32. fp16/bf16 inputs feed `tl.dot` in their own type
+on a GPU; under TRITON_INTERPRET=1 every load is upcast to fp32 first, because the interpreter computes bf16
+arithmetic on raw bits (wrong answers, no error).
+
+The backward pass runs two kernels, one per key block (dK, dV: the program loops over all query heads that share
+its KV head, so GQA gradients are reduced without atomics and deterministically) and one per query block (dQ).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Read once, at import: the interpreter must be chosen before any kernel is decorated (kernels.md §3.3).
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+LOG2E = 1.4426950408889634
+
+
+def _configs(block_m: int, block_n: int) -> list[triton.Config]:
+    """Autotuning space on a GPU; one pinned config under the interpreter, where the autotuner's benchmarking
+    needs a GPU driver and block size only changes how slow the simulation is. 32x16 blocks keep test shapes
+    (lengths 17, 100) spanning several blocks and partial ones."""
+    if INTERPRET:
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [
+            (block_m, block_n, 4, 3),
+            (block_m, block_n, 8, 3),
+            (block_m, block_n // 2, 4, 4),
+            (block_m // 2, block_n, 4, 4),
+            (block_m, block_n, 8, 2),
+        ]
+    ]
+
+
+# The key buckets sequence lengths to powers of two so training on varying lengths does not retune every batch.
+_TUNE_KEY = ["LEN_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_RANGES"]
+
+
+@triton.jit
+def _key_range(KV_START, KV_END, b, N_K, HAS_RANGES: tl.constexpr):
+    if HAS_RANGES:
+        lo = tl.load(KV_START + b)
+        hi = tl.load(KV_END + b)
+    else:
+        lo = 0
+        hi = N_K
+    return lo, hi
+
+
+@triton.jit
+def _visible(rows, cols, lo, hi, N_Q, N_K, CAUSAL: tl.constexpr):
+    ok = (cols[None, :] >= lo) & (cols[None, :] < hi) & (rows[:, None] < N_Q)
+    if CAUSAL:
+        ok = ok & (rows[:, None] + (N_K - N_Q) >= cols[None, :])
+    return ok
+
+
+@triton.autotune(configs=_configs(128, 64), key=_TUNE_KEY)
+@triton.jit
+def _attn_fwd(
+    Q, K, V, OUT, LSE, KV_START, KV_END, qk_scale,
+    s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_om,
+    H, GROUP, N_Q, N_K, LEN_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_RANGES: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    q_base = Q + b.to(tl.int64) * s_qb + h.to(tl.int64) * s_qh
+    k_base = K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh
+    v_base = V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh
+
+    q = tl.load(q_base + rows[:, None] * s_qm + offs_d[None, :], mask=(rows[:, None] < N_Q) & d_ok[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    lo, hi = _key_range(KV_START, KV_END, b, N_K, HAS_RANGES)
+    if CAUSAL:  # the block's last query sits at position (pid_m + 1) * BLOCK_M - 1 + N_K - N_Q
+        hi = tl.minimum(hi, (pid_m + 1) * BLOCK_M + N_K - N_Q)
+    # keys in [full_lo, full_hi) are visible to every query row of this block: no masking needed there
+    full_lo = tl.cdiv(lo, BLOCK_N) * BLOCK_N
+    full_hi = hi
+    if CAUSAL:
+        full_hi = tl.minimum(full_hi, pid_m * BLOCK_M + N_K - N_Q + 1)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for start_n in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
+        cols = start_n + offs_n
+        kv_mask = (cols[:, None] < N_K) & d_ok[None, :]
+        k = tl.load(k_base + cols[:, None] * s_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + cols[:, None] * s_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        if (start_n < full_lo) | (start_n + BLOCK_N > full_hi):  # an edge block: padding or the causal diagonal
+            qk = tl.where(_visible(rows, cols, lo, hi, N_Q, N_K, CAUSAL), qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)  # a row with nothing visible yet stays at exp2(-inf)=0
+        p = tl.math.exp2(qk - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    seen = l_i > 0.0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    o_base = OUT + b.to(tl.int64) * s_ob + h.to(tl.int64) * s_oh
+    tl.store(o_base + rows[:, None] * s_om + offs_d[None, :], out.to(OUT.dtype.element_ty),
+             mask=(rows[:, None] < N_Q) & d_ok[None, :])  # fmt: skip
+    # log2-domain LSE; +inf on unseen rows makes the backward's exp2(s - lse) exactly 0 there
+    lse = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("inf"))
+    tl.store(LSE + pid_bh.to(tl.int64) * N_Q + rows, lse, mask=rows < N_Q)
+
+
+@triton.autotune(configs=_configs(64, 128), key=_TUNE_KEY)
+@triton.jit
+def _attn_bwd_dkdv(
+    Q, K, V, DO, LSE, DELTA, DK, DV, KV_START, KV_END, qk_scale, sm_scale,
+    s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_db, s_dh, s_dm,
+    H, GROUP, N_Q, N_K, LEN_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_RANGES: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """One program per (key block, batch x KV head): dK, dV summed over the GROUP query heads that read it.
+    dK and dV share k's and v's strides (allocated with empty_like)."""
+    pid_n = tl.program_id(0)
+    pid_bhk = tl.program_id(1)
+    h_kv = H // GROUP
+    b = pid_bhk // h_kv
+    hk = pid_bhk % h_kv
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    kv_mask = (cols[:, None] < N_K) & d_ok[None, :]
+    k_ptrs = K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh + cols[:, None] * s_kn + offs_d[None, :]
+    v_ptrs = V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh + cols[:, None] * s_vn + offs_d[None, :]
+    k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+    v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+
+    lo, hi = _key_range(KV_START, KV_END, b, N_K, HAS_RANGES)
+    m_start = 0
+    if CAUSAL:  # queries before the block's first key cannot see it
+        m_start = (tl.maximum(pid_n * BLOCK_N - (N_K - N_Q), 0) // BLOCK_M) * BLOCK_M
+    m_end = N_Q
+    if (pid_n * BLOCK_N >= hi) | ((pid_n + 1) * BLOCK_N <= lo):
+        m_end = 0  # every key of this block is padding: gradients stay zero
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for g in range(0, GROUP):
+        h = hk * GROUP + g
+        q_base = Q + b.to(tl.int64) * s_qb + h.to(tl.int64) * s_qh
+        do_base = DO + b.to(tl.int64) * s_db + h.to(tl.int64) * s_dh
+        stat_base = (b * H + h).to(tl.int64) * N_Q
+        for start_m in range(m_start, m_end, BLOCK_M):
+            rows = start_m + offs_m
+            q_mask = (rows[:, None] < N_Q) & d_ok[None, :]
+            q = tl.load(q_base + rows[:, None] * s_qm + offs_d[None, :], mask=q_mask, other=0.0)
+            do = tl.load(do_base + rows[:, None] * s_dm + offs_d[None, :], mask=q_mask, other=0.0)
+            if UPCAST:
+                q = q.to(tl.float32)
+                do = do.to(tl.float32)
+            lse = tl.load(LSE + stat_base + rows, mask=rows < N_Q, other=float("inf"))
+            delta = tl.load(DELTA + stat_base + rows, mask=rows < N_Q, other=0.0)
+            # transposed scores (keys x queries), so dK and dV come out without transposing the accumulators
+            s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
+            p_t = tl.math.exp2(s_t - lse[None, :])
+            p_t = tl.where(tl.trans(_visible(rows, cols, lo, hi, N_Q, N_K, CAUSAL)), p_t, 0.0)
+            dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
+            dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
+
+    out_off = b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh + cols[:, None] * s_kn + offs_d[None, :]
+    tl.store(DK + out_off, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
+    out_off = b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh + cols[:, None] * s_vn + offs_d[None, :]
+    tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.autotune(configs=_configs(128, 64), key=_TUNE_KEY)
+@triton.jit
+def _attn_bwd_dq(
+    Q, K, V, DO, LSE, DELTA, DQ, KV_START, KV_END, qk_scale, sm_scale,
+    s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_db, s_dh, s_dm,
+    H, GROUP, N_Q, N_K, LEN_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_RANGES: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """One program per (query block, batch x head): dQ over the keys it can see. dQ shares q's strides."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    q_mask = (rows[:, None] < N_Q) & d_ok[None, :]
+    q_off = b.to(tl.int64) * s_qb + h.to(tl.int64) * s_qh + rows[:, None] * s_qm + offs_d[None, :]
+    q = tl.load(Q + q_off, mask=q_mask, other=0.0)
+    do_off = b.to(tl.int64) * s_db + h.to(tl.int64) * s_dh + rows[:, None] * s_dm + offs_d[None, :]
+    do = tl.load(DO + do_off, mask=q_mask, other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    lse = tl.load(LSE + pid_bh.to(tl.int64) * N_Q + rows, mask=rows < N_Q, other=float("inf"))
+    delta = tl.load(DELTA + pid_bh.to(tl.int64) * N_Q + rows, mask=rows < N_Q, other=0.0)
+    k_base = K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh
+    v_base = V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh
+
+    lo, hi = _key_range(KV_START, KV_END, b, N_K, HAS_RANGES)
+    if CAUSAL:
+        hi = tl.minimum(hi, (pid_m + 1) * BLOCK_M + N_K - N_Q)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for start_n in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
+        cols = start_n + offs_n
+        kv_mask = (cols[:, None] < N_K) & d_ok[None, :]
+        k = tl.load(k_base + cols[:, None] * s_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + cols[:, None] * s_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        p = tl.math.exp2(s - lse[:, None])
+        p = tl.where(_visible(rows, cols, lo, hi, N_Q, N_K, CAUSAL), p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    tl.store(DQ + q_off, (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
+
+
+def _launch_args(q: torch.Tensor, k: torch.Tensor, kv_start, kv_end, causal: bool) -> dict:
+    batch, heads, n_q, dim = q.shape
+    kv_heads, n_k = k.shape[1], k.shape[2]
+    has_ranges = kv_start is not None
+    upcast = INTERPRET or q.dtype == torch.float32
+    return dict(
+        KV_START=kv_start if has_ranges else q,  # never read without ranges; any pointer will do
+        KV_END=kv_end if has_ranges else q,
+        H=heads,
+        GROUP=heads // kv_heads,
+        N_Q=n_q,
+        N_K=n_k,
+        LEN_BUCKET=triton.next_power_of_2(max(n_q, n_k)),
+        HEAD_DIM=dim,
+        BLOCK_D=max(16, triton.next_power_of_2(dim)),
+        CAUSAL=causal,
+        HAS_RANGES=has_ranges,
+        UPCAST=upcast,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 inputs keep fp32 accuracy on a GPU
+    )
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """Last dim contiguous, and empty_like(t) keeps t's strides (the kernels assume gradients share them)."""
+    if t.stride(-1) != 1 or torch.empty_like(t).stride() != t.stride():
+        return t.contiguous()
+    return t
+
+
+def _forward(q, k, v, kv_start, kv_end, causal: bool, scale: float):
+    batch, heads, n_q, dim = q.shape
+    # (B, Nq, H, D) storage seen as (B, H, Nq, D): transformers wants the transposed layout, now free of a copy
+    out = torch.empty(batch, n_q, heads, dim, device=q.device, dtype=q.dtype).transpose(1, 2)
+    lse = torch.empty(batch, heads, n_q, device=q.device, dtype=torch.float32)
+    args = _launch_args(q, k, kv_start, kv_end, causal)
+
+    def grid(meta):
+        return triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads
+
+    _attn_fwd[grid](
+        q, k, v, out, lse, qk_scale=scale * LOG2E,
+        s_qb=q.stride(0), s_qh=q.stride(1), s_qm=q.stride(2), s_kb=k.stride(0), s_kh=k.stride(1),
+        s_kn=k.stride(2), s_vb=v.stride(0), s_vh=v.stride(1), s_vn=v.stride(2), s_ob=out.stride(0),
+        s_oh=out.stride(1), s_om=out.stride(2), **args,
+    )  # fmt: skip
+    return out, lse
+
+
+def _backward(q, k, v, out, lse, d_out, kv_start, kv_end, causal: bool, scale: float):
+    batch, heads, n_q, _ = q.shape
+    kv_heads, n_k = k.shape[1], k.shape[2]
+    d_out = d_out if d_out.stride(-1) == 1 else d_out.contiguous()
+    delta = (out.float() * d_out.float()).sum(-1).contiguous()  # rowsum(O * dO), (B, H, Nq)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    args = _launch_args(q, k, kv_start, kv_end, causal)
+    common = dict(
+        qk_scale=scale * LOG2E, sm_scale=scale,
+        s_qb=q.stride(0), s_qh=q.stride(1), s_qm=q.stride(2), s_kb=k.stride(0), s_kh=k.stride(1),
+        s_kn=k.stride(2), s_vb=v.stride(0), s_vh=v.stride(1), s_vn=v.stride(2), s_db=d_out.stride(0),
+        s_dh=d_out.stride(1), s_dm=d_out.stride(2), **args,
+    )  # fmt: skip
+
+    def grid_kv(meta):
+        return triton.cdiv(n_k, meta["BLOCK_N"]), batch * kv_heads
+
+    def grid_q(meta):
+        return triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads
+
+    _attn_bwd_dkdv[grid_kv](q, k, v, d_out, lse, delta, dk, dv, **common)
+    _attn_bwd_dq[grid_q](q, k, v, d_out, lse, delta, dq, **common)
+    return dq, dk, dv
+
+
+class FusedAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, kv_start, kv_end, causal: bool, scale: float):
+        out, lse = _forward(q, k, v, kv_start, kv_end, causal, scale)
+        ctx.save_for_backward(q, k, v, out, lse, kv_start, kv_end)
+        ctx.causal, ctx.scale = causal, scale
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, d_out, _d_lse):
+        q, k, v, out, lse, kv_start, kv_end = ctx.saved_tensors
+        dq, dk, dv = _backward(q, k, v, out, lse, d_out, kv_start, kv_end, ctx.causal, ctx.scale)
+        return dq, dk, dv, None, None, None, None
+
+
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_start, kv_end) -> None:
+    """Shape, dtype and device checks with messages that say what was passed."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"expected 4-D (batch, heads, seq, head_dim) q/k/v, got {q.shape}, {k.shape}, {v.shape}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in batch or head_dim")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads {q.shape[1]} must be a multiple of key/value heads {k.shape[1]}")
+    if q.shape[3] > 256:
+        raise ValueError(f"head_dim {q.shape[3]} > 256 is not supported")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"q/k/v must share one of fp32/fp16/bf16, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if (kv_start is None) != (kv_end is None):
+        raise ValueError("give both kv_start and kv_end, or neither")
+    if kv_start is not None and (kv_start.shape != (q.shape[0],) or kv_end.shape != (q.shape[0],)):
+        raise ValueError(f"kv_start/kv_end must have shape ({q.shape[0]},), got {kv_start.shape}, {kv_end.shape}")
+
+
+def fused_attention_with_lse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = False,
+    scale: float | None = None,
+    kv_start: torch.Tensor | None = None,
+    kv_end: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output (B, H, Nq, D), natural-log LSE (B, H, Nq) fp32, -inf where a row sees no key); output differentiable."""
+    check_inputs(q, k, v, kv_start, kv_end)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if kv_start is not None:
+        kv_start = kv_start.to(device=q.device, dtype=torch.int32).contiguous()
+        kv_end = kv_end.to(device=q.device, dtype=torch.int32).contiguous()
+    out, lse2 = FusedAttentionFunction.apply(_dense(q), _dense(k), _dense(v), kv_start, kv_end, bool(causal), scale)
+    return out, torch.where(torch.isinf(lse2), float("-inf"), lse2 / LOG2E)
+
+
+def fused_attention(q, k, v, causal: bool = False, scale: float | None = None, kv_start=None, kv_end=None):
+    """Attention output (B, H, Nq, D); see the module docstring. Differentiable in q, k and v."""
+    return fused_attention_with_lse(q, k, v, causal, scale, kv_start, kv_end)[0]
