@@ -23,6 +23,8 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+	# Triton kernels on the CPU: the interpreter must be on before triton compiles anything, hence a 2nd process
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m triton tests/kernels
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
