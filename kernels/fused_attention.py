@@ -193,7 +193,10 @@ def _attn_bwd_dkdv(
             # transposed scores (keys x queries), so dK and dV come out without transposing the accumulators
             s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
             p_t = tl.math.exp2(s_t - lse[None, :])
-            p_t = tl.where(tl.trans(_visible(rows, cols, lo, hi, N_Q, N_K, CAUSAL)), p_t, 0.0)
+            visible_t = (cols[:, None] >= lo) & (cols[:, None] < hi) & (rows[None, :] < N_Q)
+            if CAUSAL:
+                visible_t = visible_t & (rows[None, :] + (N_K - N_Q) >= cols[:, None])
+            p_t = tl.where(visible_t, p_t, 0.0)
             dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
             dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
             ds_t = p_t * (dp_t - delta[None, :])
