@@ -31,8 +31,9 @@ kernels.reference.attention_reference (fp32 math) and with SDPA (on query rows t
 sweep of lengths 1, 17, 100, 130 (Nq = Nk, decoding Nq = 1 and chunked Nq < Nk), GQA 4:2 and 8:1, head dims 32 to
 128, causal or not, padded or not, fp32 and a subset in fp16/bf16. Without a GPU the kernels run under
 TRITON_INTERPRET=1 (set here before Triton is imported; about 1000x slower than SDPA, so the sweep is small).
-The exit status is 1 when an error exceeds its tolerance (max |ours - theirs|, absolute): outputs fp32 1e-5,
-fp16 2e-3, bf16 2e-2; gradients fp32 1e-4, fp16 1e-2, bf16 6e-2.
+Errors are max |ours - theirs| / (1 + |theirs|), as in tests/kernels/test_fused_attention.py: absolute for
+values below 1, relative above (a bf16 gradient of 6 is only known to +-0.03). The exit status is 1 when one
+exceeds its tolerance: outputs fp32 1e-5, fp16 2e-3, bf16 2e-2; gradients fp32 1e-4, fp16 1e-2, bf16 6e-2.
 
 CSV (--out), one row per measurement:
   device, dtype, batch, heads, kv_heads, head_dim, seq_q, seq_k, causal, padded   the case
@@ -42,7 +43,8 @@ CSV (--out), one row per measurement:
   ours_speedup this backend's ms / our ms (> 1: ours is faster); 1 on our rows
   compared_to  what the err_* columns compare our results with: on a timing row, that row's backend (forward
                output only, one run); on a check row, reference or sdpa
-  err_out, err_dq, err_dk, err_dv   max |ours - compared_to| over entries of query rows that see a key
+  err_out, err_dq, err_dk, err_dv   ours vs compared_to over query rows that see a key: on timing rows (err_out
+               only) max |ours - theirs|; on check rows the scaled error above
   tol_out, tol_grad, ok             check rows: the tolerances and whether every error is within them
   note         the SDPA backend actually selected, or why a backend is unavailable
 Next to it, <out>.json holds the GPU name, torch/triton/CUDA versions, the command line and the failure count.
@@ -69,7 +71,7 @@ import torch.nn.functional as F
 # `import triton` when there is no GPU, and whether there is one is only known in main().
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-TOLERANCE = {"fp32": (1e-5, 1e-4), "fp16": (2e-3, 1e-2), "bf16": (2e-2, 6e-2)}  # (output, gradients), absolute
+TOLERANCE = {"fp32": (1e-5, 1e-4), "fp16": (2e-3, 1e-2), "bf16": (2e-2, 6e-2)}  # (output, gradients), scaled
 FIELDS = [
     "device", "dtype", "batch", "heads", "kv_heads", "head_dim", "seq_q", "seq_k", "causal", "padded",
     "backend", "mode", "ms", "tflops", "ours_speedup", "compared_to",
@@ -126,12 +128,21 @@ def make_inputs(case: Case, device: str, seed: int = 0):
     return q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), d_out, kv_start, kv_end
 
 
-def max_abs_diff(ours: torch.Tensor, theirs: torch.Tensor, rows: torch.Tensor | None = None) -> float:
-    """max |ours - theirs|, over the query rows where `rows` (broadcastable, bool) is True when given."""
-    diff = (ours.float() - theirs.float()).abs()
+def masked_max(err: torch.Tensor, rows: torch.Tensor | None) -> float:
+    """err's maximum over the query rows where `rows` (broadcastable, bool) is True, or over all when None."""
     if rows is not None:  # where(), not a product: a backend's unseen rows may hold NaN
-        diff = torch.where(rows, diff, 0.0)
-    return diff.max().item()
+        err = torch.where(rows, err, 0.0)
+    return err.max().item()
+
+
+def max_abs_diff(ours: torch.Tensor, theirs: torch.Tensor, rows: torch.Tensor | None = None) -> float:
+    return masked_max((ours.float() - theirs.float()).abs(), rows)
+
+
+def scaled_error(ours: torch.Tensor, theirs: torch.Tensor, rows: torch.Tensor | None = None) -> float:
+    """max |ours - theirs| / (1 + |theirs|)."""
+    theirs = theirs.float()
+    return masked_max((ours.float() - theirs).abs() / (1 + theirs.abs()), rows)
 
 
 def case_fields(case: Case, device_name: str) -> dict:
@@ -161,6 +172,11 @@ def fmt(value: float | None, spec: str = ".3g") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def rounded(value):
+    """Floats to 4 significant digits: the CSV holds measurements, not float noise."""
+    return float(f"{value:.4g}") if isinstance(value, float) else value
+
+
 class CsvOut:
     """The CSV, appended to and flushed per case so an interrupted GPU run keeps what it measured."""
 
@@ -171,7 +187,7 @@ class CsvOut:
         self.writer.writeheader()
 
     def write(self, rows: list[dict]) -> None:
-        self.writer.writerows(rows)
+        self.writer.writerows({key: rounded(value) for key, value in row.items()} for row in rows)
         self.file.flush()
 
     def close(self) -> None:
@@ -242,7 +258,7 @@ def grads(out: torch.Tensor, tensors: tuple, d_out: torch.Tensor) -> tuple:
 
 
 def check_case(case: Case, device: str) -> dict[str, tuple[float, ...]]:
-    """{"reference": errors, "sdpa": errors}, errors = (out, dq, dk, dv) as max |ours - theirs|."""
+    """{"reference": errors, "sdpa": errors}, errors = (out, dq, dk, dv) as scaled errors."""
     from kernels.fused_attention import fused_attention
     from kernels.reference import attention_reference, visibility_mask
 
@@ -251,7 +267,7 @@ def check_case(case: Case, device: str) -> dict[str, tuple[float, ...]]:
     ours = fused_attention(q, k, v, case.causal, None, kv_start, kv_end)
     ours_grads = grads(ours, tensors, d_out)
     ref = attention_reference(q, k, v, case.causal, None, kv_start, kv_end)[0]
-    errors = {"reference": (max_abs_diff(ours, ref), *map(max_abs_diff, ours_grads, grads(ref, tensors, d_out)))}
+    errors = {"reference": (scaled_error(ours, ref), *map(scaled_error, ours_grads, grads(ref, tensors, d_out)))}
 
     visible = visibility_mask(case.batch, case.seq_q, case.seq_k, case.causal, kv_start, kv_end, device)
     seen = visible.any(-1, keepdim=True)
@@ -259,7 +275,7 @@ def check_case(case: Case, device: str) -> dict[str, tuple[float, ...]]:
     # and get a zero upstream gradient, so they add nothing to dK/dV and their dQ is 0, as ours is.
     sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=visible | ~seen, enable_gqa=True)
     sdpa_grads = grads(sdpa, tensors, d_out * seen)
-    errors["sdpa"] = (max_abs_diff(ours, sdpa, seen), *map(max_abs_diff, ours_grads, sdpa_grads))
+    errors["sdpa"] = (scaled_error(ours, sdpa, seen), *map(scaled_error, ours_grads, sdpa_grads))
     return errors
 
 
@@ -403,7 +419,7 @@ def sdpa_backend(case: Case, q, k, v, mask) -> tuple[object, str]:
     return repeat_kv, f"selected {sdpa_choice(q, expanded, expanded, mask, False)}; K/V repeated per head"
 
 
-def flex_backend(case: Case, kv_start, kv_end, compiled_flex) -> tuple[object, str]:
+def flex_backend(case: Case, kv_start, kv_end, compiled_flex, device: str) -> tuple[object, str]:
     from torch.nn.attention.flex_attention import and_masks, create_block_mask
 
     offset = case.seq_k - case.seq_q  # bottom-right causal alignment, as in kernels.reference
@@ -418,7 +434,7 @@ def flex_backend(case: Case, kv_start, kv_end, compiled_flex) -> tuple[object, s
     block_mask = None
     if mods:
         batch = case.batch if case.padded else None  # the causal mask alone is the same for every row
-        block_mask = create_block_mask(and_masks(*mods), batch, None, case.seq_q, case.seq_k, device="cuda")
+        block_mask = create_block_mask(and_masks(*mods), batch, None, case.seq_q, case.seq_k, device=device)
     gqa = case.heads != case.kv_heads
 
     def flex(q, k, v):
@@ -445,13 +461,13 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:160] if text else ''}"
 
 
-def bench_case(case: Case, args, compiled_flex, device_name: str) -> tuple[list[dict], list[list]]:
+def bench_case(case: Case, args, compiled_flex, device: str, device_name: str) -> tuple[list[dict], list[list]]:
     """CSV rows and table rows for one shape, every backend measured on the same inputs."""
     from kernels.fused_attention import fused_attention
     from kernels.reference import visibility_mask
 
-    q, k, v, d_out, kv_start, kv_end = make_inputs(case, "cuda")
-    visible = visibility_mask(case.batch, case.seq_q, case.seq_k, case.causal, kv_start, kv_end, "cuda")
+    q, k, v, d_out, kv_start, kv_end = make_inputs(case, device)
+    visible = visibility_mask(case.batch, case.seq_q, case.seq_k, case.causal, kv_start, kv_end, device)
     seen = visible.any(-1, keepdim=True)
     fwd_flops = 4 * case.head_dim * case.heads * visible.sum().item()
 
@@ -461,7 +477,7 @@ def bench_case(case: Case, args, compiled_flex, device_name: str) -> tuple[list[
     backends = {  # name -> a function building (forward, note); ours first, for the others to be compared with
         "ours": lambda: (ours, ""),
         sdpa_name(case): lambda: sdpa_backend(case, q, k, v, visible if case.padded else None),
-        "flex": lambda: flex_backend(case, kv_start, kv_end, compiled_flex),
+        "flex": lambda: flex_backend(case, kv_start, kv_end, compiled_flex, device),
     }
     results = {}  # name -> (times or None, max |ours - theirs| or None, note)
     ours_out = None
@@ -469,10 +485,10 @@ def bench_case(case: Case, args, compiled_flex, device_name: str) -> tuple[list[
         try:
             forward, note = build()
             out = forward(q, k, v)  # untimed: autotuning, compilation, and the one output compared with ours
-            if ours_out is None:
+            err = None
+            if name == "ours":
                 ours_out = out.detach()
-                err = None
-            else:
+            elif ours_out is not None:
                 err = max_abs_diff(ours_out, out.detach(), seen)
             del out
             results[name] = (time_modes(forward, (q, k, v), d_out, args.repeats, args.warmup), err, note)
@@ -484,7 +500,7 @@ def bench_case(case: Case, args, compiled_flex, device_name: str) -> tuple[list[
 
 
 def bench_rows(case: Case, results: dict, fwd_flops: float, device_name: str) -> tuple[list[dict], list[list]]:
-    ours_times = results.get("ours", (None,))[0]
+    ours_times = results["ours"][0]
     sdpa = sdpa_name(case)
     csv_rows, table_rows = [], []
     for mode in MODES:
@@ -495,7 +511,7 @@ def bench_rows(case: Case, results: dict, fwd_flops: float, device_name: str) ->
             speedup = ms / ours_times[mode] if ms and ours_times else None
             line[name] = (ms, tflops, speedup)
             row = case_fields(case, device_name) | dict(backend=name, mode=mode, ms=ms, tflops=tflops, note=note)
-            row |= dict(ours_speedup=speedup, compared_to=None if name == "ours" else name, err_out=err)
+            row |= dict(ours_speedup=speedup, compared_to=None if err is None else name, err_out=err)
             csv_rows.append(row)
         ours_ms, sdpa_ms, flex_ms = (line[name] for name in ("ours", sdpa, "flex"))
         table_rows.append(
@@ -517,7 +533,7 @@ def run_benchmark(args, device: str, device_name: str, out: CsvOut) -> int:
     table.header()
     failures = 0
     for case in bench_cases(args):
-        csv_rows, table_rows = bench_case(case, args, compiled_flex, device_name)
+        csv_rows, table_rows = bench_case(case, args, compiled_flex, device, device_name)
         failures += any(row["backend"] == "ours" and row["ms"] is None for row in csv_rows)
         out.write(csv_rows)
         for row in table_rows:
@@ -539,11 +555,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--no-padding", action="store_true", help="unpadded shapes only")
     ap.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16", help="of the timings (the sweep mixes)")
     ap.add_argument("--repeats", type=int, default=30, help="timed calls per measurement (median)")
-    ap.add_argument("--warmup", type=int, default=5, help="untimed calls before them")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed calls before them (at least 1)")
     ap.add_argument("--quick", action="store_true", help="a few shapes only (GPU: b4 d128 n1024; CPU: 5 cases)")
     ap.add_argument("--check", action="store_true", help="run the correctness sweep even on a GPU")
     ap.add_argument("--out", type=Path, default=Path("bench/results/attention.csv"))
     args = ap.parse_args()
+    args.warmup = max(args.warmup, 1)  # the first backward autotunes (ours) or compiles (flex): never time it
     if args.quick:
         args.batch, args.head_dim, args.seq = args.batch[:1], [max(args.head_dim)], args.seq[:1]
     return args

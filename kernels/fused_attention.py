@@ -29,33 +29,30 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LOG2E = 1.4426950408889634
 
 
-def _configs(block_m: int, block_n: int) -> list[triton.Config]:
-    """Autotuning space on a GPU; one pinned config under the interpreter, where the autotuner's benchmarking
-    needs a GPU driver and block size only changes how slow the simulation is. 32x16 blocks keep test shapes
-    (lengths 17, 100) spanning several blocks and partial ones."""
+def _configs(candidates: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+    """Autotuning space on a GPU: (BLOCK_M, BLOCK_N, warps, stages). Under the interpreter one pinned config, as
+    the autotuner's benchmarking needs a GPU driver and block size only changes how slow the simulation is; 32x16
+    blocks keep test shapes (lengths 17, 100) spanning several blocks and partial ones."""
     if INTERPRET:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [
-            (block_m, block_n, 4, 3),
-            (block_m, block_n, 8, 3),
-            (block_m, block_n // 2, 4, 4),
-            (block_m // 2, block_n, 4, 4),
-            (block_m, block_n, 8, 2),
-        ]
-    ]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in candidates]
 
 
+# Candidates picked offline by compiling for sm_90 and reading registers and spills (bench/attention_registers.py):
+# every list has configs that spill no registers at head dims 64 and 128 (the dK/dV kernel needs BLOCK_N = 32 at 128).
+# Configs that run out of shared memory on a device (fp32 inputs with big tiles) are skipped by the autotuner.
+FWD_CONFIGS = [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 8, 3), (128, 128, 8, 2)]
+DKDV_CONFIGS = [(64, 128, 8, 2), (32, 128, 8, 2), (32, 64, 8, 2), (64, 32, 8, 2), (32, 32, 8, 2)]
+DQ_CONFIGS = [(64, 64, 8, 2), (64, 32, 8, 3), (128, 64, 8, 2), (128, 32, 8, 2), (32, 32, 4, 3)]
 # The key buckets sequence lengths to powers of two so training on varying lengths does not retune every batch.
 _TUNE_KEY = ["LEN_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_RANGES"]
 
 
 @triton.jit
 def _key_range(KV_START, KV_END, b, N_K, HAS_RANGES: tl.constexpr):
-    if HAS_RANGES:
-        lo = tl.load(KV_START + b)
-        hi = tl.load(KV_END + b)
+    if HAS_RANGES:  # clamped: a range past the keys must not make zero-filled loads count as visible keys
+        lo = tl.maximum(tl.load(KV_START + b), 0)
+        hi = tl.minimum(tl.load(KV_END + b), N_K)
     else:
         lo = 0
         hi = N_K
@@ -70,7 +67,7 @@ def _visible(rows, cols, lo, hi, N_Q, N_K, CAUSAL: tl.constexpr):
     return ok
 
 
-@triton.autotune(configs=_configs(128, 64), key=_TUNE_KEY)
+@triton.autotune(configs=_configs(FWD_CONFIGS), key=_TUNE_KEY)
 @triton.jit
 def _attn_fwd(
     Q, K, V, OUT, LSE, KV_START, KV_END, qk_scale,
@@ -136,7 +133,30 @@ def _attn_fwd(
     tl.store(LSE + pid_bh.to(tl.int64) * N_Q + rows, lse, mask=rows < N_Q)
 
 
-@triton.autotune(configs=_configs(64, 128), key=_TUNE_KEY)
+@triton.jit
+def _attn_bwd_delta(
+    OUT, DO, DELTA, s_ob, s_oh, s_om, s_db, s_dh, s_dm, H, N_Q,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """delta = rowsum(O * dO) in fp32, (B, H, Nq): the softmax-gradient term, without fp32 copies of O and dO."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(
+        OUT + b.to(tl.int64) * s_ob + h.to(tl.int64) * s_oh + rows[:, None] * s_om + offs_d[None, :], mask=mask
+    )
+    do = tl.load(
+        DO + b.to(tl.int64) * s_db + h.to(tl.int64) * s_dh + rows[:, None] * s_dm + offs_d[None, :], mask=mask
+    )
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(DELTA + pid_bh.to(tl.int64) * N_Q + rows, delta, mask=rows < N_Q)
+
+
+@triton.autotune(configs=_configs(DKDV_CONFIGS), key=_TUNE_KEY)
 @triton.jit
 def _attn_bwd_dkdv(
     Q, K, V, DO, LSE, DELTA, DK, DV, KV_START, KV_END, qk_scale, sm_scale,
@@ -169,9 +189,9 @@ def _attn_bwd_dkdv(
     m_start = 0
     if CAUSAL:  # queries before the block's first key cannot see it
         m_start = (tl.maximum(pid_n * BLOCK_N - (N_K - N_Q), 0) // BLOCK_M) * BLOCK_M
-    m_end = N_Q
-    if (pid_n * BLOCK_N >= hi) | ((pid_n + 1) * BLOCK_N <= lo):
-        m_end = 0  # every key of this block is padding: gradients stay zero
+    # every key of this block is padding: no query loop, gradients stay zero (a where, not an if: a compiled
+    # kernel needs one type for m_end on both branches, and 0 would be a constexpr)
+    m_end = tl.where((pid_n * BLOCK_N >= hi) | ((pid_n + 1) * BLOCK_N <= lo), 0, N_Q)
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -208,7 +228,7 @@ def _attn_bwd_dkdv(
     tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
-@triton.autotune(configs=_configs(128, 64), key=_TUNE_KEY)
+@triton.autotune(configs=_configs(DQ_CONFIGS), key=_TUNE_KEY)
 @triton.jit
 def _attn_bwd_dq(
     Q, K, V, DO, LSE, DELTA, DQ, KV_START, KV_END, qk_scale, sm_scale,
@@ -288,10 +308,9 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
-    """Last dim contiguous, and empty_like(t) keeps t's strides (the kernels assume gradients share them)."""
-    if t.stride(-1) != 1 or torch.empty_like(t).stride() != t.stride():
-        return t.contiguous()
-    return t
+    """(B, H, N, D) contiguous, or the (B, N, H, D) buffer transformers passes seen as (B, H, N, D): both dense, so
+    empty_like keeps their strides, which the backward kernels assume gradients share with their inputs."""
+    return t if t.is_contiguous() or t.transpose(1, 2).is_contiguous() else t.contiguous()
 
 
 def _forward(q, k, v, kv_start, kv_end, causal: bool, scale: float):
@@ -317,9 +336,14 @@ def _backward(q, k, v, out, lse, d_out, kv_start, kv_end, causal: bool, scale: f
     batch, heads, n_q, _ = q.shape
     kv_heads, n_k = k.shape[1], k.shape[2]
     d_out = d_out if d_out.stride(-1) == 1 else d_out.contiguous()
-    delta = (out.float() * d_out.float()).sum(-1).contiguous()  # rowsum(O * dO), (B, H, Nq)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     args = _launch_args(q, k, kv_start, kv_end, causal)
+    delta = torch.empty(batch, heads, n_q, device=q.device, dtype=torch.float32)
+    block = 32 if INTERPRET else 64
+    _attn_bwd_delta[(triton.cdiv(n_q, block), batch * heads)](
+        out, d_out, delta, *_strides(out), *_strides(d_out), heads, n_q,
+        HEAD_DIM=args["HEAD_DIM"], BLOCK_D=args["BLOCK_D"], BLOCK_M=block,
+    )  # fmt: skip
     common = dict(
         qk_scale=scale * LOG2E, sm_scale=scale,
         s_qb=q.stride(0), s_qh=q.stride(1), s_qm=q.stride(2), s_kb=k.stride(0), s_kh=k.stride(1),
@@ -372,6 +396,8 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_start, kv
         raise ValueError("give both kv_start and kv_end, or neither")
     if kv_start is not None and (kv_start.shape != (q.shape[0],) or kv_end.shape != (q.shape[0],)):
         raise ValueError(f"kv_start/kv_end must have shape ({q.shape[0]},), got {kv_start.shape}, {kv_end.shape}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v are on different devices: {q.device}, {k.device}, {v.device}")
 
 
 def fused_attention_with_lse(
@@ -384,15 +410,22 @@ def fused_attention_with_lse(
     kv_end: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(output (B, H, Nq, D), natural-log LSE (B, H, Nq) fp32, -inf where a row sees no key); output differentiable."""
+    out, lse2 = _apply(q, k, v, causal, scale, kv_start, kv_end)
+    return out, torch.where(torch.isinf(lse2), float("-inf"), lse2 / LOG2E)
+
+
+def fused_attention(q, k, v, causal: bool = False, scale: float | None = None, kv_start=None, kv_end=None):
+    """Attention output (B, H, Nq, D); see the module docstring. Differentiable in q, k and v.
+
+    The output is a (B, Nq, H, D) buffer seen as (B, H, Nq, D), the layout transformers returns, so
+    `out.transpose(1, 2)` is contiguous; call `.contiguous()` before `.view` on the (B, H, Nq, D) form."""
+    return _apply(q, k, v, causal, scale, kv_start, kv_end)[0]
+
+
+def _apply(q, k, v, causal, scale, kv_start, kv_end):
     check_inputs(q, k, v, kv_start, kv_end)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if kv_start is not None:
         kv_start = kv_start.to(device=q.device, dtype=torch.int32).contiguous()
         kv_end = kv_end.to(device=q.device, dtype=torch.int32).contiguous()
-    out, lse2 = FusedAttentionFunction.apply(_dense(q), _dense(k), _dense(v), kv_start, kv_end, bool(causal), scale)
-    return out, torch.where(torch.isinf(lse2), float("-inf"), lse2 / LOG2E)
-
-
-def fused_attention(q, k, v, causal: bool = False, scale: float | None = None, kv_start=None, kv_end=None):
-    """Attention output (B, H, Nq, D); see the module docstring. Differentiable in q, k and v."""
-    return fused_attention_with_lse(q, k, v, causal, scale, kv_start, kv_end)[0]
+    return FusedAttentionFunction.apply(_dense(q), _dense(k), _dense(v), kv_start, kv_end, bool(causal), scale)

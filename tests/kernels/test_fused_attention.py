@@ -163,6 +163,14 @@ def test_scale_is_honoured_and_transposed_layouts_work():
         _close(got, want, TOL[torch.float32][1], f"d{name}")
 
 
+def test_ranges_past_the_keys_are_clamped():
+    """kv_end beyond the keys (or kv_start below 0) must not turn zero-filled out-of-bounds loads into keys."""
+    q, k, v, *_ = _inputs((2, 2, 2, 4, 4, 32, False, False), torch.float32)
+    out = op.fused_attention(q, k, v, False, None, torch.tensor([-3, 1]), torch.tensor([6, 9]))
+    ref, _ = attention_reference(q, k, v, False, None, torch.tensor([0, 1]), torch.tensor([4, 4]))
+    _close(out, ref, TOL[torch.float32][0], "output")
+
+
 def test_key_ranges_from_a_padding_mask_drive_the_kernel():
     mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
     kv_start, kv_end = key_ranges_from_mask(mask)
