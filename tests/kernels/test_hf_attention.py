@@ -6,6 +6,8 @@ Same process rules as test_fused_attention.py (marker `triton`; TRITON_INTERPRET
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from PIL import Image
@@ -41,9 +43,9 @@ def _image(seed: int) -> Image.Image:
     return Image.fromarray((torch.rand(side, side, 3, generator=gen) * 255).to(torch.uint8).numpy())
 
 
-def _model(perturb: float = 0.0):
+def _model(perturb: float = 0.0, spec=MICRO_SPEC):
     """The micro LLaVA in fp32 with the Triton backend on both towers; `perturb` adds seeded noise to the LM."""
-    model, processor = build_model(ModelConfig(tiny=MICRO_SPEC, finetune="full", attn_implementation=TRITON))
+    model, processor = build_model(ModelConfig(tiny=spec, finetune="full", attn_implementation=TRITON))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, param in sorted(model.named_parameters()):
@@ -121,10 +123,14 @@ def test_one_dpo_step_gives_the_same_loss_and_gradients():
     assert all(g.abs().sum() > 0 for g in attention), "gradients reached every attention layer"
 
 
-def test_greedy_generation_gives_the_same_tokens():
-    model, processor = _model(perturb=0.05)
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_greedy_generation_gives_the_same_tokens(cache):
+    """Left-padded prompts, then one query per step against the KV cache; a static cache holds more slots than
+    tokens, which the backend must not read. Two layers, so a wrong prefill at any position reaches the next
+    layer's keys and values and so the generated tokens."""
+    model, processor = _model(perturb=0.05, spec=dataclasses.replace(MICRO_SPEC, text_layers=2))
     batch = _batch(processor, "left", answers=False)
-    settings = dict(max_new_tokens=10, do_sample=False, min_new_tokens=10)
+    settings = dict(max_new_tokens=10, do_sample=False, min_new_tokens=10, cache_implementation=cache)
     with torch.no_grad():
         fused = model.generate(**batch, **settings)
         model.set_attn_implementation(SDPA)
