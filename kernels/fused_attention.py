@@ -60,6 +60,28 @@ def _key_range(KV_START, KV_END, b, N_K, HAS_RANGES: tl.constexpr):
 
 
 @triton.jit
+def _tile_ptrs(BASE, b, h, s_b, s_h, s_row, idx, offs_d):
+    """Pointers to rows `idx` (all of the head dim) of head h of batch row b; int64 so big tensors do not wrap."""
+    return BASE + b.to(tl.int64) * s_b + h.to(tl.int64) * s_h + idx[:, None] * s_row + offs_d[None, :]
+
+
+@triton.jit
+def _load_tile(BASE, b, h, s_b, s_h, s_row, idx, offs_d, n_rows, HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr):
+    """A (len(idx), BLOCK_D) tile, zero past n_rows and HEAD_DIM; fp32 if UPCAST (the interpreter cannot do bf16)."""
+    mask = (idx[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM)
+    x = tl.load(_tile_ptrs(BASE, b, h, s_b, s_h, s_row, idx, offs_d), mask=mask, other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _store_tile(BASE, x, b, h, s_b, s_h, s_row, idx, offs_d, n_rows, HEAD_DIM: tl.constexpr):
+    mask = (idx[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM)
+    tl.store(_tile_ptrs(BASE, b, h, s_b, s_h, s_row, idx, offs_d), x.to(BASE.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _visible(rows, cols, lo, hi, N_Q, N_K, CAUSAL: tl.constexpr):
     ok = (cols[None, :] >= lo) & (cols[None, :] < hi) & (rows[:, None] < N_Q)
     if CAUSAL:
@@ -84,14 +106,7 @@ def _attn_fwd(
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
-    q_base = Q + b.to(tl.int64) * s_qb + h.to(tl.int64) * s_qh
-    k_base = K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh
-    v_base = V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh
-
-    q = tl.load(q_base + rows[:, None] * s_qm + offs_d[None, :], mask=(rows[:, None] < N_Q) & d_ok[None, :], other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
+    q = _load_tile(Q, b, h, s_qb, s_qh, s_qm, rows, offs_d, N_Q, HEAD_DIM, UPCAST)
     lo, hi = _key_range(KV_START, KV_END, b, N_K, HAS_RANGES)
     if CAUSAL:  # the block's last query sits at position (pid_m + 1) * BLOCK_M - 1 + N_K - N_Q
         hi = tl.minimum(hi, (pid_m + 1) * BLOCK_M + N_K - N_Q)
@@ -106,12 +121,8 @@ def _attn_fwd(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start_n in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
         cols = start_n + offs_n
-        kv_mask = (cols[:, None] < N_K) & d_ok[None, :]
-        k = tl.load(k_base + cols[:, None] * s_kn + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + cols[:, None] * s_vn + offs_d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k = _load_tile(K, b, hk, s_kb, s_kh, s_kn, cols, offs_d, N_K, HEAD_DIM, UPCAST)
+        v = _load_tile(V, b, hk, s_vb, s_vh, s_vn, cols, offs_d, N_K, HEAD_DIM, UPCAST)
         qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         if (start_n < full_lo) | (start_n + BLOCK_N > full_hi):  # an edge block: padding or the causal diagonal
             qk = tl.where(_visible(rows, cols, lo, hi, N_Q, N_K, CAUSAL), qk, float("-inf"))
@@ -125,9 +136,7 @@ def _attn_fwd(
 
     seen = l_i > 0.0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
-    o_base = OUT + b.to(tl.int64) * s_ob + h.to(tl.int64) * s_oh
-    tl.store(o_base + rows[:, None] * s_om + offs_d[None, :], out.to(OUT.dtype.element_ty),
-             mask=(rows[:, None] < N_Q) & d_ok[None, :])  # fmt: skip
+    _store_tile(OUT, out, b, h, s_ob, s_oh, s_om, rows, offs_d, N_Q, HEAD_DIM)
     # log2-domain LSE; +inf on unseen rows makes the backward's exp2(s - lse) exactly 0 there
     lse = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("inf"))
     tl.store(LSE + pid_bh.to(tl.int64) * N_Q + rows, lse, mask=rows < N_Q)
@@ -145,14 +154,9 @@ def _attn_bwd_delta(
     h = pid_bh % H
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mask = (rows[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM)
-    o = tl.load(
-        OUT + b.to(tl.int64) * s_ob + h.to(tl.int64) * s_oh + rows[:, None] * s_om + offs_d[None, :], mask=mask
-    )
-    do = tl.load(
-        DO + b.to(tl.int64) * s_db + h.to(tl.int64) * s_dh + rows[:, None] * s_dm + offs_d[None, :], mask=mask
-    )
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    o = _load_tile(OUT, b, h, s_ob, s_oh, s_om, rows, offs_d, N_Q, HEAD_DIM, True)
+    do = _load_tile(DO, b, h, s_db, s_dh, s_dm, rows, offs_d, N_Q, HEAD_DIM, True)
+    delta = tl.sum(o * do, axis=1)
     tl.store(DELTA + pid_bh.to(tl.int64) * N_Q + rows, delta, mask=rows < N_Q)
 
 
@@ -175,15 +179,8 @@ def _attn_bwd_dkdv(
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
-    kv_mask = (cols[:, None] < N_K) & d_ok[None, :]
-    k_ptrs = K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh + cols[:, None] * s_kn + offs_d[None, :]
-    v_ptrs = V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh + cols[:, None] * s_vn + offs_d[None, :]
-    k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-    v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+    k = _load_tile(K, b, hk, s_kb, s_kh, s_kn, cols, offs_d, N_K, HEAD_DIM, UPCAST)
+    v = _load_tile(V, b, hk, s_vb, s_vh, s_vn, cols, offs_d, N_K, HEAD_DIM, UPCAST)
 
     lo, hi = _key_range(KV_START, KV_END, b, N_K, HAS_RANGES)
     m_start = 0
@@ -197,17 +194,11 @@ def _attn_bwd_dkdv(
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for g in range(0, GROUP):
         h = hk * GROUP + g
-        q_base = Q + b.to(tl.int64) * s_qb + h.to(tl.int64) * s_qh
-        do_base = DO + b.to(tl.int64) * s_db + h.to(tl.int64) * s_dh
         stat_base = (b * H + h).to(tl.int64) * N_Q
         for start_m in range(m_start, m_end, BLOCK_M):
             rows = start_m + offs_m
-            q_mask = (rows[:, None] < N_Q) & d_ok[None, :]
-            q = tl.load(q_base + rows[:, None] * s_qm + offs_d[None, :], mask=q_mask, other=0.0)
-            do = tl.load(do_base + rows[:, None] * s_dm + offs_d[None, :], mask=q_mask, other=0.0)
-            if UPCAST:
-                q = q.to(tl.float32)
-                do = do.to(tl.float32)
+            q = _load_tile(Q, b, h, s_qb, s_qh, s_qm, rows, offs_d, N_Q, HEAD_DIM, UPCAST)
+            do = _load_tile(DO, b, h, s_db, s_dh, s_dm, rows, offs_d, N_Q, HEAD_DIM, UPCAST)
             lse = tl.load(LSE + stat_base + rows, mask=rows < N_Q, other=float("inf"))
             delta = tl.load(DELTA + stat_base + rows, mask=rows < N_Q, other=0.0)
             # transposed scores (keys x queries), so dK and dV come out without transposing the accumulators
@@ -222,10 +213,8 @@ def _attn_bwd_dkdv(
             ds_t = p_t * (dp_t - delta[None, :])
             dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
 
-    out_off = b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh + cols[:, None] * s_kn + offs_d[None, :]
-    tl.store(DK + out_off, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
-    out_off = b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh + cols[:, None] * s_vn + offs_d[None, :]
-    tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=kv_mask)
+    _store_tile(DK, dk * sm_scale, b, hk, s_kb, s_kh, s_kn, cols, offs_d, N_K, HEAD_DIM)
+    _store_tile(DV, dv, b, hk, s_vb, s_vh, s_vn, cols, offs_d, N_K, HEAD_DIM)
 
 
 @triton.autotune(configs=_configs(DQ_CONFIGS), key=_TUNE_KEY)
@@ -246,19 +235,10 @@ def _attn_bwd_dq(
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
-    q_mask = (rows[:, None] < N_Q) & d_ok[None, :]
-    q_off = b.to(tl.int64) * s_qb + h.to(tl.int64) * s_qh + rows[:, None] * s_qm + offs_d[None, :]
-    q = tl.load(Q + q_off, mask=q_mask, other=0.0)
-    do_off = b.to(tl.int64) * s_db + h.to(tl.int64) * s_dh + rows[:, None] * s_dm + offs_d[None, :]
-    do = tl.load(DO + do_off, mask=q_mask, other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
+    q = _load_tile(Q, b, h, s_qb, s_qh, s_qm, rows, offs_d, N_Q, HEAD_DIM, UPCAST)
+    do = _load_tile(DO, b, h, s_db, s_dh, s_dm, rows, offs_d, N_Q, HEAD_DIM, UPCAST)
     lse = tl.load(LSE + pid_bh.to(tl.int64) * N_Q + rows, mask=rows < N_Q, other=float("inf"))
     delta = tl.load(DELTA + pid_bh.to(tl.int64) * N_Q + rows, mask=rows < N_Q, other=0.0)
-    k_base = K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh
-    v_base = V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh
 
     lo, hi = _key_range(KV_START, KV_END, b, N_K, HAS_RANGES)
     if CAUSAL:
@@ -266,19 +246,15 @@ def _attn_bwd_dq(
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start_n in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
         cols = start_n + offs_n
-        kv_mask = (cols[:, None] < N_K) & d_ok[None, :]
-        k = tl.load(k_base + cols[:, None] * s_kn + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + cols[:, None] * s_vn + offs_d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k = _load_tile(K, b, hk, s_kb, s_kh, s_kn, cols, offs_d, N_K, HEAD_DIM, UPCAST)
+        v = _load_tile(V, b, hk, s_vb, s_vh, s_vn, cols, offs_d, N_K, HEAD_DIM, UPCAST)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         p = tl.math.exp2(s - lse[:, None])
         p = tl.where(_visible(rows, cols, lo, hi, N_Q, N_K, CAUSAL), p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-    tl.store(DQ + q_off, (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
+    _store_tile(DQ, dq * sm_scale, b, h, s_qb, s_qh, s_qm, rows, offs_d, N_Q, HEAD_DIM)
 
 
 def _launch_args(q: torch.Tensor, k: torch.Tensor, kv_start, kv_end, causal: bool) -> dict:
