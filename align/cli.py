@@ -4,6 +4,8 @@ align demo                                          # ToyWorld → SFT base → 
 align build-data configs/toy/toyworld.yaml
 align train configs/toy/sft_base.yaml optim.lr=3e-4
 align eval runs/demo/sft_base                       # every checkpoint of a run, or one checkpoint dir
+align eval score --benchmark pope --outputs answers.jsonl --split adversarial --data POPE/output/coco
+                                                    # score a benchmark's outputs that already exist
 align validate                                      # every YAML under configs/
 """
 
@@ -76,6 +78,82 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _benchmark_data(name: str) -> Path:
+    root = os.environ.get("ALIGN_BENCHMARKS")
+    if not root:
+        raise ValueError(f"no --data given and ALIGN_BENCHMARKS is not set: pass --data with the {name} files")
+    return Path(root) / name
+
+
+def _score_paths(outputs: Path, bench: str, split: str | None, json_out: str | None) -> tuple[Path, Path]:
+    """Metrics JSON and per-sample JSONL: beside the outputs unless --json says where; the split is in the name
+    so that scoring the splits one by one does not overwrite."""
+    scores = Path(json_out) if json_out else Path(f"{outputs}.{bench}{'-' + split if split else ''}.scores.json")
+    stem = scores.name.removesuffix(".json").removesuffix(".scores")
+    return scores, scores.with_name(stem + ".samples.jsonl")
+
+
+def _cmd_eval_score(args) -> int:
+    from align.eval.benchmarks import format_metrics, get_benchmark, read_outputs, score_outputs
+
+    bench = get_benchmark(args.benchmark)
+    data = Path(args.data) if args.data else _benchmark_data(bench.name)
+    outputs = read_outputs(args.outputs)
+    scored = score_outputs(bench, bench.load(data, args.split), outputs, allow_missing=args.allow_missing)
+    c = scored.counts
+    print(
+        f"{bench.name}{' ' + args.split if args.split else ''}: {c['scored']} scored, {c['missing']} missing, "
+        f"{c['unmatched_outputs']} outputs matching no item ({args.outputs})"
+    )
+    print(format_metrics(scored.metrics))
+    scores_path, samples_path = _score_paths(Path(args.outputs), bench.name, args.split, args.json)
+    scores_path.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": bench.name,
+        "split": args.split,
+        "outputs": str(args.outputs),
+        "data": str(data),
+        "counts": c,
+        "metrics": scored.metrics,
+        "samples": str(samples_path),
+    }
+    scores_path.write_text(json.dumps(report, indent=2) + "\n")
+    with samples_path.open("w") as f:
+        for r in scored.records:
+            f.write(json.dumps(r) + "\n")
+    print(f"wrote {scores_path} and {samples_path.name}")
+    return 0
+
+
+def build_score_parser() -> argparse.ArgumentParser:
+    """`align eval score`: its own parser, because `align eval` takes checkpoint paths as positionals."""
+    p = argparse.ArgumentParser(
+        prog="align eval score",
+        description="Score a benchmark's model outputs that already exist (no model is loaded).",
+    )
+    p.add_argument("--benchmark", required=True, metavar="NAME", help="benchmark name: pope, amber")
+    p.add_argument(
+        "--outputs",
+        required=True,
+        metavar="FILE",
+        help="model outputs: JSONL (or a JSON array) of {question_id, text}, {question_id, answer}, "
+        "{image_id, caption} or {id, response}",
+    )
+    p.add_argument(
+        "--split",
+        metavar="S",
+        help="pope: adversarial, popular or random (needed when ids are bare question ids and several split "
+        "files are present); amber: existence, attribute or relation (default: all discriminative)",
+    )
+    p.add_argument("--data", metavar="PATH", help="benchmark files (default: $ALIGN_BENCHMARKS/<benchmark>)")
+    p.add_argument(
+        "--json", metavar="OUT", help="metrics JSON path (default: <outputs>.<benchmark>[-<split>].scores.json)"
+    )
+    p.add_argument("--allow-missing", action="store_true", help="score the answered items only, counting the rest")
+    p.set_defaults(func=_cmd_eval_score)
+    return p
+
+
 def _cmd_demo(args) -> int:
     from align.demo import run_demo
 
@@ -105,7 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4")
         p.set_defaults(func=lambda a, c=name: _cmd_run(a, c))
 
-    p = sub.add_parser("eval", help="hallucination eval of checkpoints or run directories")
+    p = sub.add_parser(
+        "eval",
+        help="hallucination eval of checkpoints or run directories; `align eval score` scores existing outputs",
+        epilog="align eval score --benchmark NAME --outputs FILE ...: score outputs already written "
+        "(see align eval score -h)",
+    )
     p.add_argument("paths", nargs="+", help="checkpoint dirs or run dirs (every checkpoint-*/ and final/)")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--limit", type=int, help="evaluate on the first N test images")
@@ -121,7 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # errors print one line; ALIGN_DEBUG=1 shows the traceback
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["eval", "score"]:  # a subcommand of eval, whose own positionals are checkpoint paths
+        args = build_score_parser().parse_args(argv[2:])
+    else:
+        args = build_parser().parse_args(argv)  # errors print one line; ALIGN_DEBUG=1 shows the traceback
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as e:

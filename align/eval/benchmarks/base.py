@@ -1,0 +1,46 @@
+"""The `Benchmark` record: a benchmark is data plus plain functions, in the style of lm-eval / lmms-eval tasks.
+
+It lives in its own module (re-exported by the package) so that each benchmark module can build its
+`Benchmark` while the package `__init__` imports those modules to fill `BENCHMARKS`, without an import cycle.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark: how to load its items, how to generate for them, how to score and aggregate.
+
+    `load(data, split)` returns items, each with at least `id` (str, unique), `image` (file name or None) and
+    `prompt`, plus what `score` needs. An item may also carry `bare_id`: the id as the benchmark's own output
+    files name it, accepted when it names a single loaded item (POPE's question_id repeats across splits).
+    `score(item, output)` returns a per-sample record; `aggregate(records)` turns records into metrics:
+    `{group: {metric: value}}` plus top-level scalars. Rates are fractions in [0, 1]; counts are ints.
+    """
+
+    name: str
+    description: str
+    load: Callable[[Path, str | None], list[dict]]
+    generation: Mapping[str, Any]
+    score: Callable[[dict, str], dict]
+    aggregate: Callable[[list[dict]], dict]
+    splits: tuple[str, ...] = ()
+
+
+def read_json_lines(path: Path) -> list[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line; a bad line is an error naming file and line."""
+    rows = []
+    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    return rows
