@@ -6,18 +6,22 @@ lists them by name. Adding one = a module that builds its `BENCHMARK` + one line
 `read_outputs` reads the output files other tools write; `score_outputs` matches them to items and scores.
 Every item needs an output: missing ones are an error naming how many and which, unless `allow_missing`,
 where they are counted and left out (the reference scorers assume complete answer files, so a silent gap
-would shift the numbers without anyone noticing).
+would shift the numbers without anyone noticing). Judge-scored benchmarks (MMHal) need a `judge`
+(`align.eval.judge.Judge`); their samples are graded `judge.cfg.concurrency` at a time.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import difflib
 import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from align.eval.benchmarks import amber, pope
+from tqdm.auto import tqdm
+
+from align.eval.benchmarks import amber, mmhal, pope
 from align.eval.benchmarks.base import Benchmark, read_json_lines
 
 __all__ = ["BENCHMARKS", "Benchmark", "Scored", "format_metrics", "get_benchmark", "read_outputs", "score_outputs"]
@@ -25,13 +29,18 @@ __all__ = ["BENCHMARKS", "Benchmark", "Scored", "format_metrics", "get_benchmark
 BENCHMARKS: dict[str, Benchmark] = {
     "pope": pope.BENCHMARK,
     "amber": amber.BENCHMARK,
+    "mmhal": mmhal.BENCHMARK,
 }
 
 # (id field, text field), tried in this order on each line
 OUTPUT_FIELDS = (("question_id", "text"), ("question_id", "answer"), ("image_id", "caption"), ("id", "response"))
 ACCEPTED = (
     "expected JSONL (or a JSON array) of {question_id, text} (LLaVA), {question_id, answer}, "
-    "{image_id, caption} (OPERA) or {id, response} (AMBER)"
+    "{image_id, caption} (OPERA) or {id, response} (AMBER), or an MMHal template array with model_answer filled in"
+)
+JUDGE_FLAGS = (
+    "pass --judge-model MODEL (plus --judge-base-url URL for a server other than api.openai.com; the API key is "
+    "read from $OPENAI_API_KEY or the variable named by --judge-api-key-env), or judge=Judge(JudgeConfig(...))"
 )
 
 
@@ -63,8 +72,23 @@ def _entry(rec: object) -> tuple[str, str] | None:
     return None
 
 
+def _template_answers(array: list) -> dict[str, str] | None:
+    """{index: model_answer} of an MMHal answer template filled in by a model (records have no id: the reference
+    pairs them with questions by position); empty answers are left out, so they count as missing."""
+    if not all(isinstance(r, dict) and "model_answer" in r and "question" in r for r in array):
+        return None
+    if any(_entry(r) is not None for r in array):
+        return None
+    return {
+        str(i): r["model_answer"]
+        for i, r in enumerate(array)
+        if isinstance(r["model_answer"], str) and r["model_answer"]
+    }
+
+
 def read_outputs(path: str | Path) -> dict[str, str]:
-    """{id: output text} from a JSONL file, or a JSON array file (AMBER's inference.py reads an array)."""
+    """{id: output text} from a JSONL file, or a JSON array file (AMBER's inference.py reads an array, MMHal's
+    reference writes its answer template back with `model_answer` filled in)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"outputs file {str(path)!r} not found")
@@ -74,6 +98,10 @@ def read_outputs(path: str | Path) -> dict[str, str]:
             array = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}); {ACCEPTED}") from None
+        if isinstance(array, list) and array and (answers := _template_answers(array)) is not None:
+            if not answers:
+                raise ValueError(f"{path}: every model_answer is empty (the unfilled template?); {ACCEPTED}")
+            return answers
         rows, where = list(enumerate(array, 1)), "item"
     else:
         try:
@@ -139,12 +167,29 @@ def _missing_message(bench: Benchmark, items: list[dict], outputs: dict[str, str
     return msg
 
 
-def score_outputs(bench: Benchmark, items: list[dict], outputs: dict[str, str], allow_missing: bool = False) -> Scored:
+def _score_pairs(bench: Benchmark, pairs: list[tuple[dict, str]], judge) -> list[dict]:
+    """Per-sample score fields in item order; judge requests run concurrently (they wait on the network)."""
+    if not bench.needs_judge:
+        return [bench.score(it, out) for it, out in pairs]
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=judge.cfg.concurrency)
+    try:
+        scored = pool.map(lambda pair: bench.score(*pair, judge), pairs)
+        return list(tqdm(scored, total=len(pairs), desc=f"{bench.name} judge", leave=False))
+    finally:  # a configuration error (bad key) stops the run without sending the queued requests
+        pool.shutdown(cancel_futures=True)
+
+
+def score_outputs(
+    bench: Benchmark, items: list[dict], outputs: dict[str, str], allow_missing: bool = False, judge=None
+) -> Scored:
     """Score every item from its output; see the module docstring for the missing-output rule."""
+    if bench.needs_judge and judge is None:
+        raise ValueError(f"{bench.name} is graded by an LLM judge: {JUDGE_FLAGS}")
     pairs, missing, used = match_outputs(items, outputs)
     if not pairs or (missing and not allow_missing):
         raise ValueError(_missing_message(bench, items, outputs, missing))
-    records = [{"id": it["id"], **bench.score(it, out), "output": out} for it, out in pairs]
+    scores = _score_pairs(bench, pairs, judge)
+    records = [{"id": it["id"], **s, "output": out} for (it, out), s in zip(pairs, scores)]
     counts = {
         "items": len(items),
         "scored": len(records),
@@ -155,14 +200,17 @@ def score_outputs(bench: Benchmark, items: list[dict], outputs: dict[str, str], 
 
 
 def format_metrics(metrics: dict) -> str:
-    """Plain-text table, one row per group (split, dimension); rates as percentages, counts as is."""
+    """Plain-text table, one row per group (split, dimension); rates as percentages, counts and notes as is,
+    `*score` metrics on their own scale."""
     groups = {k: v for k, v in metrics.items() if isinstance(v, dict)}
     cols = list(dict.fromkeys(c for g in groups.values() for c in g))
 
-    def cell(v) -> str:
-        return "-" if v is None else str(v) if isinstance(v, int) else f"{100 * v:.1f}"
+    def cell(v, name: str = "") -> str:
+        if v is None or isinstance(v, (int, str)):
+            return "-" if v is None else str(v)
+        return f"{v:.2f}" if name.endswith("score") else f"{100 * v:.1f}"
 
-    rows = [[name] + [cell(g.get(c)) for c in cols] for name, g in groups.items()]
+    rows = [[name] + [cell(g.get(c), c) for c in cols] for name, g in groups.items()]
     header = [""] + cols
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
 
@@ -170,5 +218,5 @@ def format_metrics(metrics: dict) -> str:
         return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
     lines = [line(header), line(["-" * w for w in widths]), *map(line, rows)]
-    lines += [f"{k}: {cell(v)}" for k, v in metrics.items() if not isinstance(v, dict)]
+    lines += [f"{k}: {cell(v, k)}" for k, v in metrics.items() if not isinstance(v, dict)]
     return "\n".join(lines)

@@ -21,16 +21,23 @@ class Benchmark:
     `prompt`, plus what `score` needs. An item may also carry `bare_id`: the id as the benchmark's own output
     files name it, accepted when it names a single loaded item (POPE's question_id repeats across splits).
     `score(item, output)` returns a per-sample record; `aggregate(records)` turns records into metrics:
-    `{group: {metric: value}}` plus top-level scalars. Rates are fractions in [0, 1]; counts are ints.
+    `{group: {metric: value}}` plus top-level scalars. Rates are fractions in [0, 1]; counts are ints; metrics
+    named `*score` are on the benchmark's own scale; strings are notes (which judge graded).
+
+    A judge-scored benchmark (`needs_judge`) is scored by `score(item, output, judge)` with an
+    `align.eval.judge.Judge`; `judge_prompt(template_text)`, when set, returns the benchmark graded with a user's
+    judging prompt instead of the built-in one.
     """
 
     name: str
     description: str
     load: Callable[[Path, str | None], list[dict]]
     generation: Mapping[str, Any]
-    score: Callable[[dict, str], dict]
+    score: Callable[..., dict]  # (item, output) -> record; (item, output, judge) when needs_judge
     aggregate: Callable[[list[dict]], dict]
     splits: tuple[str, ...] = ()
+    needs_judge: bool = False
+    judge_prompt: Callable[[str], Benchmark] | None = None
 
 
 def read_json_lines(path: Path) -> list[tuple[int, Any]]:
