@@ -6,6 +6,7 @@ align train configs/toy/sft_base.yaml optim.lr=3e-4
 align eval runs/demo/sft_base                       # every checkpoint of a run, or one checkpoint dir
 align eval score --benchmark pope --outputs answers.jsonl --split adversarial --data POPE/output/coco
                                                     # score a benchmark's outputs that already exist
+align eval score --benchmark mmhal --outputs answers.json --data MMHal --judge-model gpt-4o
 align validate                                      # every YAML under configs/
 """
 
@@ -75,7 +76,25 @@ def _cmd_eval(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results if len(results) > 1 else next(iter(results.values())), indent=2))
         print(f"wrote {args.json}")
+    plot = _eval_plot_path(args.plot, args.paths, len(checkpoints))
+    if plot is not None:
+        from align.eval.plots import metric_series, plot_metrics
+
+        if args.plot or metric_series(results):  # the default plot is skipped when no checkpoint has a step
+            plot_metrics(results, plot)
+            print(f"wrote {plot}")
     return 0
+
+
+def _eval_plot_path(plot: str | None, paths: list[str], n_checkpoints: int) -> Path | None:
+    """--plot, else `<first run dir>/eval/metrics.png` when a run directory is among the paths and >= 2 checkpoints
+    were scored (one point is no curve), else no plot."""
+    from align.eval.runner import is_checkpoint
+
+    if plot:
+        return Path(plot)
+    run_dirs = [Path(p) for p in paths if not is_checkpoint(Path(p))]
+    return run_dirs[0] / "eval" / "metrics.png" if run_dirs and n_checkpoints >= 2 else None
 
 
 def _benchmark_data(name: str) -> Path:
@@ -93,19 +112,48 @@ def _score_paths(outputs: Path, bench: str, split: str | None, json_out: str | N
     return scores, scores.with_name(stem + ".samples.jsonl")
 
 
+def _judge(bench, args):
+    """(benchmark, judge) for `align eval score`: an LLM judge only for judge-scored benchmarks (mmhal) given
+    --judge-model (without one, score_outputs says which flags to pass); --judge-prompt swaps in a user's
+    judging prompt."""
+    if not bench.needs_judge:
+        if args.judge_model or args.judge_prompt:
+            raise ValueError(f"{bench.name} is not judge-scored: drop the --judge-* flags")
+        return bench, None
+    if args.judge_prompt:
+        bench = bench.judge_prompt(Path(args.judge_prompt).read_text())
+    if not args.judge_model:
+        return bench, None
+    from align.eval.judge import Judge, JudgeConfig
+
+    key_env = None if args.judge_api_key_env.lower() == "none" else args.judge_api_key_env
+    cfg = JudgeConfig(
+        model=args.judge_model,
+        base_url=args.judge_base_url,
+        api_key_env=key_env,
+        cache_dir=args.judge_cache,
+        concurrency=args.judge_concurrency,
+    )
+    return bench, Judge(cfg)
+
+
 def _cmd_eval_score(args) -> int:
     from align.eval.benchmarks import format_metrics, get_benchmark, read_outputs, score_outputs
 
-    bench = get_benchmark(args.benchmark)
+    bench, judge = _judge(get_benchmark(args.benchmark), args)
     data = Path(args.data) if args.data else _benchmark_data(bench.name)
     outputs = read_outputs(args.outputs)
-    scored = score_outputs(bench, bench.load(data, args.split), outputs, allow_missing=args.allow_missing)
+    items = bench.load(data, args.split)
+    scored = score_outputs(bench, items, outputs, allow_missing=args.allow_missing, judge=judge)
     c = scored.counts
     print(
         f"{bench.name}{' ' + args.split if args.split else ''}: {c['scored']} scored, {c['missing']} missing, "
         f"{c['unmatched_outputs']} outputs matching no item ({args.outputs})"
     )
     print(format_metrics(scored.metrics))
+    if judge is not None:
+        u = judge.usage
+        print(f"judge {judge.cfg.model}: {judge.requests} requests ({u.prompt_tokens} + {u.completion_tokens} tokens)")
     scores_path, samples_path = _score_paths(Path(args.outputs), bench.name, args.split, args.json)
     scores_path.parent.mkdir(parents=True, exist_ok=True)
     report = {
@@ -117,6 +165,8 @@ def _cmd_eval_score(args) -> int:
         "metrics": scored.metrics,
         "samples": str(samples_path),
     }
+    if judge is not None:  # no key here: it stays in the environment
+        report["judge"] = {"model": judge.cfg.model, "base_url": judge.cfg.base_url, "prompt": args.judge_prompt}
     scores_path.write_text(json.dumps(report, indent=2) + "\n")
     with samples_path.open("w") as f:
         for r in scored.records:
@@ -131,7 +181,7 @@ def build_score_parser() -> argparse.ArgumentParser:
         prog="align eval score",
         description="Score a benchmark's model outputs that already exist (no model is loaded).",
     )
-    p.add_argument("--benchmark", required=True, metavar="NAME", help="benchmark name: pope, amber")
+    p.add_argument("--benchmark", required=True, metavar="NAME", help="benchmark name: pope, amber, mmhal")
     p.add_argument(
         "--outputs",
         required=True,
@@ -150,6 +200,27 @@ def build_score_parser() -> argparse.ArgumentParser:
         "--json", metavar="OUT", help="metrics JSON path (default: <outputs>.<benchmark>[-<split>].scores.json)"
     )
     p.add_argument("--allow-missing", action="store_true", help="score the answered items only, counting the rest")
+    j = p.add_argument_group("LLM judge (mmhal)")
+    j.add_argument("--judge-model", metavar="M", help="judge model, e.g. gpt-4o (needed by judge-scored benchmarks)")
+    j.add_argument(
+        "--judge-base-url", metavar="URL", help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1 (vLLM)"
+    )
+    j.add_argument(
+        "--judge-api-key-env",
+        default="OPENAI_API_KEY",
+        metavar="VAR",
+        help="environment variable holding the judge's API key (default OPENAI_API_KEY; 'none': no key)",
+    )
+    j.add_argument(
+        "--judge-prompt",
+        metavar="FILE",
+        help="judging prompt template with {image_contents} {question} {gt_answer} {response}, e.g. the official "
+        "MMHal prompt for numbers comparable to papers (default: the project's own prompt)",
+    )
+    j.add_argument(
+        "--judge-cache", metavar="DIR", help="reply cache (default $ALIGN_CACHE/judge, ~/.cache/align/judge)"
+    )
+    j.add_argument("--judge-concurrency", type=int, default=4, metavar="N", help="judge requests in flight")
     p.set_defaults(func=_cmd_eval_score)
     return p
 
@@ -195,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pope", action="store_true", help="skip the POPE questions")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
     p.add_argument("--force", action="store_true", help="re-score checkpoints that already have results")
+    p.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="plot each metric against step to this file (default: <first run dir>/eval/metrics.png when run "
+        "directories are evaluated and >= 2 checkpoints scored)",
+    )
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("validate", help="check config files (default: every YAML under configs/)")

@@ -144,7 +144,27 @@ class EvalConfig:
     limit: int | None = field(default=None, metadata={"help": "Evaluate on the first N test images (null = all)."})
     pope: bool = field(default=True, metadata={"help": "Also run the ToyWorld POPE questions."})
     generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "Caption decoding."})
+    benchmarks: list[str] = field(
+        default_factory=lambda: ["toyworld"],
+        metadata={"help": "Generation evals to run: toyworld (CHAIR on captions + POPE on the ToyWorld test split)."},
+    )
+    at_checkpoints: bool = field(
+        default=False,
+        metadata={
+            "help": "Also evaluate every checkpoint as training saves it: metrics go to the trainer's log, "
+            "<output_dir>/eval/step-N.json and eval/training_metrics.png (align/eval/callback.py)."
+        },
+    )
+    checkpoint_limit: int | None = field(
+        default=None,
+        metadata={"help": "Test images for the checkpoint evals (null = limit); a small subset keeps training fast."},
+    )
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
             raise ValueError("limit must be >= 1 or null")
+        if self.checkpoint_limit is not None and self.checkpoint_limit < 1:
+            raise ValueError("checkpoint_limit must be >= 1 or null")
+        from align.eval.runner import check_benchmarks  # here, not at the top: runner imports this module
+
+        check_benchmarks(self.benchmarks)

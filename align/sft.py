@@ -26,7 +26,7 @@ from align.config import save_config
 from align.data import RowsDataset, VisionSFTCollator, encode_dataset, image_seq_length
 from align.models import build_model, save_policy, vision_tower
 from align.sections import DataConfig, EvalConfig, ModelConfig, OptimConfig
-from align.trainer_utils import ResumableTrainer
+from align.trainer_utils import ResumableTrainer, attach_checkpoint_eval
 from align.vision_pretrain import pretrain_vision
 from data_builders.toyworld_data import build_toyworld, sft_rows
 
@@ -122,6 +122,7 @@ def main(cfg: SFTConfig) -> dict:
         processing_class=processor,
         projector_lr=cfg.optim.projector_lr,
     )
+    attach_checkpoint_eval(trainer, cfg)
     if last:
         print(f"[sft] resuming from {last}")
     result = trainer.train(resume_from_checkpoint=last)

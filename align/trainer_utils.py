@@ -6,6 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from peft import PeftModel
 from transformers import Trainer
@@ -14,6 +15,9 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 
 from align.config import save_config
 from align.models import multimodal_projector, save_policy
+
+if TYPE_CHECKING:
+    from align.eval.callback import HallucinationEvalCallback
 
 
 class ResumableTrainer(Trainer):
@@ -68,10 +72,25 @@ class ResumableTrainer(Trainer):
         model.load_state_dict(loaded.state_dict(), strict=True)
 
 
+def attach_checkpoint_eval(trainer: Trainer, cfg) -> HallucinationEvalCallback | None:
+    """Evaluate every checkpoint as it is saved when `cfg.eval.at_checkpoints` (the one place recipes wire it).
+    Returns the callback, or None when off; attaching twice is a no-op."""
+    from align.eval.callback import HallucinationEvalCallback
+
+    attached = [c for c in trainer.callback_handler.callbacks if isinstance(c, HallucinationEvalCallback)]
+    if not cfg.eval.at_checkpoints or attached:
+        return attached[0] if attached else None
+    callback = HallucinationEvalCallback(cfg.eval, cfg.data, trainer=trainer)
+    trainer.add_callback(callback)
+    return callback
+
+
 def train_merge_and_save(trainer: Trainer, cfg, processor, start: str, t0: float, **counts) -> dict:
-    """The end of a LoRA preference recipe: train (from the last checkpoint when `cfg.resume`), merge the adapter
-    into `output_dir/final`, evaluate it when `cfg.eval_at_end`, and write `train_summary.json`."""
+    """The end of a LoRA preference recipe: train (from the last checkpoint when `cfg.resume`; each checkpoint
+    evaluated when `cfg.eval.at_checkpoints`), merge the adapter into `output_dir/final`, evaluate it when
+    `cfg.eval_at_end`, and write `train_summary.json`."""
     out = Path(cfg.output_dir)
+    attach_checkpoint_eval(trainer, cfg)
     last = get_last_checkpoint(str(out)) if cfg.resume else None
     result = trainer.train(resume_from_checkpoint=last)
     final = save_policy(trainer.model.merge_and_unload(), processor, out / "final")

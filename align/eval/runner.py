@@ -2,7 +2,12 @@
 
 Each checkpoint gets `eval_results.json` (schema `{benchmark: {metric: value}, "meta": {...}}`) and
 `eval_generations.jsonl` beside it. A checkpoint already scored with the same settings is not redone
-unless `force=True`, so a killed sweep resumes where it stopped.
+unless `force=True`, so a killed sweep resumes where it stopped. "Same settings" leaves out the fields that only
+say *when* to evaluate (`at_checkpoints`, `checkpoint_limit`), so results a training run's checkpoint evals wrote
+are reused by `align eval` with the same `--limit`.
+
+`EVAL_SUITES` maps each name `EvalConfig.benchmarks` may hold to the function that generates and scores it; a new
+generation benchmark is one entry there.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -29,6 +35,35 @@ TABLE_COLUMNS = [
     ("toyworld_pope_adversarial", "f1", "F1 adv"),
     ("toyworld_pope", "yes_ratio_mean", "yes"),
 ]
+
+
+SCHEDULING_FIELDS = ("at_checkpoints", "checkpoint_limit")  # when to evaluate, not what: not part of the cache key
+
+
+def _toyworld_suite(model, processor, data_cfg: DataConfig, eval_cfg: EvalConfig) -> tuple[dict, list[dict]]:
+    from align.eval.toyworld import evaluate_toyworld
+
+    return evaluate_toyworld(model, processor, data_cfg.world, eval_cfg, data_cfg.cache_dir)
+
+
+EVAL_SUITES: dict[str, Callable[..., tuple[dict, list[dict]]]] = {"toyworld": _toyworld_suite}
+
+
+def check_benchmarks(names: list[str]) -> None:
+    """Fail when the config is built, not after hours of training, on a benchmark no suite implements."""
+    if not names:
+        raise ValueError("eval.benchmarks: name at least one benchmark")
+    unknown = [n for n in names if n not in EVAL_SUITES]
+    if unknown:
+        raise ValueError(f"eval.benchmarks: unknown {unknown}; implemented: {', '.join(EVAL_SUITES)}")
+
+
+def eval_settings(eval_cfg: EvalConfig) -> dict:
+    """The settings that decide an eval's numbers (the cache key), without the scheduling fields."""
+    settings = dataclasses.asdict(eval_cfg)
+    for name in SCHEDULING_FIELDS:
+        settings.pop(name, None)
+    return settings
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -77,12 +112,11 @@ def evaluate_checkpoint(
     checkpoint, eval_cfg: EvalConfig, model=None, processor=None, force=False, data_cfg: DataConfig | None = None
 ) -> dict:
     """Score one checkpoint (loading it unless a live model is given) and write the JSON beside it."""
-    from align.eval.toyworld import evaluate_toyworld
     from align.models import load_policy
 
     checkpoint = Path(checkpoint)
     out = checkpoint / RESULTS_FILE
-    settings = dataclasses.asdict(eval_cfg)
+    settings = eval_settings(eval_cfg)
     if out.is_file() and not force:
         cached = json.loads(out.read_text())
         if cached.get("meta", {}).get("eval_settings") == settings:
@@ -92,9 +126,17 @@ def evaluate_checkpoint(
         model, processor = load_policy(checkpoint)
     was_training = model.training
     model.eval()
-    results, generations = evaluate_toyworld(model, processor, data_cfg.world, eval_cfg, data_cfg.cache_dir)
-    model.train(was_training)
-    results["meta"].update(checkpoint=str(checkpoint), step=checkpoint_step(checkpoint), eval_settings=settings)
+    results, generations, meta = {}, [], {}
+    try:
+        for name in eval_cfg.benchmarks:
+            scores, gens = EVAL_SUITES[name](model, processor, data_cfg, eval_cfg)
+            meta.update(scores.pop("meta", {}))
+            results.update(scores)
+            generations += gens
+    finally:
+        model.train(was_training)
+    results["meta"] = {**meta, "checkpoint": str(checkpoint), "step": checkpoint_step(checkpoint)}
+    results["meta"]["eval_settings"] = settings
     out.write_text(json.dumps(results, indent=2))
     with open(checkpoint / "eval_generations.jsonl", "w") as f:
         for g in generations:

@@ -265,3 +265,29 @@ def test_a_bad_key_stops_scoring_without_sending_the_queue(openai_server, tmp_pa
     with pytest.raises(ValueError, match="AuthenticationError.*check the judge model name, base URL and API key"):
         score_outputs(MMHAL, items, {it["id"]: "x" for it in items}, judge=Judge(cfg))
     assert len(openai_server.requests) <= 2  # the one that failed, and at most one already started
+
+
+def test_cli_scores_mmhal_with_the_judge_server(openai_server, tmp_path, monkeypatch, capsys):
+    """`align eval score --benchmark mmhal --judge-*` end to end: the table, the judge in the report, the key
+    nowhere on disk, and a rerun answered from the cache."""
+    from align.cli import main
+
+    monkeypatch.setenv("JUDGE_CLI_KEY", "sk-cli-secret")
+    openai_server.default = ("text", "Informative and true.\nRating: 5")
+    data = write(tmp_path / "mmhal" / "response_template.json", template())
+    outputs = write(tmp_path / "answers.json", template(answers=True))
+    argv = ["eval", "score", "--benchmark", "mmhal", "--outputs", str(outputs), "--data", str(data)]
+    argv += ["--judge-model", "judge-x", "--judge-base-url", openai_server.base_url]
+    argv += ["--judge-api-key-env", "JUDGE_CLI_KEY", "--judge-cache", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "judge judge-x: 4 requests" in out and "avg_score" in out
+    report_path = tmp_path / "answers.json.mmhal.scores.json"
+    report = json.loads(report_path.read_text())
+    assert report["judge"]["model"] == "judge-x" and report["counts"]["scored"] == 4
+    written = report_path.read_text() + Path(report["samples"]).read_text()
+    written += "".join(p.read_text() for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert "sk-cli-secret" not in written
+    assert main(argv) == 0
+    assert "judge judge-x: 0 requests" in capsys.readouterr().out and len(openai_server.requests) == 4
+    assert main(["eval", "score", "--benchmark", "mmhal", "--outputs", str(outputs), "--data", str(data)]) == 2

@@ -1,0 +1,93 @@
+"""Hallucination metrics against training step: one small panel per metric, one line per run, in one PNG.
+
+Drawn with matplotlib's object API on an Agg canvas, never pyplot: no display is needed, no global state changes
+(backend, the open-figure registry), so it is safe inside a training process and in tests. `plot_metrics`
+returns the data read back from the figure's lines, so callers and tests can check what was drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from align.eval.runner import TABLE_COLUMNS
+
+Lines = dict[str, tuple[list[int], list[float]]]  # run name -> (steps, values)
+
+
+def run_name(checkpoint: str) -> str:
+    """The run a checkpoint belongs to: the parent of `checkpoint-N/` or `final/`, else the checkpoint's own name."""
+    path = Path(checkpoint)
+    return path.parent.name if re.fullmatch(r"checkpoint-\d+|final", path.name) else path.name
+
+
+def metric_series(results: dict[str, dict]) -> dict[str, Lines]:
+    """`{panel title: {run: (steps, values)}}` for each table metric some result has; rates in percent, as the
+    table. Results without a known step are left out, and a run's step is drawn once (`final/` usually repeats the
+    last checkpoint's step; the checkpoint, listed first, is kept)."""
+    panels: dict[str, Lines] = {}
+    for bench, metric, label in TABLE_COLUMNS:
+        scale, title = (1.0, label) if metric == "length" else (100.0, f"{label} (%)")
+        points: dict[str, dict[int, float]] = {}
+        for checkpoint, result in results.items():
+            step, value = result.get("meta", {}).get("step"), result.get(bench, {}).get(metric)
+            if step is not None and value is not None:
+                points.setdefault(run_name(checkpoint), {}).setdefault(int(step), scale * value)
+        if points:
+            panels[title] = {run: (sorted(p), [p[s] for s in sorted(p)]) for run, p in points.items()}
+    return panels
+
+
+def plot_metrics(results: dict[str, dict], out_png: str | Path) -> dict[str, Lines]:
+    """Write the panels of `metric_series(results)` to `out_png`; return the lines as drawn on the figure."""
+    panels = metric_series(results)
+    if not panels:
+        raise ValueError("nothing to plot: no result has both a step and a known metric")
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(3.2 * cols, 2.6 * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = list(fig.subplots(rows, cols, squeeze=False).ravel())
+    for ax, (title, lines) in zip(axes, panels.items()):
+        for run, (steps, values) in lines.items():
+            ax.plot(steps, values, marker="o", label=run)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if len(lines) > 1:
+            ax.legend(fontsize="small")
+    for ax in axes[len(panels) :]:
+        fig.delaxes(ax)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    return {ax.get_title(): _drawn(ax) for ax in fig.axes}
+
+
+def _drawn(ax) -> Lines:
+    return {
+        line.get_label(): ([int(x) for x in line.get_xdata()], [float(y) for y in line.get_ydata()])
+        for line in ax.get_lines()
+    }
+
+
+def collect_step_evals(run_dir: str | Path) -> dict[str, dict]:
+    """A run's checkpoint evals (`eval/step-N.json`, written by HallucinationEvalCallback) as `{checkpoint: eval
+    dict}` in step order, ready for `plot_metrics` or `format_table`."""
+    found = []
+    for f in Path(run_dir, "eval").glob("step-*.json"):
+        m = re.fullmatch(r"step-(\d+)\.json", f.name)
+        if m:
+            found.append((int(m.group(1)), f))
+    out = {}
+    for step, f in sorted(found):
+        record = json.loads(f.read_text())
+        results = record["results"]
+        results.setdefault("meta", {})["step"] = record.get("step", step)
+        out[record.get("checkpoint", f"step-{step}")] = results
+    return out
