@@ -181,7 +181,7 @@ def build_score_parser() -> argparse.ArgumentParser:
         prog="align eval score",
         description="Score a benchmark's model outputs that already exist (no model is loaded).",
     )
-    p.add_argument("--benchmark", required=True, metavar="NAME", help="benchmark name: pope, amber, mmhal")
+    p.add_argument("--benchmark", required=True, metavar="NAME", help="benchmark name: pope, amber, mmhal, chair")
     p.add_argument(
         "--outputs",
         required=True,
@@ -193,7 +193,8 @@ def build_score_parser() -> argparse.ArgumentParser:
         "--split",
         metavar="S",
         help="pope: adversarial, popular or random (needed when ids are bare question ids and several split "
-        "files are present); amber: existence, attribute or relation (default: all discriminative)",
+        "files are present); amber: existence, attribute or relation (default: all discriminative); chair: "
+        "opera500 (OPERA's 500 images; default: the images the outputs name)",
     )
     p.add_argument("--data", metavar="PATH", help="benchmark files (default: $ALIGN_BENCHMARKS/<benchmark>)")
     p.add_argument(

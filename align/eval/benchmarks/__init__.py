@@ -4,9 +4,10 @@ A benchmark is a `Benchmark` record (load items, generation settings, per-sample
 lists them by name. Adding one = a module that builds its `BENCHMARK` + one line in `BENCHMARKS`.
 
 `read_outputs` reads the output files other tools write; `score_outputs` matches them to items and scores.
-Every item needs an output: missing ones are an error naming how many and which, unless `allow_missing`,
-where they are counted and left out (the reference scorers assume complete answer files, so a silent gap
-would shift the numbers without anyone noticing). Judge-scored benchmarks (MMHal) need a `judge`
+Every item needs an output, except `optional` ones (CHAIR: the outputs pick the images), which are scored when
+an output names them and otherwise ignored. Missing outputs are an error naming how many and which, unless
+`allow_missing`, where they are counted and left out (the reference scorers assume complete answer files, so a
+silent gap would shift the numbers without anyone noticing). Judge-scored benchmarks (MMHal) need a `judge`
 (`align.eval.judge.Judge`); their samples are graded `judge.cfg.concurrency` at a time.
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from align.eval.benchmarks import amber, mmhal, pope
+from align.eval.benchmarks import amber, chair, mmhal, pope
 from align.eval.benchmarks.base import Benchmark, read_json_lines
 
 __all__ = ["BENCHMARKS", "Benchmark", "Scored", "format_metrics", "get_benchmark", "read_outputs", "score_outputs"]
@@ -30,6 +31,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "pope": pope.BENCHMARK,
     "amber": amber.BENCHMARK,
     "mmhal": mmhal.BENCHMARK,
+    "chair": chair.BENCHMARK,
 }
 
 # (id field, text field), tried in this order on each line
@@ -133,7 +135,8 @@ class Scored:
 def match_outputs(items: list[dict], outputs: dict[str, str]) -> tuple[list[tuple[dict, str]], list[str], set[str]]:
     """(item, output) pairs, ids of items without output, and the output keys used.
 
-    An item matches on its `id`, else on its `bare_id` when that names no other loaded item.
+    An item matches on its `id`, else on its `bare_id` when that names no other loaded item. An `optional`
+    item without an output is left out, not missing.
     """
     bare = Counter(it.get("bare_id") for it in items)
     pairs, missing, used = [], [], set()
@@ -144,13 +147,15 @@ def match_outputs(items: list[dict], outputs: dict[str, str]) -> tuple[list[tupl
         if key in outputs:
             pairs.append((it, outputs[key]))
             used.add(key)
-        else:
+        elif not it.get("optional"):
             missing.append(it["id"])
     return pairs, missing, used
 
 
 def _missing_message(bench: Benchmark, items: list[dict], outputs: dict[str, str], missing: list[str]) -> str:
     """Which items lack an output, why if it can tell (ambiguous bare ids), and what to do about it."""
+    if not missing:  # only optional items, and no output names one
+        return f"no output names any of the {len(items)} {bench.name} items (ids such as {items[0]['id']})"
     if len(missing) == len(items):
         msg = f"no output matches any of the {len(items)} {bench.name} items (ids such as {', '.join(missing[:3])})"
     else:
@@ -191,7 +196,7 @@ def score_outputs(
     scores = _score_pairs(bench, pairs, judge)
     records = [{"id": it["id"], **s, "output": out} for (it, out), s in zip(pairs, scores)]
     counts = {
-        "items": len(items),
+        "items": len(pairs) + len(missing),  # optional items count only when scored
         "scored": len(records),
         "missing": len(missing),
         "unmatched_outputs": len(outputs) - len(used),
@@ -208,7 +213,7 @@ def format_metrics(metrics: dict) -> str:
     def cell(v, name: str = "") -> str:
         if v is None or isinstance(v, (int, str)):
             return "-" if v is None else str(v)
-        return f"{v:.2f}" if name.endswith("score") else f"{100 * v:.1f}"
+        return f"{v:.2f}" if name.endswith(("score", "length")) else f"{100 * v:.1f}"
 
     rows = [[name] + [cell(g.get(c), c) for c in cols] for name, g in groups.items()]
     header = [""] + cols

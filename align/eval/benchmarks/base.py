@@ -22,7 +22,8 @@ class Benchmark:
     files name it, accepted when it names a single loaded item (POPE's question_id repeats across splits).
     `score(item, output)` returns a per-sample record; `aggregate(records)` turns records into metrics:
     `{group: {metric: value}}` plus top-level scalars. Rates are fractions in [0, 1]; counts are ints; metrics
-    named `*score` are on the benchmark's own scale; strings are notes (which judge graded).
+    named `*score` or `*length` are on their own scale; strings are notes (which judge graded).
+    An item marked `optional: True` needs no output (see `score_outputs`).
 
     A judge-scored benchmark (`needs_judge`) is scored by `score(item, output, judge)` with an
     `align.eval.judge.Judge`; `judge_prompt(template_text)`, when set, returns the benchmark graded with a user's

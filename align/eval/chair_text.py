@@ -1,0 +1,204 @@
+"""CHAIR's caption → COCO object mentions, as OPERA's `chair.py` finds them, with no NLTK data download.
+
+The reference (shikiw/OPERA `chair.py`, itself Maxlinn/CHAIR-metric-standalone's port of LisaAnne/Hallucination):
+lower-case; `nltk.word_tokenize`; `nltk.pos_tag`; `WordNetLemmatizer().lemmatize(token, pos)` with the tag's
+WordNet POS (J/V/N/R, anything else a noun); merge adjacent pairs found in `double_word_dict`, left to right, a
+merged pair taking both tokens; drop every 'seat' if 'toilet' is there; keep the words in `mscoco_objects`, each
+mapped to its category by `inverse_synonym_dict`, repeats kept. Len counts the tokens after merging.
+
+Here the tokens are the same: `NLTKWordTokenizer` per sentence with nltk 3.8.1's quote and punctuation rules
+(OPERA's pin; nltk >= 3.9 also splits an opening single quote and en/em dashes off a word, which would make 'dog'
+and dog—cat mentions), the sentences from an *untrained* `PunktSentenceTokenizer` (`word_tokenize` needs the
+punkt model download). Every token is lemmatised as a noun by WordNet's noun morphology, reproduced below only as
+far as CHAIR can see it: which candidate lemmas are WordNet nouns is known for the vocabulary words only, so the
+result is exact whenever it matters, i.e. whenever WordNet's lemma or this one is a vocabulary word (checked
+against `WordNetLemmatizer` by tests/align/eval/test_benchmarks_chair.py, when WordNet data is installed).
+Reference quirks kept on purpose: 'men' stays 'men' (a WordNet noun, as short as 'man'), 'vases' → 'vas',
+'sports' → 'sport' (so 'sports ball' never merges, 'ball' still counts), plurals of words WordNet lacks stay
+plural ('bikers', 'smartphones', 'pitbulls' are not mentions), 'motor bike' merges into a word the vocabulary
+only has as ' motor bike' (its synonym list is split on ', ', so it and ' cheesecake' never match).
+
+Deviations from the reference, each changing a result only in the case named:
+1. No POS tagger (nltk's averaged-perceptron model is a download no PyPI package ships), so tokens OPERA's tagger
+   calls verbs or adjectives get the noun lemma. OPERA counts verb forms whose verb lemma is a vocabulary word
+   ('skiing' → ski → skis, 'skateboarding', 'snowboarding', 'seated' → seat → chair, 'tied' → tie, 'batting' →
+   bat, 'taxiing' → taxi → car); here they are not mentions. A plural the tagger mislabels as a verb ('cars'
+   as VBZ stays 'cars' there) is missed there and counted here, and 'parking'/'potted' tagged VBG/VBN become
+   park/pot there, which breaks 'parking meter'/'potted plant'.
+2. The untrained Punkt knows no abbreviations: 'e.g.' or 'mr.' end a sentence and lose their period to a
+   separate token. Len grows by one for each; no mention changes (no vocabulary word is an abbreviation).
+3. OPERA pinned nltk 3.8.1, whose morphy re-applied its rules when nothing matched: the non-word 'dogss' → dog
+   there, unchanged here (nltk >= 3.9 does the same as here).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from nltk.tokenize.destructive import NLTKWordTokenizer
+from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+VOCABULARY_FILE = "chair_vocabulary.json"
+
+# WordNet 3.0 facts, as nltk's morphy uses them for nouns (derived with nltk 3.10 over Debian's wordnet-base)
+NOUN_RULES = (
+    ("s", ""),
+    ("ses", "s"),
+    ("ves", "f"),
+    ("xes", "x"),
+    ("zes", "z"),
+    ("ches", "ch"),
+    ("shes", "sh"),
+    ("men", "man"),
+    ("ies", "y"),
+)
+# noun.exc entries that lead to or from a vocabulary word; an exception replaces the rules
+NOUN_EXCEPTIONS = {
+    "buffaloes": "buffalo",
+    "busses": "bus",
+    "calves": "calf",
+    "children": "child",
+    "flamingoes": "flamingo",
+    "geese": "goose",
+    "grandchildren": "grandchild",
+    "knives": "knife",
+    "men": "man",
+    "mice": "mouse",
+    "oxen": "ox",
+    "pocketknives": "pocketknife",
+    "taxies": "taxi",
+    "thieves": "thief",
+}
+# vocabulary words (and double-word parts) that are not WordNet nouns: no other form lemmatises to them
+NOT_IN_WORDNET = frozenset(
+    "biker bluejay brindle children coworker firetruck glas hairdryer hot iPhone knive lenovo longboard macbook "
+    "netbook paddleboat pitbull potted riverboat sailboard shortboard skimboard skis smartphone solider sports "
+    "stovetop teddybear televison".split()
+)
+# WordNet nouns outside the vocabulary that win over a vocabulary candidate (morphy keeps the shortest, the
+# token itself first): 'men' (not man), 'vases' → vas, 'sports' → sport
+OUTSIDE_WINNERS = frozenset({"men", "vas", "sport"})
+
+_SENTENCES = PunktSentenceTokenizer()  # untrained: no data, splits after every sentence-final '.', '!' or '?'
+
+
+class WordTokenizer381(NLTKWordTokenizer):
+    """`NLTKWordTokenizer` with nltk 3.8.1's opening-quote and punctuation rules (copied from nltk 3.8.1,
+    Apache-2.0), so that 'dog and dog—cat stay single tokens as they did for OPERA."""
+
+    STARTING_QUOTES = [
+        (re.compile("([«“‘„]|[`]+)", re.U), r" \1 "),
+        (re.compile(r"^\""), r"``"),
+        (re.compile(r"(``)"), r" \1 "),
+        (re.compile(r"([ \(\[{<])(\"|\'{2})"), r"\1 `` "),
+        (re.compile(r"(?i)(\')(?!re|ve|ll|m|t|s|d|n)(\w)\b", re.U), r"\1 \2"),
+    ]
+    PUNCTUATION = [
+        (re.compile(r'([^\.])(\.)([\]\)}>"\'' "»”’ " r"]*)\s*$", re.U), r"\1 \2 \3 "),
+        (re.compile(r"([:,])([^\d])"), r" \1 \2"),
+        (re.compile(r"([:,])$"), r" \1 "),
+        (re.compile(r"\.{2,}", re.U), r" \g<0> "),
+        (re.compile(r"[;@#$%&]"), r" \g<0> "),
+        (re.compile(r'([^\.])(\.)([\]\)}>"\']*)\s*$'), r"\1 \2\3 "),
+        (re.compile(r"[?!]"), r" \g<0> "),
+        (re.compile(r"([^'])' "), r"\1 ' "),
+        (re.compile(r"[*]", re.U), r" \g<0> "),
+    ]
+
+
+_WORDS = WordTokenizer381()
+
+
+def tokenize(text: str) -> list[str]:
+    """`nltk.word_tokenize(text.lower())` without the punkt download (deviation 2 in the module docstring)."""
+    return [w for sentence in _SENTENCES.tokenize(text.lower()) for w in _WORDS.tokenize(sentence)]
+
+
+def noun_lemma(token: str, lexicon: frozenset[str]) -> str:
+    """`WordNetLemmatizer().lemmatize(token)` wherever either answer is in `lexicon` (the vocabulary's WordNet
+    nouns plus OUTSIDE_WINNERS): the exception or every rule's form, the token first, keep those in the
+    lexicon, return the shortest, else the token unchanged."""
+    if token in NOUN_EXCEPTIONS:
+        forms = [token, NOUN_EXCEPTIONS[token]]
+    else:
+        forms = [token] + [token[: -len(old)] + new for old, new in NOUN_RULES if token.endswith(old)]
+    found = [f for f in forms if f in lexicon]
+    return min(found, key=len) if found else token
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """OPERA's tables: `objects` (every synonym, as split), `category` (synonym → COCO category),
+    `double_words` (two-word term → the word it becomes), and the `lexicon` `noun_lemma` looks up."""
+
+    objects: frozenset[str]
+    category: Mapping[str, str]
+    double_words: Mapping[str, str]
+    lexicon: frozenset[str]
+
+    @classmethod
+    def from_tables(cls, objects, category: Mapping[str, str], double_words: Mapping[str, str]) -> Vocabulary:
+        """A word not in NOT_IN_WORDNET counts as a WordNet noun: exact for OPERA's vocabulary, the regular
+        plural rules for words added to it."""
+        words = set(objects) | {p for pair in double_words for p in pair.split()} | set(double_words.values())
+        lexicon = frozenset(w for w in words if w and " " not in w and w not in NOT_IN_WORDNET) | OUTSIDE_WINNERS
+        missing = set(objects) - set(category)
+        if missing:
+            raise ValueError(f"vocabulary words without a category: {sorted(missing)[:5]}")
+        return cls(frozenset(objects), dict(category), dict(double_words), lexicon)
+
+
+def load_vocabulary(path: str | Path) -> Vocabulary:
+    """`chair_vocabulary.json`: {mscoco_objects: [...], inverse_synonym_dict: {...}, double_word_dict: {...}}.
+    Read once per file version (every caption's score looks it up)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: CHAIR needs OPERA's synonym tables as {VOCABULARY_FILE} "
+            "(mscoco_objects, inverse_synonym_dict, double_word_dict; see Maxlinn/CHAIR-metric-standalone)"
+        )
+    return _read_vocabulary(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_vocabulary(path: str, mtime_ns: int) -> Vocabulary:
+    raw = json.loads(Path(path).read_text())
+    keys = ("mscoco_objects", "inverse_synonym_dict", "double_word_dict")
+    if not isinstance(raw, dict) or not all(k in raw for k in keys):
+        raise ValueError(f"{path}: expected a JSON object with {', '.join(keys)}")
+    return Vocabulary.from_tables(*(raw[k] for k in keys))
+
+
+def merge_double_words(words: list[str], table: Mapping[str, str]) -> list[str]:
+    """Left to right: a pair in `table` becomes one word and takes both places ('train track' keeps 'train'
+    from firing even though 'train track' itself is no vocabulary word)."""
+    out, i = [], 0
+    while i < len(words):
+        pair = " ".join(words[i : i + 2])
+        if pair in table:
+            out.append(table[pair])
+            i += 2
+        else:
+            out.append(words[i])
+            i += 1
+    return out
+
+
+@dataclass(frozen=True)
+class CaptionWords:
+    tokens: list[str]  # lemmas after merging (OPERA's `raw_words`): their count is the caption's Len
+    mentions: list[tuple[str, str]]  # (vocabulary word, category) in caption order, repeats kept
+
+
+def caption_words(caption: str, vocab: Vocabulary) -> CaptionWords:
+    """The caption's tokens and its vocabulary mentions, OPERA's `caption_to_words`."""
+    merged = merge_double_words([noun_lemma(t, vocab.lexicon) for t in tokenize(caption)], vocab.double_words)
+    words = merged
+    if "toilet" in words and "seat" in words:  # "the seat of the toilet" is no chair
+        words = [w for w in words if w != "seat"]
+    return CaptionWords(merged, [(w, vocab.category[w]) for w in words if w in vocab.objects])

@@ -1,0 +1,233 @@
+"""CHAIR (OPERA's variant): text processing against hand-worked cases, WordNet and the vocabulary; loading; metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from align.eval.benchmarks import score_outputs
+from align.eval.benchmarks.chair import BENCHMARK as CHAIR
+from align.eval.benchmarks.chair import OPERA_500, PROMPT, load
+from align.eval.chair_text import (
+    NOUN_EXCEPTIONS,
+    NOUN_RULES,
+    Vocabulary,
+    caption_words,
+    load_vocabulary,
+    noun_lemma,
+    tokenize,
+)
+
+# a subset of OPERA's synonym table (first word = category) and its double-word rules, for machines without the files
+SYNONYMS = {
+    "person": ["person", "man", "woman", "people", "child", "children", "baby", "adult", "passenger", "biker"],
+    "dog": ["dog", "puppy"],
+    "elephant": ["elephant"],
+    "bear": ["bear"],
+    "teddy bear": ["teddy bear"],
+    "hot dog": ["hot dog"],
+    "train": ["train"],
+    "toilet": ["toilet"],
+    "chair": ["chair", "seat"],
+    "sink": ["sink"],
+    "cup": ["cup"],
+    "dining table": ["dining table", "table"],
+    "airplane": ["airplane", "jet"],
+    "motorcycle": ["motorcycle", " motor bike"],  # OPERA's split on ', ' leaves the leading space
+    "bicycle": ["bicycle", "bike"],
+    "sports ball": ["sports ball", "ball"],
+    "tie": ["tie", "bow", "bow tie"],
+    "vase": ["vase"],
+}
+DOUBLE = {w: w for w in ("motor bike", "hot dog", "teddy bear", "sports ball", "home plate", "train track")}
+DOUBLE |= {f"{q} {a}": a for a in ("dog", "elephant", "bear") for q in ("baby", "adult")}
+DOUBLE |= {"passenger jet": "jet", "passenger train": "train", "bow tie": "tie", "toilet seat": "toilet"}
+FIXTURE = Vocabulary.from_tables(
+    [w for ws in SYNONYMS.values() for w in ws], {w: c for c, ws in SYNONYMS.items() for w in ws}, DOUBLE
+)
+
+# plurals OPERA does not count, because WordNet's noun lemmatizer does not reach the vocabulary word: 21 words
+# WordNet 3.0 lacks, 'men' (itself a WordNet noun, as short as 'man') and 'vases' (→ 'vas')
+NOT_COUNTED_PLURALS = set(
+    "biker bluejay brindle coworker firetruck hairdryer lenovo longboard macbook man netbook paddleboat pitbull "
+    "riverboat sailboard shortboard skimboard smartphone solider stovetop teddybear televison vase".split()
+)
+
+
+def shared_chair() -> Path | None:
+    """The public CHAIR files, when this machine has them: $ALIGN_BENCHMARKS/chair, else ../shared/benchmarks."""
+    here = Path(__file__).resolve()
+    env = os.environ.get("ALIGN_BENCHMARKS")
+    roots = (
+        [Path(env)] if env else [here.parents[3] / "shared" / "benchmarks", here.parents[4] / "shared" / "benchmarks"]
+    )
+    return next((r / "chair" for r in roots if (r / "chair" / "coco2014_image_objects.json").is_file()), None)
+
+
+def real_vocabulary() -> Vocabulary:
+    root = shared_chair()
+    if root is None:
+        pytest.skip("the CHAIR files are not on this machine (../shared/benchmarks/chair)")
+    return load_vocabulary(root / "chair_vocabulary.json")
+
+
+@pytest.fixture(params=["fixture", "real"])
+def vocab(request) -> Vocabulary:
+    return FIXTURE if request.param == "fixture" else real_vocabulary()
+
+
+def write_data(root: Path, truth: dict) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "coco2014_image_objects.json").write_text(json.dumps(truth))
+    tables = {"mscoco_objects": sorted(FIXTURE.objects), "inverse_synonym_dict": FIXTURE.category}
+    (root / "chair_vocabulary.json").write_text(json.dumps({**tables, "double_word_dict": DOUBLE}))
+    return root
+
+
+def mentions(caption: str, vocab: Vocabulary) -> list[tuple[str, str]]:
+    return caption_words(caption, vocab).mentions
+
+
+def test_tokens_are_nltk_word_tokens_per_sentence():
+    # lower-cased; a sentence-final period splits off; the untrained Punkt also ends a sentence at 'e.g.'
+    expected = ["a", "dog", "'s", "bowl", ".", "the", "cat", ",", "e.g", ".", "here", "!"]
+    assert tokenize("A dog's bowl. The CAT, e.g. here!") == expected
+    assert tokenize("A snow-covered hot-dog stand.") == ["a", "snow-covered", "hot-dog", "stand", "."]
+    # nltk 3.8.1's rules, as OPERA ran them: an opening single quote and a dash stay on the word
+    assert tokenize("It reads 'dog' by a dog—cat.") == ["it", "reads", "'dog", "'", "by", "a", "dog—cat", "."]
+    assert mentions("It reads 'dog' by a dog—cat.", FIXTURE) == []
+
+
+def test_double_words_merge_and_consume(vocab):
+    words = caption_words("A hot dog and a teddy bear.", vocab)
+    assert words.tokens == ["a", "hot dog", "and", "a", "teddy bear", "."]  # Len counts a merged pair once
+    assert words.mentions == [("hot dog", "hot dog"), ("teddy bear", "teddy bear")]  # no 'dog', no 'bear'
+    assert mentions("A baby elephant next to a baby.", vocab) == [("elephant", "elephant"), ("baby", "person")]
+    # 'train track' is no vocabulary word: the pair only keeps 'train' from firing a second time
+    assert mentions("A train on the train tracks.", vocab) == [("train", "train")]
+    assert mentions("A passenger jet and a passenger.", vocab) == [("jet", "airplane"), ("passenger", "person")]
+    assert mentions("A man in a bow tie.", vocab) == [("man", "person"), ("tie", "tie")]
+    assert mentions("A motor bike and a bike.", vocab) == [("bike", "bicycle")]  # ' motor bike' never matches
+
+
+def test_toilet_seat_rule(vocab):
+    assert mentions("The seat of the toilet is up.", vocab) == [("toilet", "toilet")]
+    assert mentions("A toilet seat.", vocab) == [("toilet", "toilet")]
+    assert mentions("A toilet and two seats.", vocab) == [("toilet", "toilet")]  # every 'seat' goes
+    assert mentions("A seat next to a sink.", vocab) == [("seat", "chair"), ("sink", "sink")]
+
+
+def test_noun_lemmas_keep_wordnet_quirks(vocab):
+    assert mentions("People, children, women and men.", vocab) == [
+        ("people", "person"),
+        ("child", "person"),
+        ("woman", "person"),  # 'men' stays 'men': a WordNet noun itself, so no mention
+    ]
+    assert mentions("Two vases and three puppies.", vocab) == [("puppy", "dog")]  # vases → 'vas'
+    words = caption_words("Two sports balls.", vocab)  # sports → sport: the pair never merges, 'ball' counts
+    assert words.tokens == ["two", "sport", "ball", "."] and words.mentions == [("ball", "sports ball")]
+    assert mentions("Bikers.", vocab) == []  # 'biker' is not in WordNet, so its plural stays a plural
+
+
+def test_every_vocabulary_plural_maps_to_its_category_except_wordnets_gaps():
+    vocab = real_vocabulary()
+    irregular = {"person": "people", "child": "children", "woman": "women", "mouse": "mice", "goose": "geese"}
+    irregular |= {"ox": "oxen", "knife": "knives", "calf": "calves", "thief": "thieves", "man": "men"}
+    same = set("sheep bison cattle people children oxen skis scissors luggage watercraft aircraft broccoli".split())
+    same |= {"fowl", "waterfowl", "peafowl"}
+
+    def plural(w: str) -> str:
+        if w in irregular or w in same:
+            return irregular.get(w, w)
+        if w.endswith("man"):
+            return w[:-3] + "men"
+        if w.endswith(("s", "x", "z", "ch", "sh")):
+            return w + "es"
+        return w[:-1] + "ies" if w.endswith("y") and w[-2] not in "aeiou" else w + "s"
+
+    words = sorted(w for w in vocab.objects if w and " " not in w and w.islower())
+    missed = {w for w in words if [c for _, c in mentions(f"two {plural(w)}", vocab)] != [vocab.category[w]]}
+    assert len(words) == 375 and missed == NOT_COUNTED_PLURALS
+
+
+def test_noun_lemmas_match_wordnet_wherever_chair_can_see():
+    """Needs WordNet data (e.g. Debian's wordnet-base copied to $NLTK_DATA/corpora/wordnet); skipped without."""
+    from nltk.corpus import wordnet
+    from nltk.stem import WordNetLemmatizer
+
+    try:
+        wordnet.ensure_loaded()
+    except LookupError:
+        pytest.skip("no WordNet data for nltk on this machine")
+    vocab, wnl = real_vocabulary(), WordNetLemmatizer()
+    # every form from which a rule or an exception reaches a vocabulary word, and the words themselves
+    forms = set(vocab.lexicon) | set(NOUN_EXCEPTIONS)
+    for w in vocab.lexicon:
+        forms |= {w[: len(w) - len(new)] + old for old, new in NOUN_RULES if w.endswith(new)} | {w + "s", w + "es"}
+
+    def seen(lemma: str) -> str | None:
+        return lemma if lemma in vocab.objects else None
+
+    assert [f for f in sorted(forms) if seen(wnl.lemmatize(f)) != seen(noun_lemma(f, vocab.lexicon))] == []
+
+
+def test_metrics_by_hand_on_three_captions(tmp_path):
+    truth = {"1": ["person", "dog"], "2": ["elephant"], "3": ["toilet", "sink", "bottle"]}
+    items = load(write_data(tmp_path, truth))
+    outputs = {
+        "1": "A man and a woman walk a dog near a table.",  # 4 mentions, 'table' hallucinated
+        "2": "Two elephants and a baby elephant drink.",  # 2 mentions, none hallucinated
+        "3": "A toilet seat, a sink and a cup; the cup is empty.",  # 4 mentions, the cup twice hallucinated
+    }
+    scored = score_outputs(CHAIR, items, outputs)
+    m = scored.metrics["overall"]
+    assert m["chair_s"] == pytest.approx(2 / 3)
+    assert (m["mentions"], m["hallucinated_mentions"], m["chair_i"]) == (10, 3, pytest.approx(0.3))
+    assert m["recall"] == pytest.approx(5 / 6)  # person, dog | elephant | toilet, sink of 2 + 1 + 3
+    assert m["length"] == pytest.approx((12 + 7 + 14) / 3) and m["n"] == 3
+    third = scored.records[2]
+    assert third["hallucinated"] == [["cup", "cup"], ["cup", "cup"]] and third["recalled"] == ["sink", "toilet"]
+
+
+def test_load_items_and_errors(tmp_path):
+    items = load(write_data(tmp_path, {"42": ["dog"], "7": []}))
+    assert [it["id"] for it in items] == ["7", "42"] and items[1]["image"] == "COCO_val2014_000000000042.jpg"
+    assert items[1]["prompt"] == PROMPT and items[1]["objects"] == ["dog"] and items[1]["optional"] is True
+    assert load(tmp_path / "coco2014_image_objects.json")[0]["id"] == "7"  # the file itself, vocabulary beside it
+    with pytest.raises(ValueError, match="lacks 500 of OPERA's images"):
+        load(tmp_path, "opera500")
+    with pytest.raises(ValueError, match="unknown CHAIR split 'random'"):
+        load(tmp_path, "random")
+    (tmp_path / "coco2014_image_objects.json").write_text('{"x1": ["dog"]}')
+    with pytest.raises(ValueError, match="entry 'x1': need an integer image id"):
+        load(tmp_path)
+    (tmp_path / "chair_vocabulary.json").unlink()
+    with pytest.raises(FileNotFoundError, match="chair_vocabulary.json not found"):
+        load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="coco2014_image_objects.json not found"):
+        load(tmp_path / "nowhere")
+
+
+def test_outputs_choose_the_images(tmp_path):
+    items = load(write_data(tmp_path, {"1": ["dog"], "2": ["cup"], "3": []}))
+    scored = score_outputs(CHAIR, items, {"2": "A cup.", "99": "A dog."}, allow_missing=True)
+    assert scored.counts["scored"] == 1 and scored.counts["unmatched_outputs"] == 1  # 99 has no ground truth
+    assert scored.metrics["overall"]["chair_s"] == 0.0 and scored.metrics["overall"]["recall"] == 1.0
+
+
+def test_real_files():
+    root = shared_chair()
+    if root is None:
+        pytest.skip("the CHAIR files are not on this machine (../shared/benchmarks/chair)")
+    assert len(load(root)) == 123287
+    opera = load(root, "opera500")
+    assert len(opera) == len(set(OPERA_500)) == 500 and opera[0]["id"] == "226988"
+    assert not any(it["optional"] for it in opera)
+    # OPERA's LLaVA-1.5 caption of image 226988, first sentence; its objects: dining table, person, pizza
+    caption = "The image features a woman sitting at a dining table, taking a picture of two slices of pizza."
+    record = CHAIR.score(opera[0], caption)
+    assert record["mentions"] == [["woman", "person"], ["table", "dining table"], ["pizza", "pizza"]]
+    assert record["hallucinated"] == [] and record["ground_truth"] == 3 and record["tokens"] == 20
