@@ -119,6 +119,7 @@ def tokenize(text: str) -> list[str]:
     return [w for sentence in _SENTENCES.tokenize(text.lower()) for w in _WORDS.tokenize(sentence)]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # captions reuse a small vocabulary: most calls are repeats
 def noun_lemma(token: str, lexicon: frozenset[str]) -> str:
     """`WordNetLemmatizer().lemmatize(token)` wherever either answer is in `lexicon` (the vocabulary's WordNet
     nouns plus OUTSIDE_WINNERS): the exception or every rule's form, the token first, keep those in the
