@@ -37,6 +37,7 @@ bench: setup   # about 2.5 hours on 2 CPU cores: base policies, OPA-DPO (+ basel
 	$(PY) bench/opa_dpo.py
 	$(PY) bench/rlhf_v.py
 	$(PY) bench/demo.py
+	$(PY) bench/attention.py   # GPU: ours vs SDPA flash vs flex; CPU: the interpreter correctness sweep (1 min)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -60,6 +60,16 @@ def _key_range(KV_START, KV_END, b, N_K, HAS_RANGES: tl.constexpr):
 
 
 @triton.jit
+def _query_block(H, GROUP, BLOCK_M: tl.constexpr):
+    """This program's query block: grid (query blocks, batch x heads) -> its batch row, head, KV head and rows."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    return pid_m, pid_bh, b, h, h // GROUP, pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+
+
+@triton.jit
 def _tile_ptrs(BASE, b, h, s_b, s_h, s_row, idx, offs_d):
     """Pointers to rows `idx` (all of the head dim) of head h of batch row b; int64 so big tensors do not wrap."""
     return BASE + b.to(tl.int64) * s_b + h.to(tl.int64) * s_h + idx[:, None] * s_row + offs_d[None, :]
@@ -98,12 +108,7 @@ def _attn_fwd(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_RANGES: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    hk = h // GROUP
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid_m, pid_bh, b, h, hk, rows = _query_block(H, GROUP, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     q = _load_tile(Q, b, h, s_qb, s_qh, s_qm, rows, offs_d, N_Q, HEAD_DIM, UPCAST)
@@ -227,12 +232,7 @@ def _attn_bwd_dq(
     UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One program per (query block, batch x head): dQ over the keys it can see. dQ shares q's strides."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    hk = h // GROUP
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid_m, pid_bh, b, h, hk, rows = _query_block(H, GROUP, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     q = _load_tile(Q, b, h, s_qb, s_qh, s_qm, rows, offs_d, N_Q, HEAD_DIM, UPCAST)
