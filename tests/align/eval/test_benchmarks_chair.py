@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ from align.eval.chair_text import (
     Vocabulary,
     caption_words,
     load_vocabulary,
+    nltk_tokenize,
     noun_lemma,
+    plain_tokens,
     tokenize,
 )
 
@@ -231,3 +234,118 @@ def test_real_files():
     record = CHAIR.score(opera[0], caption)
     assert record["mentions"] == [["woman", "person"], ["table", "dining table"], ["pizza", "pizza"]]
     assert record["hallucinated"] == [] and record["ground_truth"] == 3 and record["tokens"] == 20
+
+
+# the tokenizer's fast path (plain text, sure sentence breaks) against nltk's own: same tokens, always
+CONTRACTION_WORDS = "cannot gimme gonna gotta lemme wanna whaddya whatcha 'tis 'twas more'n d'ye can't it's".split()
+TRICKY = [
+    "",
+    " ",
+    "a.",
+    "A dog.",
+    "a. dog",
+    "a. b. c.",
+    "the dog. a cat",
+    "the dog.  a cat",
+    "the dog.\n\nthe cat.\n",
+    "the dog.\tthe cat",
+    "the dog. The cat.",
+    "there is a dog, a cat, and a b. c.",
+    "I see a dog. i see a cat.",
+    "the dog , the cat",
+    "the dog,the cat",
+    "the dog.the cat. a",
+    "dog..  cat... x",
+    "the dog. 3 cats. the 3.5 cats, 1,000 dogs.",
+    "it's a dog. that's a cat, isn't it.",
+    "a hot-dog. an x-ray, e.g. here. mr. smith.",
+    "we cannot see. gimme the dog. gonna go. gotta go. lemme see. wanna go. wanna. cannot.",
+    "'tis a dog. 'twas a cat. more'n one. d'ye see. whaddya see. whatcha see.",
+    "a dog? a cat! a cow.",
+    '"a dog." a cat. (a cow.) a hen.',
+    "a dog:a cat; a cow. a hen",
+    "the dog. \u00e9t\u00e9 dog. the CAT.",
+    "the dog.\u00a0the cat.\u00a0",
+    "the dog\u2014cat. the dog\u2013cat.",
+    "the dog.   ",
+    "the dog,",
+    "the dog, ",
+    "x, y. z",
+    "ab. c",
+]
+WORDS = "the a an dog dogs cat table chair person people of on in with and is are there image shows".split()
+
+
+def random_caption(rng: random.Random, noisy: bool) -> str:
+    """Words, single letters, contractions, commas, periods, spaces; `noisy` adds digits, apostrophes, hyphens,
+    ellipses, quotes, capitals, non-ASCII letters, newlines and tabs."""
+    pieces = []
+    for _ in range(rng.randint(1, 12)):
+        r = rng.random() if noisy else 0.8 * rng.random()
+        if r < 0.55:
+            word = rng.choice(WORDS)
+        elif r < 0.7:
+            word = rng.choice("abcdexyzI")
+        elif r < 0.8:
+            word = rng.choice(CONTRACTION_WORDS[:6] if r < 0.75 else CONTRACTION_WORDS)
+        elif r < 0.87:
+            word = rng.choice(["3", "12", "3.5", "1,000", "x2", "2nd"])
+        elif r < 0.94:
+            word = rng.choice(["it's", "dogs'", "o'clock", "x-ray", "snow-covered", "-", "--", "e.g.", "..."])
+        else:
+            word = rng.choice(["Dog", "THE", "Été", "naïve", '"dog"', "(cat)", "dog?", "dog!"])
+        word += rng.choices(
+            ["", ",", ".", ".,", ",.", ".."], weights=[40, 12, 16, 1, 1, 1] if noisy else [40, 12, 16, 0, 0, 0]
+        )[0]
+        pieces.append(word)
+        spaces = [" ", "  ", "\n", "\n\n", " \n", "\t", ""]
+        pieces.append(rng.choices(spaces, weights=[40, 3, 2, 2, 1, 1, 1] if noisy else [80, 1, 0, 1, 0, 0, 0])[0])
+    return "".join(pieces[:-1]) + rng.choice(["", "", "", " ", "  ", "\n", "\u00a0"])
+
+
+def plain_caption(rng: random.Random) -> str:
+    sentences = []
+    for _ in range(rng.randint(1, 4)):
+        words = [rng.choice(WORDS + list("abcx")) for _ in range(rng.randint(1, 12))]
+        words = [w + ("," if rng.random() < 0.1 else "") for w in words[:-1]] + words[-1:]
+        sentences.append(" ".join(words).capitalize() + ".")
+    return " ".join(sentences)
+
+
+def check_tokens(text: str) -> bool:
+    """tokenize == nltk; the plain fast path, where it accepts the whole text, too. True when it accepts."""
+    expected = nltk_tokenize(text)
+    assert tokenize(text) == expected, text
+    fast = plain_tokens(text.lower().rstrip())
+    assert fast is None or fast == expected, text
+    return fast is not None
+
+
+def test_fast_tokens_equal_nltk_on_tricky_text():
+    accepted = [t for t in TRICKY if check_tokens(t)]
+    assert "the dog. a cat" in accepted and "a. b. c." in accepted and "the dog.   " in accepted
+    assert plain_tokens("a. dog went. b.") == ["a.", "dog", "went", ".", "b", "."]  # an initial keeps its period
+    assert not any(plain_tokens(w) for w in "cannot gimme gonna gotta lemme wanna".split())  # nltk splits them
+
+
+def test_fast_tokens_equal_nltk_on_random_text():
+    rng = random.Random(0)
+    accepted = 0
+    for i in range(20_000):
+        text = random_caption(rng, noisy=i % 2 == 1)
+        if i % 5 == 0:
+            accepted += check_tokens(text)  # the chunked path too (nltk twice: a fifth of them)
+        elif (fast := plain_tokens(text.lower().rstrip())) is not None:
+            assert fast == nltk_tokenize(text), text
+            accepted += 1
+    assert accepted > 4000  # the fast path is exercised, not only the fallback
+    plain = [plain_caption(rng) for _ in range(500)]
+    assert sum(check_tokens(t) for t in plain) >= 0.9 * len(plain)
+
+
+def test_fast_tokens_equal_nltk_on_opera_captions():
+    path = Path("/tmp/opera/llava_ours.jsonl")
+    if not path.is_file():
+        pytest.skip(f"{path} (OPERA LLaVA-1.5 captions) is not on this machine")
+    for line in path.read_text().splitlines():
+        check_tokens(json.loads(line)["caption"])
