@@ -11,8 +11,9 @@ Precision: scores, softmax statistics and accumulators are fp32. fp16/bf16 input
 on a GPU; under TRITON_INTERPRET=1 every load is upcast to fp32 first, because the interpreter computes bf16
 arithmetic on raw bits (wrong answers, no error).
 
-The backward pass runs two kernels, one per key block (dK, dV: the program loops over all query heads that share
-its KV head, so GQA gradients are reduced without atomics and deterministically) and one per query block (dQ).
+The backward pass runs three kernels: delta = rowsum(O * dO) per query block; dK and dV per key block (the program
+loops over all query heads that share its KV head, so GQA gradients are reduced without atomics and
+deterministically); dQ per query block.
 """
 
 from __future__ import annotations
