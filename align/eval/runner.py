@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from align.config import from_dict
+from align.eval.table import text_table
 from align.sections import DataConfig, EvalConfig
 from data_builders.toyworld import WorldConfig
 
@@ -155,9 +156,4 @@ def format_table(results: dict[str, dict]) -> str:
             v = r.get(bench, {}).get(metric)
             cells.append("-" if v is None else (f"{v:.2f}" if metric == "length" else f"{100 * v:.1f}"))
         rows.append(cells)
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-
-    def line(cells):
-        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+    return text_table(header, rows)

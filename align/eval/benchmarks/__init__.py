@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from align.eval.benchmarks import amber, chair, mmhal, pope
 from align.eval.benchmarks.base import Benchmark, read_json_lines
+from align.eval.table import text_table
 
 __all__ = ["BENCHMARKS", "Benchmark", "Scored", "format_metrics", "get_benchmark", "read_outputs", "score_outputs"]
 
@@ -216,12 +217,5 @@ def format_metrics(metrics: dict) -> str:
         return f"{v:.2f}" if name.endswith(("score", "length")) else f"{100 * v:.1f}"
 
     rows = [[name] + [cell(g.get(c), c) for c in cols] for name, g in groups.items()]
-    header = [""] + cols
-    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    lines = [line(header), line(["-" * w for w in widths]), *map(line, rows)]
-    lines += [f"{k}: {cell(v, k)}" for k, v in metrics.items() if not isinstance(v, dict)]
-    return "\n".join(lines)
+    notes = [f"{k}: {cell(v, k)}" for k, v in metrics.items() if not isinstance(v, dict)]
+    return "\n".join([text_table([""] + cols, rows), *notes])
