@@ -63,8 +63,16 @@ def _cmd_eval(args) -> int:
     from align.eval.runner import evaluate_checkpoint, format_table, resolve_checkpoints
     from align.sections import EvalConfig, GenerationConfig
 
+    sources = [_source(spec) for spec in args.source or []]
+    benchmarks = args.benchmarks.split(",") if args.benchmarks else ["toyworld"] if not sources else []
+    benchmarks += [s.name for s in sources if s.name not in benchmarks]
     eval_cfg = EvalConfig(
-        limit=args.limit, pope=not args.no_pope, generation=GenerationConfig(batch_size=args.batch_size)
+        limit=args.limit,
+        pope=not args.no_pope,
+        generation=GenerationConfig(batch_size=args.batch_size),
+        benchmarks=benchmarks,
+        sources=sources,
+        judge=_judge_config(args),
     )
     checkpoints = [c for p in args.paths for c in resolve_checkpoints(p)]
     results = {}
@@ -84,6 +92,59 @@ def _cmd_eval(args) -> int:
             plot_metrics(results, plot)
             print(f"wrote {plot}")
     return 0
+
+
+def _source(spec: list[str]):
+    """`--source NAME data=PATH images=DIR [split=S] [limit=N] [max_new_tokens=N]` → a BenchmarkSource."""
+    from align.config import from_dict
+    from align.sections import BenchmarkSource
+
+    name, *pairs = spec
+    fields = {"name": name}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--source {name}: {pair!r} is not KEY=VALUE (data=PATH images=DIR split=S limit=N)")
+        fields[key] = int(value) if key in ("limit", "max_new_tokens") and value.isdigit() else value
+    missing = [k for k in ("data", "images") if k not in fields]
+    if missing:
+        raise ValueError(f"--source {name}: give {' and '.join(k + '=...' for k in missing)}")
+    return from_dict(BenchmarkSource, fields, prefix=f"--source {name}: ")
+
+
+def _judge_config(args):
+    """JudgeConfig from the --judge-* flags, or None without --judge-model (the key stays in the environment)."""
+    if not args.judge_model:
+        return None
+    from align.eval.judge import JudgeConfig
+
+    key_env = None if args.judge_api_key_env.lower() == "none" else args.judge_api_key_env
+    return JudgeConfig(
+        model=args.judge_model,
+        base_url=args.judge_base_url,
+        api_key_env=key_env,
+        cache_dir=args.judge_cache,
+        concurrency=args.judge_concurrency,
+    )
+
+
+def _add_judge_flags(p: argparse.ArgumentParser, title: str) -> argparse._ArgumentGroup:
+    j = p.add_argument_group(title)
+    j.add_argument("--judge-model", metavar="M", help="judge model, e.g. gpt-4o (needed by judge-scored benchmarks)")
+    j.add_argument(
+        "--judge-base-url", metavar="URL", help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1 (vLLM)"
+    )
+    j.add_argument(
+        "--judge-api-key-env",
+        default="OPENAI_API_KEY",
+        metavar="VAR",
+        help="environment variable holding the judge's API key (default OPENAI_API_KEY; 'none': no key)",
+    )
+    j.add_argument(
+        "--judge-cache", metavar="DIR", help="reply cache (default $ALIGN_CACHE/judge, ~/.cache/align/judge)"
+    )
+    j.add_argument("--judge-concurrency", type=int, default=4, metavar="N", help="judge requests in flight")
+    return j
 
 
 def _eval_plot_path(plot: str | None, paths: list[str], n_checkpoints: int) -> Path | None:
@@ -124,16 +185,9 @@ def _judge(bench, args):
         bench = bench.judge_prompt(Path(args.judge_prompt).read_text())
     if not args.judge_model:
         return bench, None
-    from align.eval.judge import Judge, JudgeConfig
+    from align.eval.judge import Judge
 
-    key_env = None if args.judge_api_key_env.lower() == "none" else args.judge_api_key_env
-    cfg = JudgeConfig(
-        model=args.judge_model,
-        base_url=args.judge_base_url,
-        api_key_env=key_env,
-        cache_dir=args.judge_cache,
-        concurrency=args.judge_concurrency,
-    )
+    cfg = _judge_config(args)
     return bench, Judge(cfg)
 
 
@@ -201,27 +255,13 @@ def build_score_parser() -> argparse.ArgumentParser:
         "--json", metavar="OUT", help="metrics JSON path (default: <outputs>.<benchmark>[-<split>].scores.json)"
     )
     p.add_argument("--allow-missing", action="store_true", help="score the answered items only, counting the rest")
-    j = p.add_argument_group("LLM judge (mmhal)")
-    j.add_argument("--judge-model", metavar="M", help="judge model, e.g. gpt-4o (needed by judge-scored benchmarks)")
-    j.add_argument(
-        "--judge-base-url", metavar="URL", help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1 (vLLM)"
-    )
-    j.add_argument(
-        "--judge-api-key-env",
-        default="OPENAI_API_KEY",
-        metavar="VAR",
-        help="environment variable holding the judge's API key (default OPENAI_API_KEY; 'none': no key)",
-    )
+    j = _add_judge_flags(p, "LLM judge (mmhal, objhal_llm, cceval)")
     j.add_argument(
         "--judge-prompt",
         metavar="FILE",
         help="judging prompt template with {image_contents} {question} {gt_answer} {response}, e.g. the official "
         "MMHal prompt for numbers comparable to papers (default: the project's own prompt)",
     )
-    j.add_argument(
-        "--judge-cache", metavar="DIR", help="reply cache (default $ALIGN_CACHE/judge, ~/.cache/align/judge)"
-    )
-    j.add_argument("--judge-concurrency", type=int, default=4, metavar="N", help="judge requests in flight")
     p.set_defaults(func=_cmd_eval_score)
     return p
 
@@ -267,6 +307,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pope", action="store_true", help="skip the POPE questions")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
     p.add_argument("--force", action="store_true", help="re-score checkpoints that already have results")
+    p.add_argument(
+        "--benchmarks",
+        metavar="A,B",
+        help="comma-separated: toyworld and/or public benchmarks given by --source (default: toyworld, or the "
+        "--source benchmarks when any is given)",
+    )
+    p.add_argument(
+        "--source",
+        nargs="+",
+        action="append",
+        metavar="NAME KEY=VALUE",
+        help="a public benchmark to generate on: NAME data=PATH images=DIR [split=S] [limit=N] [max_new_tokens=N]; "
+        "repeat for several, e.g. --source pope data=POPE/output/coco images=coco/val2014 split=adversarial",
+    )
+    _add_judge_flags(p, "LLM judge (mmhal, objhal_llm, cceval)")
     p.add_argument(
         "--plot",
         metavar="PNG",

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import field
 from typing import Literal
 
+from align.eval.judge import JudgeConfig
 from data_builders.toyworld import WorldConfig
 
 
@@ -140,13 +141,46 @@ class GenerationConfig:
 
 
 @dataclasses.dataclass
+class BenchmarkSource:
+    """A public benchmark to generate on from a checkpoint: its annotation files and its images."""
+
+    name: str = field(metadata={"help": "Benchmark name: pope, amber, chair, objhal, objhal_llm, mmhal, cceval."})
+    data: str = field(metadata={"help": "Annotation files, as `align eval score --data` takes them."})
+    images: str = field(metadata={"help": "Directory holding the image files the benchmark's items name."})
+    split: str | None = field(default=None, metadata={"help": "Benchmark split (null = the benchmark's default)."})
+    limit: int | None = field(
+        default=None, metadata={"help": "First N items of each split (null = eval.limit, then all)."}
+    )
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Override the benchmark's protocol length (null = the protocol's)."}
+    )
+
+    def __post_init__(self):
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"{self.name}: limit must be >= 1 or null")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"{self.name}: max_new_tokens must be >= 1 or null")
+
+
+@dataclasses.dataclass
 class EvalConfig:
     limit: int | None = field(default=None, metadata={"help": "Evaluate on the first N test images (null = all)."})
     pope: bool = field(default=True, metadata={"help": "Also run the ToyWorld POPE questions."})
     generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "Caption decoding."})
     benchmarks: list[str] = field(
         default_factory=lambda: ["toyworld"],
-        metadata={"help": "Generation evals to run: toyworld (CHAIR on captions + POPE on the ToyWorld test split)."},
+        metadata={
+            "help": "Generation evals to run: toyworld (CHAIR on captions + POPE on the ToyWorld test split), and "
+            "any public benchmark that has an entry in `sources`."
+        },
+    )
+    sources: list[BenchmarkSource] = field(
+        default_factory=list,
+        metadata={"help": "Where the public benchmarks' annotation files and images are (one entry per name)."},
+    )
+    judge: JudgeConfig | None = field(
+        default=None,
+        metadata={"help": "LLM judge for judge-scored benchmarks (mmhal, objhal_llm, cceval); key from the env."},
     )
     at_checkpoints: bool = field(
         default=False,
@@ -167,4 +201,4 @@ class EvalConfig:
             raise ValueError("checkpoint_limit must be >= 1 or null")
         from align.eval.runner import check_benchmarks  # here, not at the top: runner imports this module
 
-        check_benchmarks(self.benchmarks)
+        check_benchmarks(self.benchmarks, self.sources, self.judge)

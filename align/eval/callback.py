@@ -86,7 +86,7 @@ class HallucinationEvalCallback(TrainerCallback):
     """
 
     def __init__(self, eval_cfg: EvalConfig, data_cfg: DataConfig, trainer=None):
-        check_benchmarks(eval_cfg.benchmarks)
+        check_benchmarks(eval_cfg.benchmarks, eval_cfg.sources, eval_cfg.judge)
         self.eval_cfg = dataclasses.replace(eval_cfg, limit=eval_cfg.checkpoint_limit or eval_cfg.limit)
         self.data_cfg = data_cfg
         self.trainer = trainer

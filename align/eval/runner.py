@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from align.config import from_dict
+from align.eval.public import run_source
 from align.eval.table import text_table
 from align.sections import DataConfig, EvalConfig
 from data_builders.toyworld import WorldConfig
@@ -50,13 +51,33 @@ def _toyworld_suite(model, processor, data_cfg: DataConfig, eval_cfg: EvalConfig
 EVAL_SUITES: dict[str, Callable[..., tuple[dict, list[dict]]]] = {"toyworld": _toyworld_suite}
 
 
-def check_benchmarks(names: list[str]) -> None:
-    """Fail when the config is built, not after hours of training, on a benchmark no suite implements."""
+def check_benchmarks(names: list[str], sources: list | None = None, judge=None) -> None:
+    """Fail when the config is built, not after hours of training: every name is a suite or a public benchmark
+    with a source, sources are not doubled, and judge-scored benchmarks have a judge."""
+    from align.eval.benchmarks import get_benchmark
+
     if not names:
         raise ValueError("eval.benchmarks: name at least one benchmark")
-    unknown = [n for n in names if n not in EVAL_SUITES]
-    if unknown:
-        raise ValueError(f"eval.benchmarks: unknown {unknown}; implemented: {', '.join(EVAL_SUITES)}")
+    sourced = [s.name for s in sources or []]
+    doubled = sorted({n for n in sourced if sourced.count(n) > 1})
+    if doubled:
+        raise ValueError(f"eval.sources: one entry per benchmark, {doubled} appear more than once")
+    for name in sourced:
+        get_benchmark(name)  # unknown names get the list of known ones and a close match
+    for name in names:
+        if name in EVAL_SUITES or name in sourced:
+            continue
+        try:
+            get_benchmark(name)
+        except ValueError:
+            raise ValueError(
+                f"eval.benchmarks: unknown {name!r}; suites: {', '.join(EVAL_SUITES)}, public: "
+                "pope, amber, chair, objhal, objhal_llm, mmhal, cceval (with an eval.sources entry)"
+            ) from None
+        raise ValueError(f"eval.benchmarks: {name!r} needs an eval.sources entry (name, data, images)")
+    judged = [n for n in names if n in sourced and get_benchmark(n).needs_judge]
+    if judged and judge is None:
+        raise ValueError(f"eval.benchmarks: {judged} are graded by an LLM judge; set eval.judge (model, base_url)")
 
 
 def eval_settings(eval_cfg: EvalConfig) -> dict:
@@ -128,9 +149,18 @@ def evaluate_checkpoint(
     was_training = model.training
     model.eval()
     results, generations, meta = {}, [], {}
+    sources = {s.name: s for s in eval_cfg.sources}
+    judge = None
+    if eval_cfg.judge is not None and any(n in sources for n in eval_cfg.benchmarks):
+        from align.eval.judge import Judge
+
+        judge = Judge(eval_cfg.judge)
     try:
         for name in eval_cfg.benchmarks:
-            scores, gens = EVAL_SUITES[name](model, processor, data_cfg, eval_cfg)
+            if name in sources:
+                scores, gens = run_source(model, processor, sources[name], eval_cfg, checkpoint, judge)
+            else:
+                scores, gens = EVAL_SUITES[name](model, processor, data_cfg, eval_cfg)
             meta.update(scores.pop("meta", {}))
             results.update(scores)
             generations += gens
@@ -145,15 +175,28 @@ def evaluate_checkpoint(
     return results
 
 
+def table_columns() -> list[tuple[str, str, str]]:
+    """(result key, metric, label): ToyWorld's columns, then each public benchmark's headline numbers."""
+    from align.eval.benchmarks import BENCHMARKS
+
+    public = [
+        (name if group in ("", "overall") else f"{name}_{group.replace('/', '_')}", metric, label)
+        for name, bench in BENCHMARKS.items()
+        for group, metric, label in bench.headline
+    ]
+    return TABLE_COLUMNS + public
+
+
 def format_table(results: dict[str, dict]) -> str:
-    """Plain-text table: one row per checkpoint, rates as percentages."""
-    cols = [c for c in TABLE_COLUMNS if any(c[0] in r and c[1] in r[c[0]] for r in results.values())]
+    """Plain-text table: one row per checkpoint, the columns some checkpoint has; rates as percentages."""
+    cols = [c for c in table_columns() if any(c[0] in r and c[1] in r[c[0]] for r in results.values())]
     header = ["checkpoint"] + [c[2] for c in cols]
     rows = []
     for name, r in results.items():
         cells = [name]
         for bench, metric, _ in cols:
             v = r.get(bench, {}).get(metric)
-            cells.append("-" if v is None else (f"{v:.2f}" if metric == "length" else f"{100 * v:.1f}"))
+            on_own_scale = metric.endswith(("length", "score"))
+            cells.append("-" if v is None else (f"{v:.2f}" if on_own_scale else f"{100 * v:.1f}"))
         rows.append(cells)
     return text_table(header, rows)

@@ -36,10 +36,18 @@ BENCHMARKS: dict[str, Benchmark] = {
 }
 
 # (id field, text field), tried in this order on each line
-OUTPUT_FIELDS = (("question_id", "text"), ("question_id", "answer"), ("image_id", "caption"), ("id", "response"))
+OUTPUT_FIELDS = (
+    ("question_id", "text"),
+    ("question_id", "answer"),
+    ("image_id", "caption"),
+    ("image_id", "text"),  # CCEval's and Object HalBench's answer files
+    ("image_id", "answer"),
+    ("id", "response"),
+)
 ACCEPTED = (
     "expected JSONL (or a JSON array) of {question_id, text} (LLaVA), {question_id, answer}, "
-    "{image_id, caption} (OPERA) or {id, response} (AMBER), or an MMHal template array with model_answer filled in"
+    "{image_id, caption} (OPERA), {image_id, text} (CCEval) or {id, response} (AMBER), "
+    "or an MMHal template array with model_answer filled in"
 )
 JUDGE_FLAGS = (
     "pass --judge-model MODEL (plus --judge-base-url URL for a server other than api.openai.com; the API key is "

@@ -28,6 +28,9 @@ class Benchmark:
     A judge-scored benchmark (`needs_judge`) is scored by `score(item, output, judge)` with an
     `align.eval.judge.Judge`; `judge_prompt(template_text)`, when set, returns the benchmark graded with a user's
     judging prompt instead of the built-in one.
+
+    `headline`: the numbers a checkpoint table shows (`align eval`), as (group, metric, column label); group ""
+    is a top-level number, "overall" the overall group.
     """
 
     name: str
@@ -39,6 +42,7 @@ class Benchmark:
     splits: tuple[str, ...] = ()
     needs_judge: bool = False
     judge_prompt: Callable[[str], Benchmark] | None = None
+    headline: tuple[tuple[str, str, str], ...] = ()
 
 
 def read_json_lines(path: Path) -> list[tuple[int, Any]]:

@@ -153,4 +153,5 @@ BENCHMARK = Benchmark(
     score=score,
     aggregate=aggregate,
     splits=SPLITS,
+    headline=(("overall", "chair_s", "CHAIR_s"), ("overall", "chair_i", "CHAIR_i"), ("overall", "recall", "recall")),
 )

@@ -155,11 +155,11 @@ def test_off_by_default_and_unknown_benchmarks_fail_early(micro_model, tmp_path,
     cfg = micro_sft_config(tmp_path, cache_dir)
     trainer = ResumableTrainer(model=model, args=training_arguments(cfg), processing_class=processor)
     assert attach_checkpoint_eval(trainer, cfg) is None
-    with pytest.raises(ValueError, match=r"unknown \['mmhal'\]; implemented: toyworld"):
-        EvalConfig(benchmarks=["toyworld", "mmhal"])
+    with pytest.raises(ValueError, match=r"unknown 'mhal'; suites: toyworld"):
+        EvalConfig(benchmarks=["toyworld", "mhal"])
     bad = EvalConfig()
     bad.benchmarks = ["amber"]  # mutated after validation: the callback checks again
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ValueError, match="'amber' needs an eval.sources entry"):
         HallucinationEvalCallback(bad, cfg.data)
     with pytest.raises(ValueError, match="checkpoint_limit"):
         EvalConfig(checkpoint_limit=0)

@@ -1,0 +1,130 @@
+"""Generating on a public benchmark from a checkpoint (align/eval/public.py): a tiny saved LLaVA answers a POPE-format
+question set on images written to a temp dir, through the real loader, generation, scorer, resume and CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import MICRO_SPEC
+from PIL import Image
+
+from align.cli import main
+from align.config import ConfigError, from_dict
+from align.eval import public
+from align.eval.runner import RESULTS_FILE, evaluate_checkpoint, format_table
+from align.sections import BenchmarkSource, EvalConfig, GenerationConfig, ModelConfig
+
+OBJECTS = ["cat", "dog", "cup"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from align.models import build_model, save_policy
+
+    model, processor = build_model(ModelConfig(tiny=MICRO_SPEC, finetune="full"), seed=0)
+    return save_policy(model, processor, tmp_path_factory.mktemp("public") / "checkpoint-3")
+
+
+@pytest.fixture
+def pope_data(tmp_path):
+    """Two POPE split files (3 questions each, over 2 images) and the image directory."""
+    data, images = tmp_path / "pope", tmp_path / "images"
+    data.mkdir()
+    images.mkdir()
+    for i, color in enumerate(["red", "blue"]):
+        Image.new("RGB", (32, 32), color).save(images / f"img{i}.png")
+    for split in ("adversarial", "random"):
+        lines = [
+            {"question_id": q + 1, "image": f"img{q % 2}.png", "text": f"Is there a {obj} in the image?",
+             "label": "yes" if q % 2 == 0 else "no"}
+            for q, obj in enumerate(OBJECTS)
+        ]  # fmt: skip
+        (data / f"coco_pope_{split}.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return data, images
+
+
+def pope_cfg(data, images, **source) -> EvalConfig:
+    src = BenchmarkSource(name="pope", data=str(data), images=str(images), **source)
+    return EvalConfig(benchmarks=["pope"], sources=[src], generation=GenerationConfig(batch_size=4))
+
+
+def test_pope_from_a_checkpoint_scores_every_split_and_resumes(checkpoint, pope_data, monkeypatch):
+    results = evaluate_checkpoint(checkpoint, pope_cfg(*pope_data, limit=2), force=True)
+    assert results["pope_adversarial"]["n"] == 2 and results["pope_random"]["n"] == 2  # limit is per split
+    assert 0.0 <= results["pope"]["f1_mean"] <= 1.0
+    assert results["meta"]["pope_source"]["limit"] == 2
+    assert "POPE F1" in format_table({"ckpt": results})
+    answers = checkpoint / "eval_outputs"
+    (out,) = answers.glob("pope-*.jsonl")
+    lines = out.read_text().splitlines()
+    assert sorted(json.loads(x)["question_id"] for x in lines) == [
+        "adversarial/1",
+        "adversarial/2",
+        "random/1",
+        "random/2",
+    ]
+
+    # a killed run: one answer kept, the next line torn; the rerun generates only the three missing answers
+    out.write_text(lines[0] + "\n" + lines[1][:10])
+    prompts = []
+    real = public.generate
+    monkeypatch.setattr(
+        public, "generate", lambda m, p, ims, texts, *a, **k: prompts.extend(texts) or real(m, p, ims, texts, *a, **k)
+    )
+    again = evaluate_checkpoint(checkpoint, pope_cfg(*pope_data, limit=2), force=True)
+    assert len(prompts) == 3
+    assert again["pope"] == results["pope"]  # greedy answers: the same numbers
+
+    # a different setting is a different answer file, not a mix with the old answers
+    evaluate_checkpoint(checkpoint, pope_cfg(*pope_data, limit=1), force=True)
+    assert len(list(answers.glob("pope-*.jsonl"))) == 2
+
+
+def test_missing_images_fail_before_any_generation(checkpoint, pope_data, monkeypatch):
+    data, images = pope_data
+    (images / "img1.png").unlink()
+    monkeypatch.setattr(public, "generate", lambda *a, **k: pytest.fail("generated before checking the images"))
+    with pytest.raises(FileNotFoundError, match=r"1 image files not found .*img1\.png"):
+        evaluate_checkpoint(checkpoint, pope_cfg(data, images), force=True)
+
+
+def test_items_without_a_fixed_set_ask_for_a_split(checkpoint, tmp_path):
+    vocab = {"mscoco_objects": ["cat"], "inverse_synonym_dict": {"cat": "cat"}, "double_word_dict": {}}
+    (tmp_path / "chair_vocabulary.json").write_text(json.dumps(vocab))
+    (tmp_path / "coco2014_image_objects.json").write_text(json.dumps({"1": ["cat"]}))
+    cfg = EvalConfig(benchmarks=["chair"], sources=[BenchmarkSource("chair", str(tmp_path), str(tmp_path))])
+    with pytest.raises(ValueError, match="set a split to generate on .*opera500"):
+        evaluate_checkpoint(checkpoint, cfg, force=True)
+
+
+def test_config_checks_names_sources_and_judge():
+    with pytest.raises(ValueError, match="'pope' needs an eval.sources entry"):
+        EvalConfig(benchmarks=["pope"])
+    with pytest.raises(ValueError, match="unknown 'popee'"):
+        EvalConfig(benchmarks=["popee"])
+    with pytest.raises(ValueError, match="graded by an LLM judge; set eval.judge"):
+        EvalConfig(benchmarks=["mmhal"], sources=[BenchmarkSource("mmhal", "d", "i")])
+    with pytest.raises(ValueError, match="once"):
+        EvalConfig(benchmarks=["pope"], sources=[BenchmarkSource("pope", "a", "b"), BenchmarkSource("pope", "c", "d")])
+    cfg = from_dict(
+        EvalConfig,
+        {"benchmarks": ["mmhal"], "sources": [{"name": "mmhal", "data": "d", "images": "i"}], "judge": {"model": "m"}},
+    )
+    assert cfg.sources[0].name == "mmhal" and cfg.judge.model == "m" and cfg.judge.api_key_env == "OPENAI_API_KEY"
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.imges: unknown key; did you mean"):
+        from_dict(EvalConfig, {"benchmarks": ["pope"], "sources": [{"name": "pope", "data": "d", "imges": "i"}]})
+
+
+def test_cli_generates_on_a_source_and_prints_the_table(checkpoint, pope_data, capsys):
+    data, images = pope_data
+    argv = ["eval", str(checkpoint), "--force", "--source", "pope", f"data={data}", f"images={images}", "limit=1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "POPE F1" in out and "checkpoint-3" in out
+    saved = json.loads((checkpoint / RESULTS_FILE).read_text())
+    assert saved["pope_adversarial"]["n"] == 1 and "toyworld_chair" not in saved
+    assert main(["eval", str(checkpoint), "--source", "pope", f"data={data}"]) == 2
+    assert "give images=..." in capsys.readouterr().err
+    assert main(["eval", str(checkpoint), "--source", "pope", "data", "images=x"]) == 2
+    assert "'data' is not KEY=VALUE" in capsys.readouterr().err
