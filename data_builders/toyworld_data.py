@@ -161,6 +161,13 @@ class ToyWorldDataConfig:
     world: tw.WorldConfig = dataclasses.field(default_factory=tw.WorldConfig, metadata={"help": "World settings."})
     cache_dir: str | None = dataclasses.field(default=None, metadata={"help": "Cache root (default ~/.cache/align)."})
     rebuild: bool = dataclasses.field(default=False, metadata={"help": "Regenerate even if cached."})
+    export_dir: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Also write the test split as public-benchmark files here (POPE question files + images/), "
+            "so `align eval --source pope data=<dir>/pope images=<dir>/images` runs on ToyWorld."
+        },
+    )
 
 
 def summarize(data: DatasetDict) -> dict:
@@ -182,4 +189,27 @@ def build_from_config(cfg: ToyWorldDataConfig) -> dict:
     data = build_toyworld(cfg.world, cfg.cache_dir, rebuild=cfg.rebuild)
     summary = {"path": str(path), "splits": summarize(data)}
     (path / "summary.json").write_text(json.dumps(summary, indent=2))
+    if cfg.export_dir:
+        summary["exported"] = export_pope_files(data["test"], Path(cfg.export_dir))
     return summary
+
+
+def export_pope_files(split: Dataset, out: Path) -> dict:
+    """The split in POPE's public format: `pope/coco_pope_<split>.json` JSONL `{question_id, image, text, label}`
+    (question ids from 1 per split, as POPE's) and the images as `images/<image_id>.png`."""
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    (out / "pope").mkdir(parents=True, exist_ok=True)
+    raw = split.cast_column("image", Image(decode=False))
+    for image_id, image in zip(raw["image_id"], raw["image"]):
+        (images / f"{image_id}.png").write_bytes(image["bytes"])
+    files, ids, rows = {}, raw["image_id"], pope_rows(split)
+    for name in sorted({r["split"] for r in rows}):
+        lines = [
+            {"question_id": n, "image": f"{ids[r['image_index']]}.png", "text": r["question"], "label": r["label"]}
+            for n, r in enumerate((r for r in rows if r["split"] == name), 1)
+        ]
+        path = out / "pope" / f"coco_pope_{name}.json"
+        path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+        files[name] = len(lines)
+    return {"dir": str(out), "images": len(raw), "pope_questions": files}

@@ -12,6 +12,7 @@ from PIL import Image
 from align.cli import main
 from align.config import ConfigError, from_dict
 from align.eval import public
+from align.eval.benchmarks.pope import PROMPT_SUFFIX
 from align.eval.runner import RESULTS_FILE, evaluate_checkpoint, format_table
 from align.sections import BenchmarkSource, EvalConfig, GenerationConfig, ModelConfig
 
@@ -128,3 +129,39 @@ def test_cli_generates_on_a_source_and_prints_the_table(checkpoint, pope_data, c
     assert "give images=..." in capsys.readouterr().err
     assert main(["eval", str(checkpoint), "--source", "pope", "data", "images=x"]) == 2
     assert "'data' is not KEY=VALUE" in capsys.readouterr().err
+
+
+def test_toyworld_exported_as_pope_files_scores_as_the_toyworld_suite(checkpoint, small_world, cache_dir, tmp_path):
+    """ToyWorld is one more data source: its test split written in POPE's format and run through the public path
+    gives the numbers the built-in ToyWorld suite gives (same questions, prompt suffix and answer length)."""
+    from conftest import SMALL_WORLD
+
+    from align.sections import DataConfig
+    from data_builders.toyworld_data import export_pope_files
+
+    exported = export_pope_files(small_world["test"], tmp_path / "bench")
+    assert exported["images"] == SMALL_WORLD.n_test and set(exported["pope_questions"]) == {
+        "adversarial", "popular", "random"
+    }  # fmt: skip
+    source = BenchmarkSource("pope", str(tmp_path / "bench/pope"), str(tmp_path / "bench/images"), max_new_tokens=3)
+    cfg = EvalConfig(benchmarks=["toyworld", "pope"], sources=[source], generation=GenerationConfig(batch_size=8))
+    data_cfg = DataConfig(world=SMALL_WORLD, cache_dir=str(cache_dir))
+    results = evaluate_checkpoint(checkpoint, cfg, force=True, data_cfg=data_cfg)
+    generations = [json.loads(x) for x in (checkpoint / "eval_generations.jsonl").read_text().splitlines()]
+    suite_answers = {
+        (g["split"], f"{g['image_id']}.png", g["prompt"]): g["answer"] for g in generations if "split" in g
+    }
+    public_answers = {
+        (g["id"].split("/")[0], g["image"], g["prompt"].removesuffix(PROMPT_SUFFIX)): g["text"]
+        for g in generations
+        if g.get("benchmark") == "pope"
+    }
+    assert len(public_answers) == sum(exported["pope_questions"].values()) == len(suite_answers)
+    assert public_answers == suite_answers  # the same (image, question) got the same generated text
+    assert len(set(public_answers.values())) > 1  # (not one constant reply)
+    for split in ("adversarial", "popular", "random"):
+        ours, suite = results[f"pope_{split}"], results[f"toyworld_pope_{split}"]
+        assert ours["n"] == exported["pope_questions"][split]
+        assert {k: ours[k] for k in ("accuracy", "f1", "yes_ratio")} == pytest.approx(
+            {k: suite[k] for k in ("accuracy", "f1", "yes_ratio")}
+        )
