@@ -1,10 +1,11 @@
 """`align eval`: score one checkpoint, every checkpoint of a run directory, or a list; print a table; write JSON.
 
 Each checkpoint gets `eval_results.json` (schema `{benchmark: {metric: value}, "meta": {...}}`) and
-`eval_generations.jsonl` beside it. A checkpoint already scored with the same settings is not redone
-unless `force=True`, so a killed sweep resumes where it stopped. "Same settings" leaves out the fields that only
-say *when* to evaluate (`at_checkpoints`, `checkpoint_limit`), so results a training run's checkpoint evals wrote
-are reused by `align eval` with the same `--limit`.
+`eval_generations.jsonl` beside it. A benchmark already scored on a checkpoint with the same settings is not
+redone unless `force=True`, so a killed sweep resumes where it stopped, and scoring a new benchmark keeps the
+others' numbers. "Same settings" leaves out the fields that only say *when* to evaluate (`at_checkpoints`,
+`checkpoint_limit`), so results a training run's checkpoint evals wrote are reused by `align eval` with the same
+`--limit`.
 
 `EVAL_SUITES` maps each name `EvalConfig.benchmarks` may hold to the function that generates and scores it; a new
 generation benchmark is one entry there.
@@ -130,49 +131,108 @@ def checkpoint_step(checkpoint: Path) -> int | None:
     return None
 
 
+def benchmark_settings(eval_cfg: EvalConfig, name: str) -> dict:
+    """What decides one benchmark's numbers, so adding a benchmark to an eval, or changing another's source, does
+    not redo the ones already scored: a public benchmark's source, item limit, decoding and judge; a suite's
+    eval settings without the sources and the judge."""
+    settings = eval_settings(eval_cfg)
+    source = next((s for s in settings.pop("sources") if s["name"] == name), None)
+    judge = settings.pop("judge")
+    if source is None:
+        return {**settings, "benchmarks": [name]}
+    return {
+        "source": source,
+        "limit": source["limit"] or settings["limit"],
+        "generation": settings["generation"],
+        "judge": judge,
+    }
+
+
+def _read_results(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def evaluate_checkpoint(
     checkpoint, eval_cfg: EvalConfig, model=None, processor=None, force=False, data_cfg: DataConfig | None = None
 ) -> dict:
-    """Score one checkpoint (loading it unless a live model is given) and write the JSON beside it."""
-    from align.models import load_policy
+    """Score one checkpoint (loading it unless a live model is given) and write the JSON beside it.
 
+    Each benchmark's numbers are kept in `eval_results.json` with the settings that produced them
+    (`meta.benchmarks`); a benchmark already scored with the same settings is reused unless `force`, others are
+    scored, and the file keeps every benchmark ever scored there. The return value holds the requested ones.
+    """
     checkpoint = Path(checkpoint)
     out = checkpoint / RESULTS_FILE
-    settings = eval_settings(eval_cfg)
-    if out.is_file() and not force:
-        cached = json.loads(out.read_text())
-        if cached.get("meta", {}).get("eval_settings") == settings:
-            return cached
+    stored = _read_results(out)
+    entries = stored.get("meta", {}).get("benchmarks", {})
+    wanted = {name: benchmark_settings(eval_cfg, name) for name in eval_cfg.benchmarks}
+    todo = [n for n in wanted if force or entries.get(n, {}).get("settings") != wanted[n]]
+    if todo:
+        scored, generations = _score_benchmarks(checkpoint, eval_cfg, todo, model, processor, data_cfg)
+        for name, (scores, meta) in scored.items():
+            for key in entries.get(name, {}).get("keys", []):
+                stored.pop(key, None)
+            stored.update(scores)
+            entries[name] = {"settings": wanted[name], "keys": list(scores), "meta": meta}
+        _write_generations(checkpoint / "eval_generations.jsonl", generations, set(todo))
+    head = {
+        "checkpoint": str(checkpoint),
+        "step": checkpoint_step(checkpoint),
+        "eval_settings": eval_settings(eval_cfg),
+    }
+    if todo:
+        out.write_text(json.dumps(_results_view(stored, entries, list(entries), head), indent=2))
+    return _results_view(stored, entries, list(wanted), head)
+
+
+def _results_view(stored: dict, entries: dict, names: list[str], head: dict) -> dict:
+    """The named benchmarks' results, their notes and settings under `meta`."""
+    view = {key: stored[key] for name in names for key in entries[name]["keys"]}
+    notes = {k: v for name in names for k, v in entries[name]["meta"].items()}
+    view["meta"] = {**notes, **head, "benchmarks": {name: entries[name] for name in names}}
+    return view
+
+
+def _score_benchmarks(checkpoint: Path, eval_cfg: EvalConfig, names: list[str], model, processor, data_cfg):
+    """{name: (results, meta)} and the generations, for the benchmarks to (re)score."""
+    from align.models import load_policy
+
     data_cfg = data_cfg or run_data_config(checkpoint)
     if model is None:
         model, processor = load_policy(checkpoint)
-    was_training = model.training
-    model.eval()
-    results, generations, meta = {}, [], {}
     sources = {s.name: s for s in eval_cfg.sources}
     judge = None
-    if eval_cfg.judge is not None and any(n in sources for n in eval_cfg.benchmarks):
+    if eval_cfg.judge is not None and any(n in sources for n in names):
         from align.eval.judge import Judge
 
         judge = Judge(eval_cfg.judge)
+    was_training = model.training
+    model.eval()
+    scored, generations = {}, []
     try:
-        for name in eval_cfg.benchmarks:
+        for name in names:
             if name in sources:
                 scores, gens = run_source(model, processor, sources[name], eval_cfg, checkpoint, judge)
             else:
                 scores, gens = EVAL_SUITES[name](model, processor, data_cfg, eval_cfg)
-            meta.update(scores.pop("meta", {}))
-            results.update(scores)
-            generations += gens
+            meta = scores.pop("meta", {})
+            scored[name] = (scores, meta)
+            generations += [{"benchmark": name, **g} for g in gens]
     finally:
         model.train(was_training)
-    results["meta"] = {**meta, "checkpoint": str(checkpoint), "step": checkpoint_step(checkpoint)}
-    results["meta"]["eval_settings"] = settings
-    out.write_text(json.dumps(results, indent=2))
-    with open(checkpoint / "eval_generations.jsonl", "w") as f:
+    return scored, generations
+
+
+def _write_generations(path: Path, generations: list[dict], rescored: set[str]) -> None:
+    """The new generations, plus the kept lines of benchmarks not rescored this time."""
+    kept = []
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line).get("benchmark") not in rescored]
+    with open(path, "w") as f:
+        for line in kept:
+            f.write(line + "\n")
         for g in generations:
             f.write(json.dumps(g) + "\n")
-    return results
 
 
 def table_columns() -> list[tuple[str, str, str]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from align.eval.benchmarks import amber, chair, mmhal, pope
+from align.eval.benchmarks import amber, cceval, chair, mmhal, pope
 from align.eval.benchmarks.base import Benchmark, read_json_lines
 from align.eval.table import text_table
 
@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "amber": amber.BENCHMARK,
     "mmhal": mmhal.BENCHMARK,
     "chair": chair.BENCHMARK,
+    "cceval": cceval.BENCHMARK,
 }
 
 # (id field, text field), tried in this order on each line

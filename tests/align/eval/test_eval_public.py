@@ -3,6 +3,7 @@ question set on images written to a temp dir, through the real loader, generatio
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -165,3 +166,28 @@ def test_toyworld_exported_as_pope_files_scores_as_the_toyworld_suite(checkpoint
         assert {k: ours[k] for k in ("accuracy", "f1", "yes_ratio")} == pytest.approx(
             {k: suite[k] for k in ("accuracy", "f1", "yes_ratio")}
         )
+
+
+def test_each_benchmark_is_cached_on_its_own(checkpoint, pope_data, small_world, cache_dir, monkeypatch):
+    """Scoring ToyWorld after POPE keeps POPE's numbers in the file; asking for both then regenerates nothing."""
+    from conftest import SMALL_WORLD
+
+    from align.sections import DataConfig
+
+    data_cfg = DataConfig(world=SMALL_WORLD, cache_dir=str(cache_dir))
+    pope_only = pope_cfg(*pope_data, limit=1)
+    first = evaluate_checkpoint(checkpoint, pope_only, force=True, data_cfg=data_cfg)
+    toy = EvalConfig(limit=2, pope=False, generation=GenerationConfig(batch_size=4))
+    second = evaluate_checkpoint(checkpoint, toy, data_cfg=data_cfg)
+    assert "toyworld_chair" in second and "pope" not in second  # only what was asked for
+    saved = json.loads((checkpoint / RESULTS_FILE).read_text())
+    assert saved["pope"] == first["pope"] and "toyworld_chair" in saved  # the file keeps both
+    kinds = {json.loads(x)["benchmark"] for x in (checkpoint / "eval_generations.jsonl").read_text().splitlines()}
+    assert kinds == {"pope", "toyworld"}
+
+    monkeypatch.setattr(public, "generate", lambda *a, **k: pytest.fail("regenerated a cached benchmark"))
+    monkeypatch.setattr("align.eval.toyworld.generate", lambda *a, **k: pytest.fail("regenerated ToyWorld"))
+    both = dataclasses.replace(pope_only, benchmarks=["toyworld", "pope"], limit=2, pope=False)
+    both.sources[0].limit = 1
+    again = evaluate_checkpoint(checkpoint, both, data_cfg=data_cfg)
+    assert again["pope"] == first["pope"] and again["toyworld_chair"] == second["toyworld_chair"]
