@@ -15,7 +15,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from align.eval.runner import TABLE_COLUMNS
+from align.eval.runner import table_columns
 
 Lines = dict[str, tuple[list[int], list[float]]]  # run name -> (steps, values)
 
@@ -31,8 +31,9 @@ def metric_series(results: dict[str, dict]) -> dict[str, Lines]:
     table. Results without a known step are left out, and a run's step is drawn once (`final/` usually repeats the
     last checkpoint's step; the checkpoint, listed first, is kept)."""
     panels: dict[str, Lines] = {}
-    for bench, metric, label in TABLE_COLUMNS:
-        scale, title = (1.0, label) if metric == "length" else (100.0, f"{label} (%)")
+    for bench, metric, label in table_columns():
+        own_scale = metric.endswith(("length", "score"))
+        scale, title = (1.0, label) if own_scale else (100.0, f"{label} (%)")
         points: dict[str, dict[int, float]] = {}
         for checkpoint, result in results.items():
             step, value = result.get("meta", {}).get("step"), result.get(bench, {}).get(metric)

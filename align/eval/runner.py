@@ -240,7 +240,7 @@ def table_columns() -> list[tuple[str, str, str]]:
     from align.eval.benchmarks import BENCHMARKS
 
     public = [
-        (name if group in ("", "overall") else f"{name}_{group.replace('/', '_')}", metric, label)
+        (name if group in ("", "overall") else f"{name}_{group.replace('/', '_')}", metric, f"{name}:{label}")
         for name, bench in BENCHMARKS.items()
         for group, metric, label in bench.headline
     ]

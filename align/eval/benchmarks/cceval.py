@@ -318,5 +318,5 @@ BENCHMARK = Benchmark(
     score=score,
     aggregate=aggregate,
     needs_judge=True,
-    headline=(("overall", "chair_s", "CCEval CHAIR_s"), ("overall", "chair_i", "CCEval CHAIR_i")),
+    headline=(("overall", "chair_s", "CHAIR_s"), ("overall", "chair_i", "CHAIR_i"), ("overall", "coverage", "cover")),
 )

@@ -220,5 +220,5 @@ BENCHMARK = Benchmark(
     aggregate=aggregate,
     needs_judge=True,
     judge_prompt=with_prompt,
-    headline=(("overall", "avg_score", "MMHal score"), ("overall", "hallucination_rate", "MMHal hal")),
+    headline=(("overall", "avg_score", "score"), ("overall", "hallucination_rate", "hal")),
 )

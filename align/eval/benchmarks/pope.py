@@ -103,5 +103,5 @@ BENCHMARK = Benchmark(
     score=score,
     aggregate=aggregate,
     splits=SPLITS,
-    headline=(("", "f1_mean", "POPE F1"), ("adversarial", "f1", "F1 adv")),
+    headline=(("", "f1_mean", "F1"), ("adversarial", "f1", "F1 adv")),
 )

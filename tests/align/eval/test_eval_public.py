@@ -56,7 +56,7 @@ def test_pope_from_a_checkpoint_scores_every_split_and_resumes(checkpoint, pope_
     assert results["pope_adversarial"]["n"] == 2 and results["pope_random"]["n"] == 2  # limit is per split
     assert 0.0 <= results["pope"]["f1_mean"] <= 1.0
     assert results["meta"]["pope_source"]["limit"] == 2
-    assert "POPE F1" in format_table({"ckpt": results})
+    assert "pope:F1" in format_table({"ckpt": results})
     answers = checkpoint / "eval_outputs"
     (out,) = answers.glob("pope-*.jsonl")
     lines = out.read_text().splitlines()
@@ -123,7 +123,7 @@ def test_cli_generates_on_a_source_and_prints_the_table(checkpoint, pope_data, c
     argv = ["eval", str(checkpoint), "--force", "--source", "pope", f"data={data}", f"images={images}", "limit=1"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "POPE F1" in out and "checkpoint-3" in out
+    assert "pope:F1" in out and "checkpoint-3" in out
     saved = json.loads((checkpoint / RESULTS_FILE).read_text())
     assert saved["pope_adversarial"]["n"] == 1 and "toyworld_chair" not in saved
     assert main(["eval", str(checkpoint), "--source", "pope", f"data={data}"]) == 2
