@@ -196,7 +196,7 @@ def _cmd_eval_score(args) -> int:
 
     bench, judge = _judge(get_benchmark(args.benchmark), args)
     data = Path(args.data) if args.data else _benchmark_data(bench.name)
-    outputs = read_outputs(args.outputs)
+    outputs = read_outputs(args.outputs, bench.output_ids)
     items = bench.load(data, args.split)
     scored = score_outputs(bench, items, outputs, allow_missing=args.allow_missing, judge=judge)
     c = scored.counts
@@ -235,20 +235,26 @@ def build_score_parser() -> argparse.ArgumentParser:
         prog="align eval score",
         description="Score a benchmark's model outputs that already exist (no model is loaded).",
     )
-    p.add_argument("--benchmark", required=True, metavar="NAME", help="benchmark name: pope, amber, mmhal, chair")
+    p.add_argument(
+        "--benchmark",
+        required=True,
+        metavar="NAME",
+        help="benchmark name: pope, amber, chair, objhal, objhal_llm, mmhal, cceval",
+    )
     p.add_argument(
         "--outputs",
         required=True,
         metavar="FILE",
         help="model outputs: JSONL (or a JSON array) of {question_id, text}, {question_id, answer}, "
-        "{image_id, caption} or {id, response}",
+        "{image_id, caption}, {image_id, text} or {id, response}",
     )
     p.add_argument(
         "--split",
         metavar="S",
         help="pope: adversarial, popular or random (needed when ids are bare question ids and several split "
-        "files are present); amber: existence, attribute or relation (default: all discriminative); chair: "
-        "opera500 (OPERA's 500 images; default: the images the outputs name)",
+        "files are present); amber: generative, all (descriptions + questions, with the AMBER score), "
+        "existence, attribute or relation (default: all discriminative); chair: opera500 (OPERA's 500 images; "
+        "default: the images the outputs name)",
     )
     p.add_argument("--data", metavar="PATH", help="benchmark files (default: $ALIGN_BENCHMARKS/<benchmark>)")
     p.add_argument(

@@ -88,21 +88,28 @@ def read_answers(path: Path) -> dict[str, str]:
     return answers
 
 
-def answer_items(model, processor, name, items, paths, gen: GenerationConfig, out: Path) -> dict[str, str]:
-    """Generate for the items without an answer in `out`, appending each batch as it is done."""
+def answer_items(model, processor, name, items, paths, gen: GenerationConfig, out: Path, fixed_length=False):
+    """Generate for the items without an answer in `out`, appending each batch as it is done. Items that carry
+    their own `max_new_tokens` are generated with it, unless `fixed_length` (the source set one length)."""
     answers = read_answers(out)
     todo = [(it, p) for it, p in zip(items, paths) if it["id"] not in answers]
+    by_length: dict[int, list] = defaultdict(list)
+    for it, p in todo:
+        length = gen.max_new_tokens if fixed_length else it.get("max_new_tokens", gen.max_new_tokens)
+        by_length[length].append((it, p))
     out.parent.mkdir(parents=True, exist_ok=True)
     chunk = gen.batch_size * 4  # a few batches between appends: little lost on a kill, few file writes
     with open(out, "a") as f:
-        for start in range(0, len(todo), chunk):
-            part = todo[start : start + chunk]
-            images = [{"path": str(p), "bytes": None} for _, p in part]
-            texts = generate(model, processor, images, [it["prompt"] for it, _ in part], gen, desc=name)
-            for (it, _), text in zip(part, texts):
-                answers[it["id"]] = text
-                f.write(json.dumps({"question_id": it["id"], "text": text}) + "\n")
-            f.flush()
+        for length, group in by_length.items():
+            for start in range(0, len(group), chunk):
+                part = group[start : start + chunk]
+                images = [{"path": str(p), "bytes": None} for _, p in part]
+                prompts = [it["prompt"] for it, _ in part]
+                texts = generate(model, processor, images, prompts, gen, desc=name, max_new_tokens=length)
+                for (it, _), text in zip(part, texts):
+                    answers[it["id"]] = text
+                    f.write(json.dumps({"question_id": it["id"], "text": text}) + "\n")
+                f.flush()
     return answers
 
 
@@ -140,7 +147,8 @@ def run_source(model, processor, source: BenchmarkSource, eval_cfg: EvalConfig, 
     paths = image_paths(bench.name, items, Path(source.images))
     gen = decoding(source, dict(bench.generation), eval_cfg.generation)
     out = outputs_file(checkpoint, source, limit, gen)
-    answers = answer_items(model, processor, bench.name, items, paths, gen, out)
+    fixed = source.max_new_tokens is not None
+    answers = answer_items(model, processor, bench.name, items, paths, gen, out, fixed_length=fixed)
     scored = score_outputs(bench, items, answers, judge=judge)
     results, notes = flatten(bench.name, scored.metrics)
     meta = {f"{bench.name}_source": dataclasses.asdict(source), f"{bench.name}_outputs": str(out), **notes}

@@ -14,6 +14,11 @@ cleanup). nltk's averaged-perceptron model is a data download that no PyPI packa
 from __future__ import annotations
 
 import functools
+import threading
+
+# textblob's tagger loads its lexicon lazily without a lock: a thread tagging during another thread's first load
+# sees part of it ('a' → NN). Judge-scored benchmarks score in threads, so one Pattern tagging call at a time.
+_PATTERN_LOCK = threading.Lock()
 
 
 @functools.cache
@@ -41,7 +46,8 @@ def pos_tag(tokens: list[str]) -> list[tuple[str, str]]:
         return nltk.pos_tag(tokens)
     from textblob.en import tag
 
-    tagged = tag(" ".join(tokens), tokenize=False)  # Pattern splits on the spaces only: one tag per token
+    with _PATTERN_LOCK:
+        tagged = tag(" ".join(tokens), tokenize=False)  # Pattern splits on the spaces only: one tag per token
     if len(tagged) != len(tokens):  # a token holding whitespace would break the alignment
         raise ValueError(f"tagger returned {len(tagged)} tags for {len(tokens)} tokens: {tokens[:10]}")
     return [(tok, t) for tok, (_, t) in zip(tokens, tagged)]

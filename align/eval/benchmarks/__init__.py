@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from align.eval.benchmarks import amber, cceval, chair, mmhal, pope
+from align.eval.benchmarks import amber, cceval, chair, mmhal, objhal, pope
 from align.eval.benchmarks.base import Benchmark, read_json_lines
 from align.eval.table import text_table
 
@@ -33,6 +33,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "amber": amber.BENCHMARK,
     "mmhal": mmhal.BENCHMARK,
     "chair": chair.BENCHMARK,
+    "objhal": objhal.BENCHMARK,
+    "objhal_llm": objhal.LLM_BENCHMARK,
     "cceval": cceval.BENCHMARK,
 }
 
@@ -64,15 +66,15 @@ def get_benchmark(name: str) -> Benchmark:
     return BENCHMARKS[name]
 
 
-def _entry(rec: object) -> tuple[str, str] | None:
-    """(id, text) of one output record, or None when it has no known id/text pair.
+def _entry(rec: object, fields=OUTPUT_FIELDS) -> tuple[str, str] | None:
+    """(id, text) of one output record, or None when it has no known id/text pair (tried in `fields` order).
 
     A string `category` field (lmms-eval-style POPE outputs name the split there) prefixes the id as
     `category/id`, which is how POPE items of several splits are told apart.
     """
     if not isinstance(rec, dict):
         return None
-    for id_key, text_key in OUTPUT_FIELDS:
+    for id_key, text_key in fields:
         if id_key in rec and text_key in rec:
             key, text = rec[id_key], rec[text_key]
             if isinstance(key, bool) or not isinstance(key, (int, str)) or not isinstance(text, str):
@@ -98,9 +100,11 @@ def _template_answers(array: list) -> dict[str, str] | None:
     }
 
 
-def read_outputs(path: str | Path) -> dict[str, str]:
+def read_outputs(path: str | Path, prefer: tuple[str, ...] = ()) -> dict[str, str]:
     """{id: output text} from a JSONL file, or a JSON array file (AMBER's inference.py reads an array, MMHal's
-    reference writes its answer template back with `model_answer` filled in)."""
+    reference writes its answer template back with `model_answer` filled in). `prefer`: id fields tried first
+    (a benchmark keyed by image, such as CHAIR, reads `image_id` even where a line also has a `question_id`)."""
+    fields = tuple(sorted(OUTPUT_FIELDS, key=lambda f: f[0] not in prefer))  # stable: the order within stays
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"outputs file {str(path)!r} not found")
@@ -123,7 +127,7 @@ def read_outputs(path: str | Path) -> dict[str, str]:
     outputs: dict[str, str] = {}
     first: dict[str, int] = {}
     for n, rec in rows:
-        entry = _entry(rec)
+        entry = _entry(rec, fields)
         if entry is None:
             raise ValueError(f"{path}: {where} {n}: no id and text fields found; {ACCEPTED}")
         key, out = entry

@@ -29,6 +29,9 @@ class Benchmark:
     `align.eval.judge.Judge`; `judge_prompt(template_text)`, when set, returns the benchmark graded with a user's
     judging prompt instead of the built-in one.
 
+    An item may carry `max_new_tokens` when its task needs another answer length than `generation` gives (AMBER's
+    descriptions beside its yes/no questions).
+
     `headline`: the numbers a checkpoint table shows (`align eval`), as (group, metric, column label); group ""
     is a top-level number, "overall" the overall group.
     """
@@ -43,6 +46,7 @@ class Benchmark:
     needs_judge: bool = False
     judge_prompt: Callable[[str], Benchmark] | None = None
     headline: tuple[tuple[str, str, str], ...] = ()
+    output_ids: tuple[str, ...] = ()  # id fields `read_outputs` tries first in answer files (see there)
 
 
 def read_json_lines(path: Path) -> list[tuple[int, Any]]:

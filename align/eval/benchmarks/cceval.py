@@ -319,4 +319,5 @@ BENCHMARK = Benchmark(
     aggregate=aggregate,
     needs_judge=True,
     headline=(("overall", "chair_s", "CHAIR_s"), ("overall", "chair_i", "CHAIR_i"), ("overall", "coverage", "cover")),
+    output_ids=("image_id",),
 )

@@ -5,10 +5,14 @@ OPERA's 500 random images are the image ids of its `log/chair_eval_results/<mode
 OPERA's `{image_id, caption}` JSONL.
 
 Data (`--data DIR`, or the ground-truth file itself with the vocabulary beside it):
-- `coco2014_image_objects.json`: `{image_id: [category, ...]}` for the COCO 2014 train+val images: the
-  instance-annotation categories plus the categories that the image's reference captions mention, as OPERA's
-  evaluator builds them (its `chair.pkl`);
-- `chair_vocabulary.json`: OPERA's synonym tables (see `align.eval.chair_text`).
+- `chair_vocabulary.json`: OPERA's synonym tables (see `align.eval.chair_text`);
+- the ground truth, either `coco2014_image_objects.json`: `{image_id: [category, ...]}` for the COCO 2014
+  train+val images, the instance-annotation categories plus the categories that the image's reference captions
+  mention, as OPERA's evaluator builds them (its `chair.pkl`); or, when that file is absent, the COCO 2014
+  annotation files (`instances_*2014.json`, `captions_*2014.json`, in DIR or DIR/annotations), from which
+  `align.eval.coco_objects` builds the same sets with this module's caption rules (cached after the first run).
+  Built here, the caption part has this module's tokens (no POS tagger, see `chair_text`), so a few images
+  differ from OPERA's own file; prefer that file when you have it.
 
 Items: with no split, every ground-truth image, each marked `optional`: the outputs pick the images, so an image
 without a caption is not missing (see `score_outputs`). `split="opera500"` gives OPERA's 500 images instead, in its
@@ -24,11 +28,17 @@ merging (OPERA's Len; not a rate). Text processing and its documented deviations
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from align.eval.benchmarks.base import Benchmark
-from align.eval.chair_text import VOCABULARY_FILE, caption_words, load_vocabulary
+from align.eval.chair_text import VOCABULARY_FILE, Vocabulary, caption_words, load_vocabulary
+from align.eval.coco_objects import (
+    GroundTruth,
+    annotation_files,
+    build_image_objects,
+    read_image_objects,
+    vocabulary_fingerprint,
+)
 
 PROMPT = "Please describe this image in detail."
 OBJECTS_FILE = "coco2014_image_objects.json"
@@ -74,42 +84,43 @@ OPERA_500 = tuple(
 )
 
 
-def data_files(data: Path) -> tuple[Path, Path]:
-    """(ground-truth file, vocabulary file) from a directory holding both or the ground-truth file."""
+def ground_truth(data: Path) -> tuple[GroundTruth, Path]:
+    """(ground truth, vocabulary file) from `--data`: the precomputed file (or a directory holding it), else a
+    directory of COCO annotation files; the vocabulary file sits beside either."""
     data = Path(data)
     objects = data if data.is_file() else data / OBJECTS_FILE
-    if not objects.is_file():
+    vocab_path = objects.parent / VOCABULARY_FILE
+    if objects.is_file():
+        load_vocabulary(vocab_path)  # fail now, not at the first score
+        return GroundTruth(read_image_objects(objects), str(objects)), vocab_path
+    files = annotation_files(data) if data.is_dir() else []
+    if not files:
         raise FileNotFoundError(
             f"{objects} not found: CHAIR needs {OBJECTS_FILE} ({{image_id: [object, ...]}}, the COCO 2014 ground "
-            f"truth of OPERA's evaluator) and {VOCABULARY_FILE} in the --data directory"
+            "truth of OPERA's evaluator) or the COCO 2014 annotation files (instances_*2014.json, "
+            f"captions_*2014.json), and {VOCABULARY_FILE}, in the --data directory"
         )
-    return objects, objects.parent / VOCABULARY_FILE
+    vocab = load_vocabulary(vocab_path)
+    rules = "opera-chair-v1:" + vocabulary_fingerprint(vocab.objects, vocab.category, vocab.double_words)
+    return build_image_objects(files, vocab.category, lambda c: caption_categories(c, vocab), rules), vocab_path
 
 
-def read_objects(path: Path) -> dict[int, list[str]]:
-    """{image_id: objects} from the ground-truth file, checked."""
-    truth = json.loads(path.read_text())
-    if not isinstance(truth, dict):
-        raise ValueError(f"{path}: expected a JSON object {{image_id: [object, ...]}}")
-    for key, objs in truth.items():
-        if not key.isdigit() or not isinstance(objs, list) or not all(isinstance(o, str) for o in objs):
-            raise ValueError(f"{path}: entry {key!r}: need an integer image id and a list of object names")
-    return {int(k): v for k, v in truth.items()}
+def caption_categories(caption: str, vocab: Vocabulary) -> set[str]:
+    """The categories a reference caption mentions, as OPERA adds them to an image's ground truth."""
+    return {category for _, category in caption_words(caption, vocab).mentions}
 
 
 def load(data: Path, split: str | None = None) -> list[dict]:
     """One item per ground-truth image, optional (split None) or OPERA's 500 (see the module docstring)."""
     if split not in (None, *SPLITS):
         raise ValueError(f"unknown CHAIR split {split!r}: use {', '.join(SPLITS)} or none (the outputs' images)")
-    objects_path, vocab_path = data_files(data)
-    load_vocabulary(vocab_path)  # fail now, not at the first score
-    truth = read_objects(objects_path)
-    ids = sorted(truth) if split is None else OPERA_500
-    absent = [i for i in ids if i not in truth]
+    truth, vocab_path = ground_truth(data)
+    ids = sorted(truth.objects) if split is None else OPERA_500
+    absent = [i for i in ids if i not in truth.objects]
     if absent:
-        raise ValueError(f"{objects_path} lacks {len(absent)} of OPERA's images (first: {absent[0]})")
+        raise ValueError(f"{truth.source} lacks {len(absent)} of OPERA's images (first: {absent[0]})")
     common = {"prompt": PROMPT, "vocabulary": str(vocab_path), "optional": split is None}
-    return [{"id": str(i), "image": IMAGE_NAME.format(i), "objects": truth[i], **common} for i in ids]
+    return [{"id": str(i), "image": IMAGE_NAME.format(i), "objects": truth.objects[i], **common} for i in ids]
 
 
 def score(item: dict, output: str) -> dict:
@@ -153,5 +164,6 @@ BENCHMARK = Benchmark(
     score=score,
     aggregate=aggregate,
     splits=SPLITS,
-    headline=(("overall", "chair_s", "CHAIR_s"), ("overall", "chair_i", "CHAIR_i"), ("overall", "recall", "recall")),
+    headline=(("overall", "chair_s", "CHAIR_s"), ("overall", "chair_i", "CHAIR_i")),
+    output_ids=("image_id",),
 )

@@ -349,3 +349,38 @@ def test_fast_tokens_equal_nltk_on_opera_captions():
         pytest.skip(f"{path} (OPERA LLaVA-1.5 captions) is not on this machine")
     for line in path.read_text().splitlines():
         check_tokens(json.loads(line)["caption"])
+
+
+def test_ground_truth_from_coco_annotation_files(tmp_path, monkeypatch):
+    """A directory of COCO annotation files (here val only, in annotations/) plus the vocabulary scores exactly as
+    the precomputed file holding the same object sets: instance categories ∪ categories the captions mention."""
+    monkeypatch.setenv("ALIGN_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    write_data(root, {})
+    (root / "coco2014_image_objects.json").unlink()
+    categories = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 70, "name": "toilet"}]
+    instances = {
+        "images": [{"id": i} for i in (1, 2, 3, 4)],
+        "annotations": [
+            {"id": n, "image_id": i, "category_id": c} for n, (i, c) in enumerate([(1, 1), (1, 18), (2, 70)])
+        ],
+        "categories": categories,
+    }
+    caps = [(1, "A man with a hot dog."), (2, "The seat of a toilet next to a sink."), (3, "Two elephants.")]
+    captions = {"images": [], "annotations": [{"id": n, "image_id": i, "caption": c} for n, (i, c) in enumerate(caps)]}
+    (root / "annotations" / "instances_val2014.json").write_text(json.dumps(instances))
+    (root / "annotations" / "captions_val2014.json").write_text(json.dumps(captions))
+    truth = {"1": ["dog", "hot dog", "person"], "2": ["sink", "toilet"], "3": ["elephant"], "4": []}
+    from_annotations = load(root)
+    assert {it["id"]: it["objects"] for it in from_annotations} == truth
+    precomputed = load(write_data(tmp_path / "file", truth))
+    outputs = {
+        "1": "A man eats a hot dog next to a dog and a cup.",
+        "2": "A toilet, a sink and a chair.",
+        "3": "A bear.",
+    }
+    a, b = (score_outputs(CHAIR, items, outputs) for items in (from_annotations, precomputed))
+    assert a.metrics == b.metrics and [r["hallucinated"] for r in a.records] == [r["hallucinated"] for r in b.records]
+    assert a.metrics["overall"]["chair_s"] == 1.0 and a.metrics["overall"]["hallucinated_mentions"] == 3
+    assert list((tmp_path / "cache" / "coco_objects").glob("*.json"))  # built once, then cached

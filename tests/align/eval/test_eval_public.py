@@ -191,3 +191,24 @@ def test_each_benchmark_is_cached_on_its_own(checkpoint, pope_data, small_world,
     both.sources[0].limit = 1
     again = evaluate_checkpoint(checkpoint, both, data_cfg=data_cfg)
     assert again["pope"] == first["pope"] and again["toyworld_chair"] == second["toyworld_chair"]
+
+
+def test_items_with_their_own_length_are_generated_with_it(tmp_path, monkeypatch):
+    """AMBER's descriptions carry max_new_tokens 512 beside yes/no questions at the benchmark's 16; a source's
+    max_new_tokens overrides both."""
+    calls = []
+
+    def fake_generate(model, processor, images, prompts, cfg, desc, max_new_tokens):
+        calls.append((max_new_tokens, list(prompts)))
+        return [f"answer to {p}" for p in prompts]
+
+    monkeypatch.setattr(public, "generate", fake_generate)
+    items = [{"id": "1", "prompt": "describe", "max_new_tokens": 512}, {"id": "2", "prompt": "yes or no?"}]
+    gen = GenerationConfig(max_new_tokens=16, batch_size=2)
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    answers = public.answer_items(None, None, "amber", items, paths, gen, tmp_path / "out.jsonl")
+    assert sorted(calls) == [(16, ["yes or no?"]), (512, ["describe"])]
+    assert answers == {"1": "answer to describe", "2": "answer to yes or no?"}
+    calls.clear()
+    public.answer_items(None, None, "amber", items, paths, gen, tmp_path / "fixed.jsonl", fixed_length=True)
+    assert calls == [(16, ["describe", "yes or no?"])]

@@ -36,11 +36,22 @@ def write_pope(root: Path) -> Path:
         ({"question_id": "7", "answer": "No"}, ("7", "No")),
         ({"image_id": 391895, "caption": "A man on a bike."}, ("391895", "A man on a bike.")),  # OPERA
         ({"id": 1005, "response": "Yes"}, ("1005", "Yes")),  # AMBER
+        ({"image_id": 2, "path": "VG_100K/2.jpg", "text": "A tree."}, ("2", "A tree.")),  # CCEval
         ({"question_id": 7, "text": "No", "category": "popular"}, ("popular/7", "No")),  # split named per line
     ],
 )
 def test_read_outputs_formats(tmp_path, row, expected):
     assert read_outputs(write_jsonl(tmp_path / "o.jsonl", [row])) == dict([expected])
+
+
+def test_image_keyed_benchmarks_read_image_ids_first(tmp_path):
+    """An Object HalBench answer line often has both ids; CHAIR-style benchmarks are keyed by image."""
+    from align.eval.benchmarks import BENCHMARKS
+
+    path = write_jsonl(tmp_path / "o.jsonl", [{"question_id": 0, "image_id": 391895, "text": "A dog."}])
+    assert read_outputs(path) == {"0": "A dog."}
+    for name in ("chair", "objhal", "objhal_llm", "cceval"):
+        assert read_outputs(path, BENCHMARKS[name].output_ids) == {"391895": "A dog."}
 
 
 def test_read_outputs_json_array_as_amber_reads_it(tmp_path):
