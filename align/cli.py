@@ -265,8 +265,9 @@ def build_score_parser() -> argparse.ArgumentParser:
     j.add_argument(
         "--judge-prompt",
         metavar="FILE",
-        help="judging prompt template with {image_contents} {question} {gt_answer} {response}, e.g. the official "
-        "MMHal prompt for numbers comparable to papers (default: the project's own prompt)",
+        help="the judge's prompt as a template, e.g. the official one for numbers comparable to papers (default: "
+        "the project's own): mmhal with {image_contents} {question} {gt_answer} {response}; objhal_llm with "
+        "{question} {answer}",
     )
     p.set_defaults(func=_cmd_eval_score)
     return p
