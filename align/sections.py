@@ -164,7 +164,13 @@ class BenchmarkSource:
 
 @dataclasses.dataclass
 class EvalConfig:
-    limit: int | None = field(default=None, metadata={"help": "Evaluate on the first N test images (null = all)."})
+    limit: int | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate on the first N ToyWorld test images, and the first N items per split of each source "
+            "without its own limit (null = all)."
+        },
+    )
     pope: bool = field(default=True, metadata={"help": "Also run the ToyWorld POPE questions."})
     generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "Caption decoding."})
     benchmarks: list[str] = field(
@@ -191,7 +197,7 @@ class EvalConfig:
     )
     checkpoint_limit: int | None = field(
         default=None,
-        metadata={"help": "Test images for the checkpoint evals (null = limit); a small subset keeps training fast."},
+        metadata={"help": "`limit` for the checkpoint evals (null = limit); a small subset keeps training fast."},
     )
 
     def __post_init__(self):
