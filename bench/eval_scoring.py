@@ -1,11 +1,12 @@
-"""Scoring throughput of CHAIR (OPERA variant) and POPE on synthetic responses, one process on one core.
+"""Scoring throughput of CHAIR (OPERA variant), POPE and AMBER's descriptions on synthetic responses, one core.
 
     python bench/eval_scoring.py [--n 10000] [--data $ALIGN_BENCHMARKS] [--seed 0]
 
 CHAIR captions are ~90 tokens, like OPERA's LLaVA-1.5 captions: sentences built from COCO vocabulary words (plurals
 and two-word names included) and filler, scored against random images' ground truth through the same
-`score_outputs` path as `align eval score`. POPE answers are short yes/no sentences. Target: >= 5,000 CHAIR
-responses/s. `--data` is the folder holding `chair/` (the CHAIR vocabulary and objects) and `pope/`.
+`score_outputs` path as `align eval score`. POPE answers are short yes/no sentences. AMBER descriptions are built
+the same way from AMBER's own vocabulary (relation.json), over its 1,004 images. Target: >= 5,000 CHAIR
+responses/s. `--data` is the folder holding `chair/` (the CHAIR vocabulary and objects), `pope/` and `amber/`.
 Writes bench/results/eval_scoring.json.
 """
 
@@ -44,6 +45,17 @@ def time_scoring(name: str, items: list[dict], outputs: dict[str, str], split: s
     return {"responses": n, "seconds": round(seconds, 3), "per_second": round(n / seconds), "split": split}
 
 
+def time_repeated(name: str, items: list[dict], outputs: dict[str, str], reps: int) -> dict:
+    """A benchmark with fewer items than --n: its whole set scored `reps` times."""
+    start = time.perf_counter()
+    for _ in range(reps):
+        score_outputs(BENCHMARKS[name], items, outputs, allow_missing=False)
+    seconds = time.perf_counter() - start
+    n = reps * len(items)
+    print(f"{name:6} {n:6} responses in {seconds:6.2f} s: {n / seconds:9.0f} responses/s")
+    return {"responses": n, "seconds": round(seconds, 3), "per_second": round(n / seconds)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=10_000, help="synthetic responses per benchmark")
@@ -68,14 +80,13 @@ def main() -> int:
     pope_items = BENCHMARKS["pope"].load(data / "pope", "adversarial")
     answers = ["Yes, there is a {} in the image.", "No, there is not.", "Yes.", "No", "I do not see one."]
     outputs = {it["id"]: rng.choice(answers) for it in pope_items}
-    reps = max(1, args.n // len(pope_items))
-    start = time.perf_counter()
-    for _ in range(reps):
-        score_outputs(BENCHMARKS["pope"], pope_items, outputs, allow_missing=False)
-    seconds = time.perf_counter() - start
-    n = reps * len(pope_items)
-    print(f"pope   {n:6} responses in {seconds:6.2f} s: {n / seconds:9.0f} responses/s")
-    results["pope"] = {"responses": n, "seconds": round(seconds, 3), "per_second": round(n / seconds)}
+    results["pope"] = time_repeated("pope", pope_items, outputs, max(1, args.n // len(pope_items)))
+
+    amber_items = BENCHMARKS["amber"].load(data / "amber", "generative")
+    amber_words = sorted(json.loads((data / "amber" / "relation.json").read_text()))
+    descriptions = synthetic_captions(amber_words, len(amber_items), rng)
+    outputs = {it["id"]: d for it, d in zip(amber_items, descriptions)}
+    results["amber_generative"] = time_repeated("amber", amber_items, outputs, max(1, args.n // len(amber_items)))
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
