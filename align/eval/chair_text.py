@@ -224,20 +224,31 @@ class Vocabulary:
 def load_vocabulary(path: str | Path) -> Vocabulary:
     """`chair_vocabulary.json`: {mscoco_objects: [...], inverse_synonym_dict: {...}, double_word_dict: {...}}.
     Read once per file version (every caption's score looks it up)."""
+    missing = (
+        f"CHAIR needs OPERA's synonym tables as {VOCABULARY_FILE} "
+        "(mscoco_objects, inverse_synonym_dict, double_word_dict; see Maxlinn/CHAIR-metric-standalone)"
+    )
+    return read_once_per_version(path, _read_vocabulary, missing)
+
+
+def read_once_per_version(path: str | Path, read, missing: str):
+    """`read(path)`, cached per file version: one stat per call, as `Path.is_file` (symbolic links followed), whose
+    identity and mtime name the version, so no path resolution is needed. `missing` says what the file is."""
     try:
-        st = os.stat(path)  # one stat, as `Path.is_file` (symbolic links followed); the file's identity and mtime
-    except (OSError, ValueError):  # name the version, so no path resolution is needed
+        st = os.stat(path)
+    except (OSError, ValueError):
         st = None
     if st is None or not stat.S_ISREG(st.st_mode):
-        raise FileNotFoundError(
-            f"{path} not found: CHAIR needs OPERA's synonym tables as {VOCABULARY_FILE} "
-            "(mscoco_objects, inverse_synonym_dict, double_word_dict; see Maxlinn/CHAIR-metric-standalone)"
-        )
-    return _read_vocabulary(os.fspath(path), st.st_dev, st.st_ino, st.st_mtime_ns)
+        raise FileNotFoundError(f"{path} not found: {missing}")
+    return _read_version(read, os.fspath(path), st.st_dev, st.st_ino, st.st_mtime_ns)
 
 
-@functools.lru_cache(maxsize=4)
-def _read_vocabulary(path: str, device: int, inode: int, mtime_ns: int) -> Vocabulary:
+@functools.lru_cache(maxsize=8)
+def _read_version(read, path: str, device: int, inode: int, mtime_ns: int):
+    return read(path)
+
+
+def _read_vocabulary(path: str) -> Vocabulary:
     raw = json.loads(Path(path).read_text())
     keys = ("mscoco_objects", "inverse_synonym_dict", "double_word_dict")
     if not isinstance(raw, dict) or not all(k in raw for k in keys):

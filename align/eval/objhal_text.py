@@ -38,15 +38,12 @@ Deviations in the LLM path, each changing a result only in the case named:
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import re
-import stat
 from pathlib import Path
 
 from align.eval import tagging
-from align.eval.chair_text import Vocabulary, noun_lemma, tokenize
+from align.eval.chair_text import Vocabulary, noun_lemma, read_once_per_version, tokenize
 
 SYNONYMS_FILE = "synonyms_refine.txt"
 ANIMAL_WORDS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "animal", "cub")
@@ -103,20 +100,14 @@ def parse_synonyms(text: str, where: str = SYNONYMS_FILE) -> Vocabulary:
 
 def load_vocabulary(path: str | Path) -> Vocabulary:
     """`synonyms_refine.txt`, read once per file version (every answer's score looks it up)."""
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError):
-        st = None
-    if st is None or not stat.S_ISREG(st.st_mode):
-        raise FileNotFoundError(
-            f"{path} not found: Object HalBench needs its refined COCO synonym list as {SYNONYMS_FILE} in the "
-            "--data directory (RLHF-V/RLHF-V eval/data/synonyms_refine.txt)"
-        )
-    return _read_vocabulary(os.fspath(path), st.st_dev, st.st_ino, st.st_mtime_ns)
+    missing = (
+        f"Object HalBench needs its refined COCO synonym list as {SYNONYMS_FILE} in the --data directory "
+        "(RLHF-V/RLHF-V eval/data/synonyms_refine.txt)"
+    )
+    return read_once_per_version(path, _read_synonyms, missing)
 
 
-@functools.lru_cache(maxsize=4)
-def _read_vocabulary(path: str, device: int, inode: int, mtime_ns: int) -> Vocabulary:
+def _read_synonyms(path: str) -> Vocabulary:
     return parse_synonyms(Path(path).read_text(), path)
 
 

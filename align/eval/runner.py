@@ -55,7 +55,7 @@ EVAL_SUITES: dict[str, Callable[..., tuple[dict, list[dict]]]] = {"toyworld": _t
 def check_benchmarks(names: list[str], sources: list | None = None, judge=None) -> None:
     """Fail when the config is built, not after hours of training: every name is a suite or a public benchmark
     with a source, sources are not doubled, and judge-scored benchmarks have a judge."""
-    from align.eval.benchmarks import get_benchmark
+    from align.eval.benchmarks import BENCHMARKS, get_benchmark
 
     if not names:
         raise ValueError("eval.benchmarks: name at least one benchmark")
@@ -68,13 +68,11 @@ def check_benchmarks(names: list[str], sources: list | None = None, judge=None) 
     for name in names:
         if name in EVAL_SUITES or name in sourced:
             continue
-        try:
-            get_benchmark(name)
-        except ValueError:
+        if name not in BENCHMARKS:
             raise ValueError(
                 f"eval.benchmarks: unknown {name!r}; suites: {', '.join(EVAL_SUITES)}, public: "
-                "pope, amber, chair, objhal, objhal_llm, mmhal, cceval (with an eval.sources entry)"
-            ) from None
+                f"{', '.join(BENCHMARKS)} (with an eval.sources entry)"
+            )
         raise ValueError(f"eval.benchmarks: {name!r} needs an eval.sources entry (name, data, images)")
     judged = [n for n in names if n in sourced and get_benchmark(n).needs_judge]
     if judged and judge is None:

@@ -6,8 +6,10 @@ It lives in its own module (re-exported by the package) so that each benchmark m
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,3 +62,17 @@ def read_json_lines(path: Path) -> list[tuple[int, Any]]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
     return rows
+
+
+def one_or_mixed(values: Iterable[str | None]) -> str:
+    """The one value (a judge model, a prompt version), or every one with its count and a warning: numbers made
+    by different judges or prompts do not compare. None values are left out; "none" when nothing is left."""
+    counts = Counter(v for v in values if v is not None)
+    if len(counts) <= 1:
+        return next(iter(counts), "none")
+    return "MIXED, not comparable: " + ", ".join(f"{v} ({n})" for v, n in sorted(counts.items()))
+
+
+def custom_prompt_version(template: str) -> str:
+    """`custom-<hash of the text>`: a user's judge prompt gets its own version, so caches and records tell it apart."""
+    return "custom-" + hashlib.sha256(template.encode()).hexdigest()[:12]

@@ -39,10 +39,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from pathlib import Path
 
-from align.eval.benchmarks.base import Benchmark
+from align.eval.benchmarks.base import Benchmark, one_or_mixed
 
 GT_FILE = "vg_info_100.json"
 GT_SHAPE = (
@@ -289,14 +288,6 @@ def _overall(rows: list[dict]) -> dict:
     }
 
 
-def _judges(records: list[dict]) -> str:
-    """The judge model, or every one with its count and a warning: lists from different judges do not compare."""
-    models = Counter(r["judge_model"] for r in records)
-    if len(models) <= 1:
-        return next(iter(models), "none")
-    return "MIXED, not comparable: " + ", ".join(f"{m} ({n})" for m, n in sorted(models.items()))
-
-
 def aggregate(records: list[dict]) -> dict:
     """The reference's metrics over the judged samples; failed samples counted by kind and left out."""
     judged = [r for r in records if r["failure"] is None]
@@ -304,7 +295,7 @@ def aggregate(records: list[dict]) -> dict:
         "overall": _overall(judged),
         "unparsed": sum((r["failure"] or "").startswith("no list") for r in records),
         "judge_errors": sum((r["failure"] or "").startswith("judge error") for r in records),
-        "judge_model": _judges(judged),
+        "judge_model": one_or_mixed(r["judge_model"] for r in judged),
         "judge_prompt": ", ".join(sorted({r["judge_prompt"] for r in records})),
     }
 

@@ -24,13 +24,11 @@ averages; rerun to retry it (answered requests come from the cache). The questio
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
-from collections import Counter
 from pathlib import Path
 
-from align.eval.benchmarks.base import Benchmark
+from align.eval.benchmarks.base import Benchmark, custom_prompt_version, one_or_mixed
 
 TYPES = ("attribute", "adversarial", "comparison", "counting", "relation", "environment", "holistic", "other")
 FILE_NAMES = ("response_template.json", "mmhal-bench_answer_template.json")
@@ -176,14 +174,6 @@ def _group(rows: list[dict]) -> dict:
     }
 
 
-def _judges(records: list[dict]) -> str:
-    """The judge model, or every one with its count and a warning: grades of different judges do not compare."""
-    models = Counter(r["judge_model"] for r in records if r["score"] is not None)
-    if len(models) <= 1:
-        return next(iter(models), "none")
-    return "MIXED, not comparable: " + ", ".join(f"{m} ({n})" for m, n in sorted(models.items()))
-
-
 def aggregate(records: list[dict]) -> dict:
     """Overall and per question type (template order): average score and hallucination rate; failure counts."""
     out = {"overall": _group(records)}
@@ -194,7 +184,7 @@ def aggregate(records: list[dict]) -> dict:
             out[t] = _group(rows)
     out["unparsed"] = sum(r["failure"] == "no single rating" for r in records)
     out["judge_errors"] = sum(r["score"] is None for r in records)
-    out["judge_model"] = _judges(records)
+    out["judge_model"] = one_or_mixed(r["judge_model"] for r in records if r["score"] is not None)
     out["judge_prompt"] = ", ".join(sorted({r["judge_prompt"] for r in records}))
     return out
 
@@ -203,7 +193,7 @@ def with_prompt(template: str) -> Benchmark:
     """MMHal judged with a user's prompt template (e.g. the official one, for numbers comparable to papers);
     its version is `custom-<hash of the text>`, so the cache and the records tell the prompts apart."""
     check_prompt(template)
-    version = "custom-" + hashlib.sha256(template.encode()).hexdigest()[:12]
+    version = custom_prompt_version(template)
 
     def custom_score(item: dict, output: str, judge) -> dict:
         return score(item, output, judge, template, version)

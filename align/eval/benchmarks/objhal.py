@@ -37,12 +37,10 @@ extractor, the ground truth's source and, for `objhal_llm`, the judge model(s) a
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from collections import Counter
 from pathlib import Path
 
 from align.eval import tagging
-from align.eval.benchmarks.base import Benchmark, read_json_lines
+from align.eval.benchmarks.base import Benchmark, custom_prompt_version, one_or_mixed, read_json_lines
 from align.eval.chair_text import Vocabulary, caption_words
 from align.eval.coco_objects import (
     GroundTruth,
@@ -211,25 +209,17 @@ def _overall(rows: list[dict]) -> dict:
     }
 
 
-def _joined(values) -> str:
-    """One value, or every one with its count and a warning: numbers from different sources do not compare."""
-    counts = Counter(v for v in values if v is not None)
-    if len(counts) <= 1:
-        return next(iter(counts), "none")
-    return "MIXED, not comparable: " + ", ".join(f"{v} ({k})" for v, k in sorted(counts.items()))
-
-
 def aggregate(records: list[dict]) -> dict:
     """The reference's overall metrics over the answers scored, with the notes that say how they were made."""
     scored = [r for r in records if r.get("failure") is None]
-    out = {"overall": _overall(scored), "extractor": _joined(r["extractor"] for r in records)}
-    out["ground_truth"] = _joined(r["ground_truth_source"] for r in records)
+    out = {"overall": _overall(scored), "extractor": one_or_mixed(r["extractor"] for r in records)}
+    out["ground_truth"] = one_or_mixed(r["ground_truth_source"] for r in records)
     if any(r["extractor"] == "llm" for r in records):
         out["extraction_errors"] = len(records) - len(scored)
         out["unparsed"] = sum(r.get("failure") == "unparsed reply" for r in records)
-        out["judge_model"] = _joined(r["judge_model"] for r in scored)
-        out["judge_prompt"] = _joined(r["judge_prompt"] for r in records)
-        out["tagger"] = _joined(r["tagger"] for r in records)
+        out["judge_model"] = one_or_mixed(r["judge_model"] for r in scored)
+        out["judge_prompt"] = one_or_mixed(r["judge_prompt"] for r in records)
+        out["tagger"] = one_or_mixed(r["tagger"] for r in records)
     return out
 
 
@@ -237,7 +227,7 @@ def with_prompt(template: str) -> Benchmark:
     """`objhal_llm` with a user's extraction prompt (placeholders {question} and {answer}), e.g. the reference's
     own for numbers closer to published ones; its version is `custom-<hash>`, so caches and records tell them apart."""
     check_prompt(template)
-    version = "custom-" + hashlib.sha256(template.encode()).hexdigest()[:12]
+    version = custom_prompt_version(template)
 
     def custom_score(item: dict, output: str, judge) -> dict:
         return score_llm(item, output, judge, template, version)
