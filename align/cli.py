@@ -13,12 +13,16 @@ align validate                                      # every YAML under configs/
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 from pathlib import Path
 
-from align.config import ConfigError, load_config
+from align.config.loading import ConfigError, from_dict
+from align.config.registry import RECIPES, load_config
+from align.config.sections import BenchmarkSource, EvalConfig, GenerationConfig
+from data_builders.endpoint import JudgeConfig
 
 
 def _cmd_validate(args) -> int:
@@ -40,9 +44,13 @@ def _cmd_validate(args) -> int:
     return 0
 
 
-def _cmd_run(args, command: str) -> int:
-    from align.recipes import RECIPES, run_recipe
+def run_recipe(cfg):
+    """Import the recipe's entry point only now: checking a config never loads torch."""
+    module, func = RECIPES[cfg.recipe].entry.split(":")
+    return getattr(importlib.import_module(module), func)(cfg)
 
+
+def _cmd_run(args, command: str) -> int:
     cfg = load_config(args.config, args.overrides)
     if RECIPES[cfg.recipe].command != command:
         raise ConfigError(
@@ -60,8 +68,7 @@ def _cmd_run(args, command: str) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from align.eval.runner import evaluate_checkpoint, format_table, resolve_checkpoints
-    from align.sections import EvalConfig, GenerationConfig
+    from align.eval.runner import evaluate_checkpoint, format_table, resolve_checkpoints  # loads torch: not at the top
 
     sources = [_source(spec) for spec in args.source or []]
     benchmarks = args.benchmarks.split(",") if args.benchmarks else ["toyworld"] if not sources else []
@@ -96,9 +103,6 @@ def _cmd_eval(args) -> int:
 
 def _source(spec: list[str]):
     """`--source NAME data=PATH images=DIR [split=S] [limit=N] [max_new_tokens=N]` → a BenchmarkSource."""
-    from align.config import from_dict
-    from align.sections import BenchmarkSource
-
     name, *pairs = spec
     fields = {"name": name}
     for pair in pairs:
@@ -116,8 +120,6 @@ def _judge_config(args):
     """JudgeConfig from the --judge-* flags, or None without --judge-model (the key stays in the environment)."""
     if not args.judge_model:
         return None
-    from align.eval.judge import JudgeConfig
-
     key_env = None if args.judge_api_key_env.lower() == "none" else args.judge_api_key_env
     return JudgeConfig(
         model=args.judge_model,
@@ -302,6 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4")
         p.set_defaults(func=lambda a, c=name: _cmd_run(a, c))
 
+    _add_eval_parser(sub)
+
+    p = sub.add_parser("validate", help="check config files (default: every YAML under configs/)")
+    p.add_argument("paths", nargs="*", help="files or directories")
+    p.set_defaults(func=_cmd_validate)
+    return parser
+
+
+def _add_eval_parser(sub) -> None:
     p = sub.add_parser(
         "eval",
         help="hallucination eval of checkpoints or run directories; `align eval score` scores existing outputs",
@@ -336,11 +347,6 @@ def build_parser() -> argparse.ArgumentParser:
         "directories are evaluated and >= 2 checkpoints scored)",
     )
     p.set_defaults(func=_cmd_eval)
-
-    p = sub.add_parser("validate", help="check config files (default: every YAML under configs/)")
-    p.add_argument("paths", nargs="*", help="files or directories")
-    p.set_defaults(func=_cmd_validate)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,12 +14,13 @@ import json
 import time
 from pathlib import Path
 
-from align.config import apply_overrides, from_dict
+from align.config.loading import apply_overrides, from_dict
+from align.config.recipes import OPADPOConfig, SFTConfig
 from align.eval.runner import evaluate_checkpoint, format_table
-from align.opa_dpo import OPADPOConfig
-from align.sft import SFTConfig
-from align.sft import main as run_sft
-from data_builders.opa_dpo import OPADataConfig
+from align.recipes import opa_dpo as opa_dpo_recipe
+from align.recipes import sft as sft_recipe
+from align.rollout.builds import build_opa_data
+from data_builders.configs import OPADataConfig
 from data_builders.toyworld_data import build_toyworld, summarize
 
 STAGE_PREFIXES = ("opa_data", "opa_dpo")
@@ -37,7 +38,7 @@ def split_overrides(overrides: list[str] | None) -> dict[str, list[str]]:
 def demo_config(workdir: str | Path, seed: int = 0, overrides: list[str] | None = None) -> SFTConfig:
     """The SFT config of the demo: the recipe defaults (= configs/toy/sft_base.yaml) under the workdir."""
     data = apply_overrides(
-        {"output_dir": str(Path(workdir) / "sft_base"), "seed": seed, "data": {"world": {"seed": seed}}},
+        {"run": {"output_dir": str(Path(workdir) / "sft_base"), "seed": seed}, "data": {"world": {"seed": seed}}},
         list(overrides or []),
     )
     return from_dict(SFTConfig, data)
@@ -46,7 +47,7 @@ def demo_config(workdir: str | Path, seed: int = 0, overrides: list[str] | None 
 def opa_demo_configs(workdir: str | Path, sft: SFTConfig, groups: dict[str, list[str]]):
     """The demo's OPA-DPO data config and its two training configs (OPA-DPO, off-policy DPO baseline): the recipe
     defaults (= configs/toy/opa_dpo_data.yaml, configs/toy/opa_dpo.yaml), wired to the demo's base policy and world."""
-    workdir, base = Path(workdir), str(Path(sft.output_dir) / "final")
+    workdir, base = Path(workdir), str(Path(sft.run.output_dir) / "final")
     world = dataclasses.asdict(sft.data.world)
     data_cfg = from_dict(
         OPADataConfig,
@@ -56,36 +57,30 @@ def opa_demo_configs(workdir: str | Path, sft: SFTConfig, groups: dict[str, list
                 "policy": base,
                 "world": world,
                 "cache_dir": sft.data.cache_dir,
-                "seed": sft.seed,
+                "seed": sft.run.seed,
             },
             groups["opa_data"],
         ),
     )
     common = {
-        "seed": sft.seed,
         "dataset": str(Path(data_cfg.output_dir) / "dataset"),
         "model": {"name_or_path": base},
         "data": dataclasses.asdict(sft.data),
         "eval": dataclasses.asdict(sft.eval),
-        "eval_at_end": False,
     }
-    opa = from_dict(
-        OPADPOConfig, apply_overrides({**common, "output_dir": str(workdir / "opa_dpo")}, groups["opa_dpo"])
-    )
+
+    def run(name: str) -> dict:
+        return {"run": {"output_dir": str(workdir / name), "seed": sft.run.seed, "eval_at_end": False}}
+
+    opa = from_dict(OPADPOConfig, apply_overrides({**common, **run("opa_dpo")}, groups["opa_dpo"]))
     offpolicy = from_dict(
-        OPADPOConfig,
-        apply_overrides(
-            {**common, "output_dir": str(workdir / "dpo_offpolicy"), "baseline": "offpolicy"}, groups["opa_dpo"]
-        ),
+        OPADPOConfig, apply_overrides({**common, **run("dpo_offpolicy"), "baseline": "offpolicy"}, groups["opa_dpo"])
     )
     return data_cfg, opa, offpolicy
 
 
 def run_alignment(workdir: Path, sft: SFTConfig, groups: dict[str, list[str]], timings: dict) -> dict[str, dict]:
     """OPA-DPO data → OPA step + OPA-DPO → off-policy DPO baseline; returns each model's eval."""
-    from align import opa_dpo
-    from align.rollout import build_opa_data
-
     data_cfg, opa_cfg, offpolicy_cfg = opa_demo_configs(workdir, sft, groups)
     t = time.time()
     how_many = "a caption per training image" if data_cfg.limit is None else f"{data_cfg.limit} captions"
@@ -95,11 +90,11 @@ def run_alignment(workdir: Path, sft: SFTConfig, groups: dict[str, list[str]], t
     timings["opa_data"] = round(time.time() - t, 1)
     t = time.time()
     print(f"[5/6] OPA step ({opa_cfg.opa.steps} steps), then OPA-DPO ({opa_cfg.optim.max_steps} steps)")
-    opa = opa_dpo.main(opa_cfg)
+    opa = opa_dpo_recipe.main(opa_cfg)
     timings["opa_dpo"] = round(time.time() - t, 1)
     t = time.time()
     print(f"[6/6] off-policy DPO baseline ({offpolicy_cfg.optim.max_steps} steps) and the evals")
-    offpolicy = opa_dpo.main(offpolicy_cfg)
+    offpolicy = opa_dpo_recipe.main(offpolicy_cfg)
     checkpoints = {"OPA step": opa["start"], "OPA-DPO": opa["final"], "off-policy DPO": offpolicy["final"]}
     results = {name: evaluate_checkpoint(path, sft.eval, data_cfg=sft.data) for name, path in checkpoints.items()}
     timings["baseline_and_evals"] = round(time.time() - t, 1)
@@ -112,7 +107,8 @@ def run_demo(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     groups = split_overrides(overrides)
-    cfg = dataclasses.replace(demo_config(workdir, seed, groups["sft"]), eval_at_end=False)
+    cfg = demo_config(workdir, seed, groups["sft"])
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, eval_at_end=False))
     n = 3 if base_only else 6
     timings = {}
 
@@ -128,7 +124,7 @@ def run_demo(
 
     t = time.time()
     print(f"[2/{n}] SFT of the base policy: {cfg.optim.max_steps} steps, batch {cfg.optim.batch_size}")
-    summary = run_sft(cfg)
+    summary = sft_recipe.main(cfg)
     timings["sft"] = round(time.time() - t, 1)
 
     t = time.time()

@@ -8,8 +8,9 @@ the rewrites joined, so correct sentences keep the policy's own wording (on-poli
 
 `correct_all` runs any expert over many requests with a disk cache keyed by request hash (a rerun is free and
 a killed build resumes), bounded concurrency, a progress bar, and one recorded failure per bad row (never an
-exception for the batch). Experts: `OracleExpert` (ground truth, data_builders/oracle.py) and `OpenAIExpert`
-(any OpenAI-compatible VLM, data_builders/openai_expert.py).
+exception for the batch); the cache (`ReplyCache`) and the token counts (`Usage`) are data_builders/endpoint.py's.
+Experts: `OracleExpert` (ground truth, data_builders/oracle.py) and `OpenAIExpert` (any OpenAI-compatible VLM,
+data_builders/openai_expert.py).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Protocol
 
 from tqdm.auto import tqdm
+
+from data_builders.endpoint import ReplyCache, Usage
 
 ERROR_TYPES = ("correct", "image_recognition_error", "language_comprehension_error")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -148,17 +149,6 @@ class CorrectionRequest:
 
 
 @dataclasses.dataclass
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def __iadd__(self, other: Usage) -> Usage:
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-        return self
-
-
-@dataclasses.dataclass
 class CorrectionResult:
     id: str
     request_hash: str
@@ -188,32 +178,6 @@ class Expert(Protocol):
     def correct(self, request: CorrectionRequest) -> tuple[ExpertReport, Usage]:
         """Raise ExpertReplyError for a bad reply (recorded, cached); any other exception is transient."""
         ...
-
-
-class ReplyCache:
-    """One JSON file per request hash; written atomically, so a killed run never leaves a torn entry."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def _path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
-
-    def get(self, key: str) -> dict | None:
-        path = self._path(key)
-        try:
-            return json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
-    def put(self, key: str, value: dict) -> None:
-        path = self._path(key)
-        path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f)
-        os.replace(tmp, path)
 
 
 def _correct_one(expert: Expert, request: CorrectionRequest, cache: ReplyCache | None) -> CorrectionResult:
@@ -268,5 +232,5 @@ def summarize_results(results: list[CorrectionResult], price_in: float = 0.0, pr
         "failures": failures,
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
-        "cost_usd": round((usage.prompt_tokens * price_in + usage.completion_tokens * price_out) / 1e6, 4),
+        "cost_usd": usage.cost_usd(price_in, price_out),
     }

@@ -5,18 +5,23 @@ message with the question, the reference answer, the response as numbered senten
 A reply that does not parse or validate gets exactly one repair turn; after that the row fails with
 `ExpertReplyError` (recorded and cached by `correct_all`). Transport errors (connection, timeout, 429, 5xx) are
 retried by the openai client itself (`max_retries`, exponential backoff) and then propagate, so `correct_all`
-records them as transient and a rerun tries again.
+records them as transient and a rerun tries again. The settings (`OpenAIExpertConfig`), the client and the request
+are data_builders/endpoint.py's.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import re
-from dataclasses import dataclass, field
 
-from data_builders.experts import REPORT_SCHEMA, CorrectionRequest, ExpertReplyError, ExpertReport, Usage, sentences_of
+from data_builders.endpoint import (
+    OpenAIExpertConfig,
+    Usage,
+    build_client,
+    image_data_url,
+    json_completion,
+    strip_fence,
+)
+from data_builders.experts import REPORT_SCHEMA, CorrectionRequest, ExpertReplyError, ExpertReport, sentences_of
 
 # Part of expert_id, hence of the cache key: bump it whenever the prompt or the message layout changes.
 PROMPT_VERSION = "opa-sentences-v1"
@@ -54,53 +59,6 @@ REPAIR_PROMPT = (
     "required format, with no text or code fence around it."
 )
 
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?\s*```$", re.DOTALL)
-
-
-@dataclass
-class OpenAIExpertConfig:
-    base_url: str | None = field(
-        default=None,
-        metadata={"help": "API root, e.g. http://127.0.0.1:8000/v1 (vLLM); None = client default (api.openai.com)"},
-    )
-    model: str = field(default="gpt-4o", metadata={"help": "model name sent with every request"})
-    api_key_env: str | None = field(
-        default="OPENAI_API_KEY",
-        metadata={"help": "name of the environment variable holding the API key; None = no key (local servers)"},
-    )
-    timeout: float = field(default=120.0, metadata={"help": "seconds per HTTP attempt"})
-    max_retries: int = field(
-        default=5,
-        metadata={"help": "client retries (exponential backoff) on connection errors, timeouts, 408/409/429/5xx"},
-    )
-    temperature: float = field(default=0.0, metadata={"help": "sampling temperature of the expert"})
-    max_tokens: int = field(default=2048, metadata={"help": "cap on reply tokens (sent as max_completion_tokens)"})
-    image_detail: str = field(default="auto", metadata={"help": "image_url detail: auto, low or high"})
-    price_in: float = field(default=0.0, metadata={"help": "USD per 1M prompt tokens, for the cost estimate"})
-    price_out: float = field(default=0.0, metadata={"help": "USD per 1M completion tokens, for the cost estimate"})
-    structured_output: bool = field(
-        default=True,
-        metadata={"help": "send response_format json_schema (strict); False for servers without it (prompt only)"},
-    )
-
-    def __post_init__(self):
-        if self.timeout <= 0:
-            raise ValueError(f"timeout must be > 0, got {self.timeout}")
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
-        if self.image_detail not in ("auto", "low", "high"):
-            raise ValueError(f"image_detail must be auto, low or high, got {self.image_detail!r}")
-
-
-def image_data_url(image: bytes) -> str:
-    if image.startswith(b"\xff\xd8\xff"):
-        mime = "image/jpeg"
-    elif image.startswith(b"\x89PNG\r\n\x1a\n"):
-        mime = "image/png"
-    else:  # not ExpertReplyError: the request is bad, not the reply
-        raise ValueError(f"image is neither PNG nor JPEG (starts with {image[:8]!r})")
-    return f"data:{mime};base64,{base64.b64encode(image).decode()}"
-
 
 def numbered_sentences(text: str) -> str:
     sentences = sentences_of(text)
@@ -117,52 +75,12 @@ def user_text(request: CorrectionRequest) -> str:
     )
 
 
-def strip_fence(content: str) -> str:
-    content = content.strip()
-    match = _FENCE.match(content)
-    return match.group(1).strip() if match else content
-
-
 def parse_report(content: str) -> ExpertReport:
     try:
         data = json.loads(strip_fence(content))
     except json.JSONDecodeError as e:
         raise ExpertReplyError(f"not JSON: {e}") from None
     return ExpertReport.from_dict(data)
-
-
-def build_client(cfg: OpenAIExpertConfig):
-    """An openai client for cfg; the key is read from cfg.api_key_env and kept only inside the client."""
-    import openai  # lazy: only the OpenAI-backed builders need it
-
-    if cfg.api_key_env is None:
-        api_key = "EMPTY"  # OpenAI-compatible local servers want some value in the header
-    else:
-        api_key = os.environ.get(cfg.api_key_env)
-        if not api_key:
-            raise ValueError(
-                f"environment variable {cfg.api_key_env} is not set: export {cfg.api_key_env}=<your key>, "
-                "or set api_key_env to None for a server that needs no key"
-            )
-    return openai.OpenAI(api_key=api_key, base_url=cfg.base_url, timeout=cfg.timeout, max_retries=cfg.max_retries)
-
-
-def json_completion(client, cfg: OpenAIExpertConfig, messages: list[dict], name: str, schema: dict):
-    """One chat completion asking for a JSON reply: the schema is sent as a strict json_schema response format when
-    `cfg.structured_output`, else only the prompt asks for it (servers without structured outputs)."""
-    kwargs = {}
-    if cfg.structured_output:
-        kwargs["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": name, "schema": schema, "strict": True},
-        }
-    return client.chat.completions.create(
-        model=cfg.model,
-        messages=messages,
-        temperature=cfg.temperature,
-        max_completion_tokens=cfg.max_tokens,
-        **kwargs,
-    )
 
 
 class OpenAIExpert:
@@ -194,8 +112,7 @@ class OpenAIExpert:
     def _complete(self, messages: list[dict], usage: Usage) -> tuple[str, str | None]:
         """One chat completion -> (content, finish_reason); usage is added even when the reply is unusable."""
         response = json_completion(self.client, self.cfg, messages, "expert_report", REPORT_SCHEMA)
-        if response.usage is not None:
-            usage += Usage(response.usage.prompt_tokens or 0, response.usage.completion_tokens or 0)
+        usage += Usage.of(response)
         if not response.choices:
             raise ExpertReplyError("reply has no choices")
         choice = response.choices[0]

@@ -10,6 +10,9 @@ P(yes) = p(yes) / (p(yes) + p(no)), summing the probabilities of the top tokens 
 "yes" or "no"; without logprobs (or with neither word among them) the reply text decides (1.0 / 0.0). Any failed
 check (transport error after the client's retries, refusal, a reply that is neither yes nor no) comes back as
 None, is counted in `failures`, and is not cached, so a rerun asks again.
+
+Both take an `OpenAIExpertConfig` and reach the server through data_builders/endpoint.py (client, JSON request,
+image data URL, reply cache, usage).
 """
 
 from __future__ import annotations
@@ -27,8 +30,15 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from data_builders.claims import CheckRequest, Claim
-from data_builders.experts import ReplyCache, Usage
-from data_builders.openai_expert import OpenAIExpertConfig, build_client, image_data_url, json_completion, strip_fence
+from data_builders.endpoint import (
+    OpenAIExpertConfig,
+    ReplyCache,
+    Usage,
+    build_client,
+    image_data_url,
+    json_completion,
+    strip_fence,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +125,8 @@ class OpenAIDivider:
 
     def _complete(self, messages: list[dict]) -> str:
         reply = json_completion(self.client, self.cfg, messages, "claims", CLAIMS_SCHEMA)
-        if reply.usage is not None:
-            with self._lock:
-                self.usage += Usage(reply.usage.prompt_tokens or 0, reply.usage.completion_tokens or 0)
+        with self._lock:
+            self.usage += Usage.of(reply)
         if not reply.choices:
             raise DividerReplyError("reply has no choices")
         message = reply.choices[0].message
@@ -254,8 +263,7 @@ class OpenAILabeler:
             self._fail(type(e).__name__, request, str(e))
             return None
         with self._lock:
-            if reply.usage is not None:
-                self.usage += Usage(reply.usage.prompt_tokens or 0, reply.usage.completion_tokens or 0)
+            self.usage += Usage.of(reply)
         choice = reply.choices[0] if reply.choices else None
         if choice is not None and getattr(choice.message, "refusal", None):
             self._fail("refused", request, choice.message.refusal)

@@ -20,7 +20,8 @@ import json
 import re
 
 from data_builders import toyworld as tw
-from data_builders.experts import CorrectionRequest, ExpertReport, SentenceEdit, Usage, sentences_of
+from data_builders.endpoint import Usage
+from data_builders.experts import CorrectionRequest, ExpertReport, SentenceEdit, sentences_of
 from data_builders.toyworld_text import SYNONYMS, caption_mentions, sentence_cells
 
 _NUMBER = {w: n for n, w in tw.NUMBER_WORDS.items()}

@@ -14,14 +14,13 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 import PIL.Image
 from datasets import Image
 
+from data_builders.configs import Format
 from data_builders.importers import _read
 
-Format = Literal["rlhf_v", "rlaif_v", "llava_human_pref"]
 DATASET_NAMES = {
     "rlhf_v": "HaoyeZhang/RLHF-V-Dataset",
     "rlaif_v": "openbmb/RLAIF-V-Dataset",

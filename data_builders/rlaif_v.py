@@ -12,7 +12,9 @@ Steps, as RLAIF-V's pipeline (methods.md §2.3), each resumable:
 5. length balancing: the threshold t on (len_rejected − len_chosen) / len_rejected (words) that brings the mean
    chosen and rejected lengths closest is searched over 0, 0.02, ..., 0.98, and pairs above it are dropped
    (otherwise fewer claims, i.e. shorter answers, would win most pairs).
-The output is a PreferenceRecord dataset (no spans: plain DPO) plus `summary.json`.
+The output is a PreferenceRecord dataset (no spans: plain DPO) plus `summary.json`. The prompts are
+data_builders/toyworld_data.py's or public rows, the sampling loop data_builders/rollout.py's (the engine is passed
+in: align/rollout/engine.py), the resumable JSONL and the dataset write data_builders/io.py's.
 """
 
 from __future__ import annotations
@@ -22,82 +24,30 @@ import dataclasses
 import itertools
 import json
 import time
-import typing
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from data_builders import toyworld as tw
-from data_builders.claims import CheckRequest, Claim, Divider, Labeler, parse_truth
+from data_builders.claims import (
+    CheckRequest,
+    Claim,
+    Divider,
+    Labeler,
+    SentenceDivider,
+    ToyWorldDivider,
+    claim_holds,
+    parse_truth,
+)
+from data_builders.configs import RLAIFVDataConfig
 from data_builders.importers import public_prompts
-from data_builders.opa_dpo import RolloutEngine, RolloutSettings, finish_build, roll_out, toyworld_prompts
-from data_builders.openai_expert import OpenAIExpertConfig
-from data_builders.openai_feedback import divide_all
+from data_builders.io import finish_build, read_jsonl
+from data_builders.openai_feedback import OpenAIDivider, divide_all
+from data_builders.rollout import RolloutEngine, roll_out
 from data_builders.schema import PREFERENCE_FEATURES
+from data_builders.toyworld_data import toyworld_prompts
 
 THRESHOLDS = [round(0.02 * i, 2) for i in range(50)]
-
-
-@dataclasses.dataclass
-class RLAIFVDataConfig:
-    """`align build-data` config: one round of RLAIF-V feedback data from a policy's own samples."""
-
-    recipe: typing.Literal["rlaif_v_data"] = dataclasses.field(
-        default="rlaif_v_data", metadata={"help": "Selects this builder."}
-    )
-    output_dir: str = dataclasses.field(default="runs/rlaif_v_data", metadata={"help": "Where everything goes."})
-    policy: str = dataclasses.field(
-        default="runs/demo/sft_base/final", metadata={"help": "Checkpoint that samples (and labels, labeler: policy)."}
-    )
-    prompts: str | None = dataclasses.field(
-        default=None,
-        metadata={"help": "Public RLAIF-V-style rows (save_to_disk folder, .parquet, .jsonl); null = ToyWorld."},
-    )
-    world: tw.WorldConfig = dataclasses.field(default_factory=tw.WorldConfig, metadata={"help": "ToyWorld."})
-    cache_dir: str | None = dataclasses.field(default=None, metadata={"help": "ToyWorld cache root."})
-    split: typing.Literal["train", "val", "test"] = dataclasses.field(default="train", metadata={"help": "Images."})
-    limit: int | None = dataclasses.field(default=None, metadata={"help": "Prompts to use (null = all)."})
-    seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the prompts (the same every round)."})
-    round: int = dataclasses.field(
-        default=0, metadata={"help": "Iteration number: shifts the sampling seed so each round samples anew."}
-    )
-    samples: int = dataclasses.field(default=4, metadata={"help": "Responses sampled per prompt."})
-    rollout: RolloutSettings = dataclasses.field(
-        default_factory=lambda: RolloutSettings(temperature=0.7, top_p=1.0),
-        metadata={"help": "Sampling (RLAIF-V: T=0.7)."},
-    )
-    divider: typing.Literal["toyworld", "sentences", "openai"] = dataclasses.field(
-        default="toyworld",
-        metadata={"help": "toyworld: rules for ToyWorld captions; sentences: a claim per sentence; openai: an LLM."},
-    )
-    labeler: typing.Literal["oracle", "policy", "openai"] = dataclasses.field(
-        default="oracle",
-        metadata={"help": "oracle: ground truth; policy: the sampling policy's own P(yes) (self-feedback); openai."},
-    )
-    openai: OpenAIExpertConfig = dataclasses.field(
-        default_factory=lambda: OpenAIExpertConfig(max_tokens=1024),
-        metadata={"help": "The OpenAI-compatible endpoint of divider: openai and labeler: openai."},
-    )
-    concurrency: int = dataclasses.field(default=8, metadata={"help": "OpenAI requests in flight."})
-    min_score_diff: int = dataclasses.field(default=1, metadata={"help": "Least score gap of a pair (RLAIF-V: 1)."})
-    pairs_per_prompt: int = dataclasses.field(default=2, metadata={"help": "Pairs drawn per prompt (RLAIF-V: 2)."})
-    length_balance: bool = dataclasses.field(default=True, metadata={"help": "Search the length threshold."})
-    chunk: int = dataclasses.field(default=64, metadata={"help": "Responses checked per feedback.jsonl append."})
-
-    def __post_init__(self):
-        if self.samples < 2:
-            raise ValueError("samples must be >= 2: pairs are made between responses to the same prompt")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError("limit must be >= 1 or null")
-        if self.min_score_diff < 1 or self.pairs_per_prompt < 1 or self.chunk < 1 or self.concurrency < 1:
-            raise ValueError("min_score_diff, pairs_per_prompt, chunk and concurrency must be >= 1")
-        if self.prompts is not None and (self.labeler == "oracle" or self.divider == "toyworld"):
-            raise ValueError(
-                "prompts: public rows have no ground truth; use divider: openai|sentences and labeler: openai|policy"
-            )
-        if self.labeler == "oracle" and self.divider != "toyworld":
-            raise ValueError("labeler: oracle checks structured ToyWorld claims only; set divider: toyworld")
 
 
 # ---------------------------------------------------------------- scores and pairs (pure)
@@ -155,14 +105,10 @@ def _words(text: str) -> int:
 
 
 def make_divider(cfg: RLAIFVDataConfig, out: Path) -> Divider:
-    from data_builders.claims import SentenceDivider, ToyWorldDivider
-
     if cfg.divider == "toyworld":
         return ToyWorldDivider()
     if cfg.divider == "sentences":
         return SentenceDivider()
-    from data_builders.openai_feedback import OpenAIDivider
-
     return OpenAIDivider(cfg.openai, cache_dir=out / "divider_cache")
 
 
@@ -173,23 +119,11 @@ def sample_prompts(cfg: RLAIFVDataConfig) -> tuple[list[dict], list[dict]]:
     return prompts, expanded
 
 
-def read_feedback(path: Path) -> dict[str, dict]:
-    done = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                done[row["id"]] = row
-            except (json.JSONDecodeError, KeyError):
-                continue  # torn by a kill mid-write: checked again
-    return done
-
-
 def check_responses(
     samples, responses, divider, labeler, path: Path, chunk: int, concurrency: int = 1
 ) -> tuple[dict, collections.Counter]:
     """id → {claims, score}; responses already in `path` are kept, the rest divided, checked and appended."""
-    done, failed = read_feedback(path), collections.Counter()
+    done, failed = read_jsonl(path), collections.Counter()  # a line torn by a kill is checked again
     todo = [s for s in samples if s["id"] not in done]
     with path.open("a") as f:
         for start in tqdm(range(0, len(todo), chunk), desc="feedback", leave=False):
@@ -240,8 +174,6 @@ def ask_once(labeler: Labeler, batch: list[dict], claims: dict[str, list[Claim]]
 
 def labeler_agreement(feedback: dict[str, dict], samples: list[dict]) -> float | None:
     """Share of checked claims on which the labeler agrees with ToyWorld ground truth (None without truth)."""
-    from data_builders.claims import claim_holds
-
     agree = total = 0
     for s in samples:
         row = feedback.get(s["id"])

@@ -1,12 +1,11 @@
-"""RLHF-V preference data: fine-grained correction weights, and RLHF-V pairs built from OPA-DPO records.
+"""RLHF-V preference data: RLHF-V pairs built from OPA-DPO records, and public preference sets with RLHF-V's spans.
 
-RLHF-V's DDPO up-weights (by gamma) the tokens a human corrected. Its training code (thunlp/Muffin,
-`utils/diff_lib.py:get_diff_ids`) finds them by diffing the token ids of the rejected (original) and chosen
-(corrected) answers and ignoring matches shorter than 3 tokens. `changed_char_spans` runs that diff and stores the
-result as weighted character spans, the PreferenceRecord format, which the collator maps back to tokens through
-the tokenizer's offsets (`align.losses.span_token_weights`). `report_char_spans` gives the same spans from an
-OPA-DPO expert report, where the changed sentences are known without a diff. `preferences_from_opa` turns a whole
-OPA dataset into such pairs (revision over rollout), so RLHF-V's DDPO can be compared with OPA-DPO on equal data:
+RLHF-V's DDPO up-weights (by gamma) the tokens a human corrected, stored as weighted character spans (the
+PreferenceRecord format) that the collator maps back to tokens through the tokenizer's offsets. The span rules are
+data_builders/spans.py's: `changed_char_spans` (Muffin's token-id diff) and `report_spans(weights="corrected")`
+(the sentences an OPA-DPO expert flagged, no diff needed); `report_char_spans` applies the latter to both sides of a
+report. `preferences_from_opa` turns a whole OPA dataset into such pairs (revision over rollout), so RLHF-V's DDPO
+can be compared with OPA-DPO on equal data:
 
     align build-data configs/toy/preference_data.yaml   # runs/opa_data/dataset → runs/pref_data/dataset
 
@@ -16,14 +15,11 @@ same diff spans if asked (nothing is downloaded: fetch the file yourself):
 
     align build-data configs/llava15_7b/rlhf_v_data.yaml   # RLHF-V-Dataset.parquet → runs/llava15_7b/rlhf_v_data
 
-This package never imports `align` (DESIGN.md), so the expert-report text rule is restated here; the tests pin it
-to `align.losses.report_spans` and `ExpertReport.revision`.
+Loading the OPA dataset and writing the result go through data_builders/io.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import json
 import time
 from collections import Counter
@@ -32,114 +28,20 @@ from typing import Literal
 
 from datasets import Image
 
-from data_builders.experts import ExpertReplyError, ExpertReport
-from data_builders.opa_dpo import finish_build, load_opa_dataset
-from data_builders.preference_import import MAX_SKIP_EXAMPLES, Format, SkipRow, import_preferences
+from data_builders.configs import PreferenceDataConfig, PublicPreferenceConfig
+from data_builders.experts import ExpertReplyError
+from data_builders.io import finish_build, load_opa_dataset
+from data_builders.preference_import import MAX_SKIP_EXAMPLES, SkipRow, import_preferences
 from data_builders.schema import PREFERENCE_FEATURES
-
-# ---------------------------------------------------------------- correction weights
-
-
-def diff_token_weights(
-    chosen_ids: list[int], rejected_ids: list[int], gamma: float, min_match: int = 3
-) -> tuple[list[float], list[float]]:
-    """Per-token weights (chosen, rejected): gamma on tokens outside the kept matching blocks, 1 elsewhere.
-
-    Matching blocks shorter than `min_match` are dropped, as in Muffin, so a word that recurs by chance inside a
-    rewritten segment ("a" in "a dog" -> "a red cat") stays part of the change. Unlike Muffin, a pure insertion
-    or deletion is weighted too (Muffin only weights a change that has tokens on both sides). autojunk is off:
-    its popularity heuristic would treat frequent tokens (".", "the") of long answers as junk and never match them.
-    """
-    chosen_w, rejected_w = [gamma] * len(chosen_ids), [gamma] * len(rejected_ids)
-    if chosen_ids == rejected_ids:  # also when shorter than min_match, where no block would be kept
-        return [1.0] * len(chosen_ids), [1.0] * len(rejected_ids)
-    matcher = difflib.SequenceMatcher(None, rejected_ids, chosen_ids, autojunk=False)
-    for block in matcher.get_matching_blocks():
-        if block.size >= min_match:
-            rejected_w[block.a : block.a + block.size] = [1.0] * block.size
-            chosen_w[block.b : block.b + block.size] = [1.0] * block.size
-    return chosen_w, rejected_w
-
-
-def _weighted_runs_to_spans(offsets: list[tuple[int, int]], weights: list[float], gamma: float) -> list[list[float]]:
-    """Merge each run of gamma-weighted tokens into one span from its first to its last character. Tokens with an
-    empty offset are left out of the bounds: they map to no character, so no span can carry them."""
-    spans: list[list[float]] = []
-    run: list[tuple[int, int]] = []
-    for (start, end), weight in zip([*offsets, (0, 0)], [*weights, 1.0], strict=True):  # the sentinel ends a last run
-        if weight == gamma != 1.0:
-            run += [(start, end)] if end > start else []
-        elif run:
-            spans.append([run[0][0], run[-1][1], gamma])
-            run = []
-    return spans
-
-
-def changed_char_spans(
-    chosen: str, rejected: str, tokenizer, gamma: float, min_match: int = 3
-) -> tuple[list[list[float]], list[list[float]]]:
-    """`[start, end, gamma]` spans on chosen and rejected covering the tokens `diff_token_weights` marks changed.
-
-    Round trip: `span_token_weights(offsets, spans)` gives back the diff weights token for token, as long as the
-    tokenizer's offsets are non-empty and do not overlap (true of word-level, SentencePiece and byte-level BPE
-    tokenizers except for byte-fallback pieces of one character).
-    """
-    enc_c = tokenizer(chosen, add_special_tokens=False, return_offsets_mapping=True)
-    enc_r = tokenizer(rejected, add_special_tokens=False, return_offsets_mapping=True)
-    chosen_w, rejected_w = diff_token_weights(enc_c["input_ids"], enc_r["input_ids"], gamma, min_match)
-    return (
-        _weighted_runs_to_spans(enc_c["offset_mapping"], chosen_w, gamma),
-        _weighted_runs_to_spans(enc_r["offset_mapping"], rejected_w, gamma),
-    )
-
-
-def _joined(pieces: list[tuple[str, bool]], gamma: float) -> tuple[str, list[list[float]]]:
-    """Pieces stripped, empty ones skipped, joined by one space (the rule of `ExpertReport.revision`, which
-    `align.losses.report_spans` follows too), with a gamma span on each flagged piece; the spaces get none."""
-    text, spans = "", []
-    for piece, changed in pieces:
-        piece = piece.strip()
-        if not piece:
-            continue
-        text += " " if text else ""
-        if changed:
-            spans.append([len(text), len(text) + len(piece), gamma])
-        text += piece
-    return text, spans
+from data_builders.spans import changed_char_spans, report_spans, validate_spans
 
 
 def report_char_spans(report: dict, gamma: float) -> tuple[str, list[list[float]], str, list[list[float]]]:
-    """(chosen = revision, its spans, rejected = rollout, its spans) from an OPA-DPO expert report.
-
-    The expert already says which sentences were wrong, so no diff is needed: every sentence whose error_type is
-    not "correct" carries gamma on both sides, and so does the expert's `added` text on the chosen side (it is new
-    content the rollout lacked). A sentence the expert deleted (empty rewrite) is weighted on the rollout only.
-    """
-    parsed = ExpertReport.from_dict(report)  # a malformed report is named (ExpertReplyError), not a KeyError
-    wrong = [s.error_type != "correct" for s in parsed.sentences]
-    revision = [(s.rewritten, w) for s, w in zip(parsed.sentences, wrong, strict=True)] + [(parsed.added, True)]
-    chosen, chosen_spans = _joined(revision, gamma)
-    rejected, rejected_spans = _joined([(s.copied, w) for s, w in zip(parsed.sentences, wrong, strict=True)], gamma)
-    return chosen, chosen_spans, rejected, rejected_spans
-
-
-def validate_spans(text: str, spans: list[list[float]]) -> None:
-    """Raise ValueError naming the first span that cannot weight `text`. Written so NaN fails every check."""
-    for i, span in enumerate(spans):
-        if len(span) != 3:
-            raise ValueError(f"span {i} {list(span)}: expected [start, end, weight]")
-        start, end, weight = span
-        if not start >= 0:
-            problem = "start < 0"
-        elif not end <= len(text):
-            problem = f"end > len(text) = {len(text)}"
-        elif not start < end:
-            problem = "start >= end (empty span)"
-        elif not weight > 0:
-            problem = "weight <= 0"
-        else:
-            continue
-        raise ValueError(f"span {i} {list(span)}: {problem}")
+    """(chosen = revision, its spans, rejected = rollout, its spans) of an OPA-DPO expert report, with gamma on what
+    the expert corrected (`report_spans(weights="corrected")`); raises ExpertReplyError for a malformed report."""
+    chosen, chosen_spans = report_spans(report, "revision", "corrected", gamma)
+    rejected, rejected_spans = report_spans(report, "rollout", "corrected", gamma)
+    return chosen, [list(s) for s in chosen_spans], rejected, [list(s) for s in rejected_spans]
 
 
 # ---------------------------------------------------------------- equal-data pairs from OPA-DPO records
@@ -221,50 +123,6 @@ def preferences_from_opa(
     return records, counts
 
 
-@dataclasses.dataclass
-class PreferenceDataConfig:
-    """`align build-data` config: RLHF-V preference pairs from an OPA-DPO dataset (the same rollouts and
-    corrections, so DPO/DDPO and OPA-DPO can be compared on equal data)."""
-
-    recipe: Literal["preference_data"] = dataclasses.field(
-        default="preference_data", metadata={"help": "Selects this builder."}
-    )
-    opa_dataset: str = dataclasses.field(
-        default="runs/opa_data/dataset", metadata={"help": "OPA dataset from `align build-data` (opa_dpo_data)."}
-    )
-    output_dir: str = dataclasses.field(
-        default="runs/pref_data", metadata={"help": "Where dataset/ and summary.json are written."}
-    )
-    gamma: float = dataclasses.field(
-        default=5.0,
-        metadata={
-            "help": "DDPO weight of corrected tokens, stored as the span weight. 5.0 as the RLHF-V paper and "
-            "Muffin's first README; the current RLHF-V script uses 1.1."
-        },
-    )
-    spans: Literal["report", "diff"] = dataclasses.field(
-        default="report",
-        metadata={
-            "help": "report: the sentences the expert flagged; diff: the tokens a token-id diff of revision and "
-            "rollout marks changed (Muffin's rule; needs policy for its tokenizer)."
-        },
-    )
-    policy: str | None = dataclasses.field(
-        default=None, metadata={"help": "Checkpoint whose tokenizer the diff runs on (spans: diff only)."}
-    )
-    min_match: int = dataclasses.field(
-        default=3, metadata={"help": "spans: diff: matching runs shorter than this count as changed (Muffin: 3)."}
-    )
-
-    def __post_init__(self):
-        if not self.gamma > 0:
-            raise ValueError(f"gamma must be > 0, got {self.gamma}")
-        if self.spans == "diff" and not self.policy:
-            raise ValueError("spans: diff needs policy (a checkpoint directory) for its tokenizer")
-        if self.min_match < 1:
-            raise ValueError("min_match must be >= 1")
-
-
 def _load_tokenizer(policy: str):
     """The policy's tokenizer for the token-id diff. Never trust_remote_code: a config file must not run code."""
     from transformers import AutoTokenizer  # only here: spans "none"/"report" need no tokenizer
@@ -300,67 +158,6 @@ PUBLIC_SKIP_REASONS = (
     "chosen_equals_rejected",
     "same_tokens",  # spans: diff: texts differ (case, spacing) but the tokens do not, so DPO's logit is 0
 )
-
-
-@dataclasses.dataclass
-class PublicPreferenceConfig:
-    """`align build-data` config: a public preference set (a file you downloaded) as PreferenceRecords, optionally
-    with RLHF-V's DDPO spans, for `align train` with recipe dpo."""
-
-    recipe: Literal["public_preferences"] = dataclasses.field(
-        default="public_preferences", metadata={"help": "Selects this builder."}
-    )
-    path: str | None = dataclasses.field(
-        default=None,
-        metadata={"help": "The downloaded rows: .parquet (hub layout), .jsonl, .json array or save_to_disk folder."},
-    )
-    format: Format = dataclasses.field(
-        default="rlhf_v",
-        metadata={
-            "help": "rlhf_v: HaoyeZhang/RLHF-V-Dataset; rlaif_v: openbmb/RLAIF-V-Dataset; llava_human_pref: "
-            "zhiqings/LLaVA-Human-Preference-10K."
-        },
-    )
-    image_dir: str | None = dataclasses.field(
-        default=None, metadata={"help": "Root of image paths named in rows (null: the file's folder)."}
-    )
-    limit: int | None = dataclasses.field(default=None, metadata={"help": "Rows to read (null = all)."})
-    output_dir: str = dataclasses.field(
-        default="runs/public_pref", metadata={"help": "Where dataset/ and summary.json are written."}
-    )
-    spans: Literal["none", "diff"] = dataclasses.field(
-        default="none",
-        metadata={
-            "help": "none: plain DPO pairs; diff: Muffin's token-id diff of chosen vs rejected marks the corrected "
-            "tokens with weight gamma (RLHF-V's DDPO; needs policy for its tokenizer)."
-        },
-    )
-    gamma: float = dataclasses.field(
-        default=5.0,
-        metadata={
-            "help": "DDPO weight of the changed tokens (spans: diff). 5.0 as the RLHF-V paper and Muffin's first "
-            "README; the current RLHF-V script uses 1.1."
-        },
-    )
-    min_match: int = dataclasses.field(
-        default=3, metadata={"help": "spans: diff: matching runs shorter than this count as changed (Muffin: 3)."}
-    )
-    policy: str | None = dataclasses.field(
-        default=None,
-        metadata={"help": "Checkpoint or hub id whose tokenizer the diff uses (spans: diff only; no remote code)."},
-    )
-
-    def __post_init__(self):
-        if not self.path:
-            raise ValueError("path: the downloaded preference file or folder is required (nothing is downloaded)")
-        if self.spans == "diff" and not self.policy:
-            raise ValueError("policy: spans: diff needs a checkpoint or hub id for its tokenizer")
-        if not self.gamma > 0:
-            raise ValueError(f"gamma must be > 0, got {self.gamma}")
-        if self.min_match < 1:
-            raise ValueError("min_match must be >= 1")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError("limit must be >= 1 or null")
 
 
 def _with_diff_spans(record: dict, tokenizer, gamma: float, min_match: int) -> dict:

@@ -3,7 +3,8 @@
 The per-image split (train/val/test, disjoint images) keeps everything an evaluator or an expert needs:
 `image_id, image, scene, objects (JSON: [{name, color, cells}]), caption, injected (JSON), qa (JSON), pope (JSON)`.
 It is cached under `<cache_dir>/toyworld-<hash of config + DATA_VERSION>`; a rebuild with the same config
-loads the cache, so every stage of a run sees identical data.
+loads the cache, so every stage of a run sees identical data. `toyworld_prompts` turns a split into the prompts
+(with reference and off-policy captions) of the builders that roll the policy out (OPA-DPO, RLAIF-V).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import json
 import os
 import shutil
 import tempfile
-import typing
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from datasets import Dataset, DatasetDict, Features, Image, Value, load_from_dis
 from tqdm.auto import tqdm
 
 from data_builders import toyworld as tw
+from data_builders.configs import OPADataConfig, RLAIFVDataConfig, ToyWorldDataConfig
 
 DATA_VERSION = 3  # bump when generation changes, so stale caches are not reused
 SPLITS = ("train", "val", "test")
@@ -151,23 +152,40 @@ def pope_rows(split: Dataset, limit: int | None = None) -> list[dict]:
     return out
 
 
-@dataclasses.dataclass
-class ToyWorldDataConfig:
-    """`align build-data` config for ToyWorld: generate the splits into the cache and print a summary."""
+def hallucinated_caption(scene: str, objects: list[tw.SceneObject], rng, world: tw.WorldConfig) -> str:
+    """A caption the policy did not write, for the off-policy DPO baseline: one present object misnamed as an
+    absent same-scene class, and one absent object added, in the world's caption style."""
+    objects = [tw.SceneObject(o.name, o.color, list(o.cells)) for o in objects]
+    absent = [c for c in tw.SCENES[scene] if c not in {o.name for o in objects}]
+    if absent:
+        victim = objects[int(rng.integers(len(objects)))]
+        victim.name = str(rng.choice(absent))
+    text, _ = tw.caption(scene, objects, rng, world, inject=True)
+    return text
 
-    recipe: typing.Literal["toyworld"] = dataclasses.field(
-        default="toyworld", metadata={"help": "Selects this builder."}
-    )
-    world: tw.WorldConfig = dataclasses.field(default_factory=tw.WorldConfig, metadata={"help": "World settings."})
-    cache_dir: str | None = dataclasses.field(default=None, metadata={"help": "Cache root (default ~/.cache/align)."})
-    rebuild: bool = dataclasses.field(default=False, metadata={"help": "Regenerate even if cached."})
-    export_dir: str | None = dataclasses.field(
-        default=None,
-        metadata={
-            "help": "Also write the test split as public-benchmark files here (POPE question files + images/), "
-            "so `align eval --source pope data=<dir>/pope images=<dir>/images` runs on ToyWorld."
-        },
-    )
+
+def toyworld_prompts(cfg: OPADataConfig | RLAIFVDataConfig) -> list[dict]:
+    """The prompts of the builders that roll the policy out (OPA-DPO, RLAIF-V) on `cfg.split`: per image a
+    detailed-description prompt with a clean reference caption (no injected object), an off-policy hallucinated
+    caption for the baseline, and the ground truth as JSON {scene, objects}."""
+    split = build_toyworld(cfg.world, cfg.cache_dir)[cfg.split].cast_column("image", Image(decode=False))
+    n = len(split) if cfg.limit is None else min(cfg.limit, len(split))
+    out = []
+    for i, row in enumerate(split.select(range(n))):
+        rng = np.random.default_rng([cfg.seed, i])
+        objects = objects_from_json(row["objects"])
+        reference, _ = tw.caption(row["scene"], objects, rng, cfg.world, inject=False)
+        out.append(
+            {
+                "id": row["image_id"],
+                "image": row["image"]["bytes"],
+                "prompt": str(rng.choice(tw.CAPTION_PROMPTS)),
+                "reference": reference,
+                "offpolicy": hallucinated_caption(row["scene"], objects, rng, cfg.world),
+                "objects": json.dumps({"scene": row["scene"], "objects": json.loads(row["objects"])}),
+            }
+        )
+    return out
 
 
 def summarize(data: DatasetDict) -> dict:

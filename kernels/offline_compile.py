@@ -3,7 +3,7 @@
 Triton's front end, its LLVM and the bundled ptxas need no driver, so a CPU machine can build the exact cubin a
 GPU would run. That catches what the interpreter cannot (it never type-checks or lowers anything: a branch that
 yields a constexpr on one side and a tensor on the other runs there and fails to compile), and it shows
-registers and spills per config, which is how the autotuning candidates in `fused_attention` were chosen.
+registers and spills per config, which is how the autotuning candidates in `fused_attention_kernels` were chosen.
 
     from kernels.offline_compile import compile_kernel, resource_usage
     usage = resource_usage(compile_kernel("fwd", "bf16", head_dim=128, config=(128, 64, 8, 3)))
@@ -21,10 +21,10 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime import Autotuner
 
-from kernels import fused_attention as op
+from kernels import fused_attention_kernels as jit  # the @triton.jit kernels kernels.fused_attention launches
 
-KERNELS = {"fwd": op._attn_fwd, "dkdv": op._attn_bwd_dkdv, "dq": op._attn_bwd_dq, "delta": op._attn_bwd_delta}
-CANDIDATES = {"fwd": op.FWD_CONFIGS, "dkdv": op.DKDV_CONFIGS, "dq": op.DQ_CONFIGS, "delta": [(64, 0, 4, 1)]}
+KERNELS = {"fwd": jit._attn_fwd, "dkdv": jit._attn_bwd_dkdv, "dq": jit._attn_bwd_dq, "delta": jit._attn_bwd_delta}
+CANDIDATES = {"fwd": jit.FWD_CONFIGS, "dkdv": jit.DKDV_CONFIGS, "dq": jit.DQ_CONFIGS, "delta": [(64, 0, 4, 1)]}
 _TENSORS = ("Q", "K", "V", "OUT", "DO", "DQ", "DK", "DV")
 _STATS = ("LSE", "DELTA")
 _RANGES = ("KV_START", "KV_END")
@@ -62,7 +62,7 @@ def compile_kernel(
     """The compiled kernel `kernel` ("fwd", "dkdv", "dq" or "delta") for inputs of `dtype` ("fp16", "bf16",
     "fp32"), with config (BLOCK_M, BLOCK_N, warps, stages), for CUDA compute capability `arch` (80 = A100,
     90 = H100/H200)."""
-    if op.INTERPRET:
+    if jit.INTERPRET:
         raise RuntimeError("unset TRITON_INTERPRET: the interpreter replaces the kernels that would be compiled")
     fn = KERNELS[kernel]
     fn = fn.fn if isinstance(fn, Autotuner) else fn  # the JIT function

@@ -9,7 +9,15 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub
 
-from align.sections import DataConfig, EvalConfig, GenerationConfig, ModelConfig, OptimConfig, TinyModelSpec  # noqa: E402
+from align.config.sections import (  # noqa: E402
+    DataConfig,
+    EvalConfig,
+    GenerationConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TinyModelSpec,
+)
 from data_builders.toyworld import WorldConfig  # noqa: E402
 
 SMALL_WORLD = WorldConfig(seed=7, n_train=64, n_val=4, n_test=12)
@@ -43,9 +51,10 @@ def small_world(cache_dir):
 @pytest.fixture(scope="session")
 def micro_opa_data(tmp_path_factory, cache_dir):
     """(a saved micro policy, an OPA dataset of its rollouts on 8 small-world images corrected by the oracle)."""
-    from align.models import build_model, save_policy
-    from align.rollout import HFRolloutEngine
-    from data_builders.opa_dpo import OPADataConfig, RolloutSettings, build
+    from align.core.models import build_model, save_policy
+    from align.rollout.engine import HFRolloutEngine
+    from data_builders.configs import OPADataConfig, RolloutSettings
+    from data_builders.opa_dpo import build
 
     root = tmp_path_factory.mktemp("opa")
     model, processor = build_model(ModelConfig(tiny=MICRO_SPEC, finetune="full"), seed=0)
@@ -68,7 +77,7 @@ def assert_every_lora_weight_moved(start: str, final: str) -> list[str]:
     final policy. Returns those weights' names."""
     import torch
 
-    from align.models import load_policy
+    from align.core.models import load_policy
 
     before = dict(load_policy(start, device="cpu")[0].named_parameters())
     after = dict(load_policy(final, device="cpu")[0].named_parameters())
@@ -89,22 +98,31 @@ def micro_model_cfg():
 
 @pytest.fixture
 def micro_model(micro_model_cfg):
-    from align.models import build_model
+    from align.core.models import build_model
 
     return build_model(micro_model_cfg, seed=0)
 
 
-def micro_sft_config(output_dir, cache_dir, steps: int = 30, vision_pretrain_steps: int = 5, **kw):
-    from align.sft import SFTConfig
+def split_run(output_dir, kw: dict, **defaults) -> tuple[RunConfig, dict]:
+    """(RunConfig of output_dir with the run fields of `kw` over `defaults`, the other keys of `kw`)."""
+    import dataclasses
 
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    run = {**defaults, **{k: v for k, v in kw.items() if k in run_fields}}
+    return RunConfig(output_dir=str(output_dir), **run), {k: v for k, v in kw.items() if k not in run_fields}
+
+
+def micro_sft_config(output_dir, cache_dir, steps: int = 30, vision_pretrain_steps: int = 5, **kw):
+    """A micro SFT config; run fields (eval_at_end=..., resume=...) go to its run section."""
+    from align.config.recipes import SFTConfig
+
+    run, kw = split_run(output_dir, kw, logging_steps=5, save_steps=max(steps // 2, 1))
     return SFTConfig(
-        output_dir=str(output_dir),
+        run=run,
         model=ModelConfig(tiny=MICRO_SPEC, finetune="full"),
         data=DataConfig(world=SMALL_WORLD, cache_dir=str(cache_dir)),
         optim=OptimConfig(lr=5e-3, max_steps=steps, warmup_steps=2, batch_size=8),
         eval=EvalConfig(limit=4, generation=GenerationConfig(max_new_tokens=12, batch_size=16)),
-        logging_steps=5,
-        save_steps=max(steps // 2, 1),
         vision_pretrain_steps=vision_pretrain_steps,
         **kw,
     )

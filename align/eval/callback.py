@@ -31,8 +31,9 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from align.eval.runner import check_benchmarks, eval_settings, evaluate_checkpoint
-from align.sections import DataConfig, EvalConfig
+from align.config.sections import DataConfig, EvalConfig, check_benchmarks
+from align.eval.plots import collect_step_evals, plot_metrics
+from align.eval.runner import eval_settings, evaluate_checkpoint
 
 TRAINER_STATE = "trainer_state.json"
 
@@ -81,7 +82,7 @@ def flat_metrics(results: dict) -> dict[str, float]:
 class HallucinationEvalCallback(TrainerCallback):
     """Evaluate every checkpoint at save time; see the module docstring for why it is safe for training.
 
-    `trainer`: when given (as `align.trainer_utils.attach_checkpoint_eval` does) the metrics go through
+    `trainer`: when given (as `attach_checkpoint_eval` does) the metrics go through
     `trainer.log`, reaching every logging callback; without it they are only appended to `state.log_history`.
     """
 
@@ -134,10 +135,19 @@ class HallucinationEvalCallback(TrainerCallback):
             state.save_to_json(str(checkpoint / TRAINER_STATE))
 
     def on_train_end(self, args, state, control, **kwargs):
-        from align.eval.plots import collect_step_evals, plot_metrics
-
         if not state.is_world_process_zero:
             return
         results = collect_step_evals(args.output_dir)
         if len(results) >= 2:
             plot_metrics(results, Path(args.output_dir) / "eval" / "training_metrics.png")
+
+
+def attach_checkpoint_eval(trainer, cfg) -> HallucinationEvalCallback | None:
+    """Evaluate every checkpoint as it is saved when `cfg.eval.at_checkpoints` (the one place recipes wire it).
+    Returns the callback, or None when off; attaching twice is a no-op."""
+    attached = [c for c in trainer.callback_handler.callbacks if isinstance(c, HallucinationEvalCallback)]
+    if not cfg.eval.at_checkpoints or attached:
+        return attached[0] if attached else None
+    callback = HallucinationEvalCallback(cfg.eval, cfg.data, trainer=trainer)
+    trainer.add_callback(callback)
+    return callback

@@ -20,43 +20,16 @@ import hashlib
 import json
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from data_builders.experts import ReplyCache, Usage
-from data_builders.openai_expert import build_client
+from data_builders.endpoint import JudgeConfig, ReplyCache, Usage, build_client
 
 
 def default_cache_dir() -> Path:
     """$ALIGN_CACHE/judge, else ~/.cache/align/judge: shared by every run, so rescoring other outputs of the same
     benchmark still reuses the replies for answers seen before."""
     return Path(os.environ.get("ALIGN_CACHE", Path.home() / ".cache" / "align")) / "judge"
-
-
-@dataclass
-class JudgeConfig:
-    model: str = field(metadata={"help": "judge model name sent with every request, e.g. gpt-4o"})
-    base_url: str | None = field(
-        default=None,
-        metadata={"help": "API root, e.g. http://127.0.0.1:8000/v1 (vLLM); None = client default (api.openai.com)"},
-    )
-    api_key_env: str | None = field(
-        default="OPENAI_API_KEY",
-        metadata={"help": "environment variable holding the API key; None = no key (local servers)"},
-    )
-    temperature: float = field(default=0.0, metadata={"help": "sampling temperature; 0 for repeatable grades"})
-    max_tokens: int = field(default=1024, metadata={"help": "cap on reply tokens (sent as max_completion_tokens)"})
-    max_retries: int = field(default=5, metadata={"help": "client retries on connection errors, timeouts, 429, 5xx"})
-    timeout: float = field(default=120.0, metadata={"help": "seconds per HTTP attempt"})
-    cache_dir: str | None = field(default=None, metadata={"help": "reply cache (default $ALIGN_CACHE/judge)"})
-    cache: bool = field(default=True, metadata={"help": "False: no cache (every run asks again)"})
-    concurrency: int = field(default=4, metadata={"help": "judge requests in flight"})
-
-    def __post_init__(self):
-        if not self.model:
-            raise ValueError("the judge needs a model name (--judge-model)")
-        if self.timeout <= 0 or self.max_retries < 0 or self.max_tokens < 1 or self.concurrency < 1:
-            raise ValueError("judge timeout, max_tokens and concurrency must be > 0, max_retries >= 0")
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from align.generation import generate
-from align.sections import BenchmarkSource, EvalConfig, GenerationConfig
+from align.config.sections import BenchmarkSource, EvalConfig, GenerationConfig
+from align.core.generation import generate
+from align.eval.benchmarks import get_benchmark, score_outputs
 
 
 def limit_items(items: list[dict], limit: int | None) -> list[dict]:
@@ -131,8 +132,6 @@ def flatten(name: str, metrics: dict) -> tuple[dict, dict]:
 
 def run_source(model, processor, source: BenchmarkSource, eval_cfg: EvalConfig, checkpoint: Path, judge=None):
     """Generate and score one public benchmark. Returns (results, generations) as the eval suites do."""
-    from align.eval.benchmarks import get_benchmark, score_outputs
-
     bench = get_benchmark(source.name)
     if bench.needs_judge and judge is None:
         raise ValueError(f"{bench.name} is graded by an LLM judge: set eval.judge (align eval --judge-model M)")

@@ -21,10 +21,14 @@ from pathlib import Path
 
 import yaml
 
-from align.config import from_dict
+from align.config.loading import from_dict
+from align.config.sections import DataConfig, EvalConfig
+from align.core.models import load_policy
+from align.eval.benchmarks import BENCHMARKS
+from align.eval.judge import Judge
 from align.eval.public import run_source
 from align.eval.table import text_table
-from align.sections import DataConfig, EvalConfig
+from align.eval.toyworld import evaluate_toyworld
 from data_builders.toyworld import WorldConfig
 
 RESULTS_FILE = "eval_results.json"
@@ -44,39 +48,10 @@ SCHEDULING_FIELDS = ("at_checkpoints", "checkpoint_limit")  # when to evaluate, 
 
 
 def _toyworld_suite(model, processor, data_cfg: DataConfig, eval_cfg: EvalConfig) -> tuple[dict, list[dict]]:
-    from align.eval.toyworld import evaluate_toyworld
-
     return evaluate_toyworld(model, processor, data_cfg.world, eval_cfg, data_cfg.cache_dir)
 
 
 EVAL_SUITES: dict[str, Callable[..., tuple[dict, list[dict]]]] = {"toyworld": _toyworld_suite}
-
-
-def check_benchmarks(names: list[str], sources: list | None = None, judge=None) -> None:
-    """Fail when the config is built, not after hours of training: every name is a suite or a public benchmark
-    with a source, sources are not doubled, and judge-scored benchmarks have a judge."""
-    from align.eval.benchmarks import BENCHMARKS, get_benchmark
-
-    if not names:
-        raise ValueError("eval.benchmarks: name at least one benchmark")
-    sourced = [s.name for s in sources or []]
-    doubled = sorted({n for n in sourced if sourced.count(n) > 1})
-    if doubled:
-        raise ValueError(f"eval.sources: one entry per benchmark, {doubled} appear more than once")
-    for name in sourced:
-        get_benchmark(name)  # unknown names get the list of known ones and a close match
-    for name in names:
-        if name in EVAL_SUITES or name in sourced:
-            continue
-        if name not in BENCHMARKS:
-            raise ValueError(
-                f"eval.benchmarks: unknown {name!r}; suites: {', '.join(EVAL_SUITES)}, public: "
-                f"{', '.join(BENCHMARKS)} (with an eval.sources entry)"
-            )
-        raise ValueError(f"eval.benchmarks: {name!r} needs an eval.sources entry (name, data, images)")
-    judged = [n for n in names if n in sourced and get_benchmark(n).needs_judge]
-    if judged and judge is None:
-        raise ValueError(f"eval.benchmarks: {judged} are graded by an LLM judge; set eval.judge (model, base_url)")
 
 
 def eval_settings(eval_cfg: EvalConfig) -> dict:
@@ -193,16 +168,12 @@ def _results_view(stored: dict, entries: dict, names: list[str], head: dict) -> 
 
 def _score_benchmarks(checkpoint: Path, eval_cfg: EvalConfig, names: list[str], model, processor, data_cfg):
     """{name: (results, meta)} and the generations, for the benchmarks to (re)score."""
-    from align.models import load_policy
-
     data_cfg = data_cfg or run_data_config(checkpoint)
     if model is None:
         model, processor = load_policy(checkpoint)
     sources = {s.name: s for s in eval_cfg.sources}
     judge = None
     if eval_cfg.judge is not None and any(n in sources for n in names):
-        from align.eval.judge import Judge
-
         judge = Judge(eval_cfg.judge)
     was_training = model.training
     model.eval()
@@ -235,8 +206,6 @@ def _write_generations(path: Path, generations: list[dict], rescored: set[str]) 
 
 def table_columns() -> list[tuple[str, str, str]]:
     """(result key, metric, label): ToyWorld's columns, then each public benchmark's headline numbers."""
-    from align.eval.benchmarks import BENCHMARKS
-
     public = [
         (name if group in ("", "overall") else f"{name}_{group.replace('/', '_')}", metric, f"{name}:{label}")
         for name, bench in BENCHMARKS.items()

@@ -10,9 +10,9 @@ import time
 
 from datasets import Image
 
+from align.config.sections import EvalConfig
+from align.core.generation import generate
 from align.eval import metrics
-from align.generation import generate
-from align.sections import EvalConfig
 from data_builders import toyworld as tw
 from data_builders.toyworld_data import build_toyworld, config_hash, objects_from_json, pope_rows
 

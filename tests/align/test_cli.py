@@ -26,8 +26,8 @@ MICRO = [
     "optim.max_steps=6",
     "optim.warmup_steps=1",
     "optim.batch_size=8",
-    "save_steps=3",
-    "logging_steps=2",
+    "run.save_steps=3",
+    "run.logging_steps=2",
     "eval.limit=3",
     "eval.generation.max_new_tokens=8",
 ]
@@ -59,7 +59,7 @@ def test_train_then_eval_run_dir(tmp_path, cache_dir, capsys):
             [
                 "train",
                 str(REPO / "configs/toy/sft_base.yaml"),
-                f"output_dir={run}",
+                f"run.output_dir={run}",
                 f"data.cache_dir={cache_dir}",
                 *MICRO,
             ]

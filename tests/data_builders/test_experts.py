@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from data_builders.endpoint import Usage
 from data_builders.experts import (
     CorrectionRequest,
     ExpertReplyError,
     ExpertReport,
     SentenceEdit,
-    Usage,
     correct_all,
     summarize_results,
 )

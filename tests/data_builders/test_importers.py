@@ -7,8 +7,8 @@ import json
 import pytest
 from datasets import Dataset, Features, Image, Value
 
+from data_builders.configs import OPADataConfig
 from data_builders.importers import PublicRowError, public_prompts
-from data_builders.opa_dpo import OPADataConfig
 from data_builders.toyworld import image_to_png, render
 from data_builders.toyworld_data import objects_from_json
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from data_builders.configs import OPADataConfig
 from data_builders.experts import CorrectionResult, ExpertReport, SentenceEdit
-from data_builders.opa_dpo import OPADataConfig, filter_reason, toyworld_prompts
-from data_builders.toyworld_data import objects_from_json
+from data_builders.opa_dpo import filter_reason
+from data_builders.toyworld_data import objects_from_json, toyworld_prompts
 from data_builders.toyworld_text import caption_mentions
 from tests.conftest import SMALL_WORLD
 

@@ -9,8 +9,9 @@ import json
 
 import pytest
 
-from data_builders.experts import REPORT_SCHEMA, CorrectionRequest, Usage, correct_all, summarize_results
-from data_builders.openai_expert import OpenAIExpert, OpenAIExpertConfig, image_data_url, strip_fence
+from data_builders.endpoint import OpenAIExpertConfig, Usage, image_data_url, strip_fence
+from data_builders.experts import REPORT_SCHEMA, CorrectionRequest, correct_all, summarize_results
+from data_builders.openai_expert import OpenAIExpert
 from tests.openai_server import openai_server_fixture  # noqa: F401  (provides the openai_server fixture)
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 24  # only the magic bytes matter to the expert

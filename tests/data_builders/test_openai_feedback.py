@@ -11,8 +11,7 @@ import math
 import pytest
 
 from data_builders.claims import CheckRequest, Claim
-from data_builders.experts import Usage
-from data_builders.openai_expert import OpenAIExpertConfig
+from data_builders.endpoint import OpenAIExpertConfig, Usage
 from data_builders.openai_feedback import (
     CLAIMS_SCHEMA,
     DividerReplyError,

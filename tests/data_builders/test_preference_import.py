@@ -13,8 +13,8 @@ from datasets import Dataset, Features, Image, Value
 
 from data_builders import preference_import
 from data_builders.preference_import import import_preferences
-from data_builders.rlhf_v import changed_char_spans
 from data_builders.schema import PREFERENCE_FEATURES
+from data_builders.spans import changed_char_spans
 
 G = 5.0  # gamma
 
@@ -31,7 +31,7 @@ TRUNCATED_PNG = _png("blue")[:-20]  # cut inside the data: the header still open
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from align.models import build_tiny_tokenizer
+    from align.core.models import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
 

@@ -13,9 +13,10 @@ import pytest
 from datasets import Image
 
 from align.cli import main as cli
-from align.dpo import load_preference_dataset
-from align.models import build_tiny_tokenizer
-from data_builders.rlhf_v import PublicPreferenceConfig, build_public_preferences
+from align.core.models import build_tiny_tokenizer
+from data_builders.configs import PublicPreferenceConfig
+from data_builders.io import load_preference_dataset
+from data_builders.rlhf_v import build_public_preferences
 
 REPO = Path(__file__).resolve().parents[2]
 G = 5.0

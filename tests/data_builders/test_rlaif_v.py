@@ -9,14 +9,8 @@ import pytest
 from datasets import load_from_disk
 
 from data_builders.claims import CheckRequest, Claim, OracleLabeler, SentenceDivider, ToyWorldDivider
-from data_builders.opa_dpo import RolloutSettings
-from data_builders.rlaif_v import (
-    RLAIFVDataConfig,
-    build,
-    candidate_pairs,
-    length_balance,
-    response_score,
-)
+from data_builders.configs import RLAIFVDataConfig, RolloutSettings
+from data_builders.rlaif_v import build, candidate_pairs, length_balance, response_score
 from tests.conftest import SMALL_WORLD
 
 TRUTH = json.dumps(

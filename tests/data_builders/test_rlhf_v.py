@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from align.losses import report_spans, span_token_weights
 from data_builders.experts import ExpertReport
-from data_builders.rlhf_v import (
+from data_builders.rlhf_v import report_char_spans
+from data_builders.spans import (
     changed_char_spans,
     diff_token_weights,
-    report_char_spans,
+    report_spans,
+    span_token_weights,
     validate_spans,
 )
 from tests.conftest import sample_report
@@ -59,7 +60,7 @@ def test_coincidental_short_match_inside_a_rewrite_stays_weighted():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from align.models import build_tiny_tokenizer
+    from align.core.models import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
 

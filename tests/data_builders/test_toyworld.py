@@ -109,7 +109,7 @@ def test_qa_answers_are_consistent():
 
 
 def test_every_text_tokenizes_without_unknown_words(small_world):
-    from align.models import build_tiny_tokenizer
+    from align.core.models import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     rows = sft_rows(small_world["train"])

@@ -10,9 +10,9 @@ import types
 import pytest
 import torch
 
-from align.config import ConfigError, from_dict
-from align.models import build_model
-from align.sections import ModelConfig
+from align.config.loading import ConfigError, from_dict
+from align.config.sections import ModelConfig
+from align.core.models import build_model
 from kernels import fused_attention as op
 from kernels import hf_attention
 from tests.conftest import MICRO_SPEC

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from align.losses import LOG2, dpo_pair_loss
-from align.models import build_model
-from align.opa_dpo import response_logps
-from align.sections import ModelConfig
+from align.config.sections import ModelConfig
+from align.core.logprobs import response_logps
+from align.core.losses.dpo import LOG2, dpo_pair_loss
+from align.core.models import build_model
 from kernels import fused_attention as op
 from tests.conftest import MICRO_SPEC
 

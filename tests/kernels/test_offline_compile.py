@@ -21,3 +21,14 @@ def test_kernel_compiles_for_the_gpu(kernel, dtype, head_dim, causal, has_ranges
     compiled = compile_kernel(kernel, dtype, head_dim, CANDIDATES[kernel][0], causal, has_ranges, arch)
     usage = resource_usage(compiled)
     assert 0 < usage["registers"] <= 255 and usage["shared_bytes"] > 0
+
+
+def test_compiles_the_kernels_the_op_launches():
+    """The op's kernels live in kernels.fused_attention_kernels; the op and the offline compiler see the same ones."""
+    from kernels import fused_attention_kernels as jit
+    from kernels.offline_compile import CANDIDATES, KERNELS
+
+    launched = {"fwd": op._attn_fwd, "dkdv": op._attn_bwd_dkdv, "dq": op._attn_bwd_dq, "delta": op._attn_bwd_delta}
+    assert all(KERNELS[name] is kernel for name, kernel in launched.items())
+    assert [CANDIDATES[name] for name in ("fwd", "dkdv", "dq")] == [op.FWD_CONFIGS, op.DKDV_CONFIGS, op.DQ_CONFIGS]
+    assert op.INTERPRET is jit.INTERPRET

@@ -1,13 +1,13 @@
 """Hallucination evals at checkpoints during tiny training runs: files, logs, and no trace on training.
 
-LoRA runs go through `train_merge_and_save` (the wiring the preference recipes use) on SFT rows, sampling while
-evaluating and with LoRA dropout on, so a callback that left the RNG moved would change the final weights.
+LoRA runs go through `attach_checkpoint_eval` + `train_and_save` (the wiring the preference recipes use) on SFT
+rows, sampling while evaluating and with LoRA dropout on, so a callback that left the RNG moved would change the
+final weights.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from contextlib import nullcontext
 
 import pytest
@@ -15,14 +15,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback, set_seed
 
-from align.data import RowsDataset, VisionSFTCollator, encode_dataset, image_seq_length
-from align.dpo import DPORecipeConfig
+from align.config.recipes import DPORecipeConfig
+from align.config.sections import DataConfig, EvalConfig, GenerationConfig, ModelConfig, OptimConfig, RunConfig
+from align.core.data import RowsDataset, VisionSFTCollator, encode_dataset, image_seq_length
+from align.core.models import build_model, save_policy, vision_tower
+from align.core.trainer import AlignTrainer, train_and_save, training_arguments
 from align.eval import callback as callback_module
-from align.eval.callback import HallucinationEvalCallback, eval_mode
-from align.models import build_model, save_policy, vision_tower
-from align.sections import DataConfig, EvalConfig, GenerationConfig, ModelConfig, OptimConfig
-from align.sft import training_arguments
-from align.trainer_utils import ResumableTrainer, attach_checkpoint_eval, train_merge_and_save
+from align.eval.callback import HallucinationEvalCallback, attach_checkpoint_eval, eval_mode
 from data_builders.toyworld_data import sft_rows
 from tests.conftest import MICRO_SPEC, SMALL_WORLD, micro_sft_config
 
@@ -45,15 +44,11 @@ def rows(small_world, policy) -> list[dict]:
 def lora_cfg(out, policy, cache_dir, at_checkpoints: bool) -> DPORecipeConfig:
     sampling = GenerationConfig(max_new_tokens=6, do_sample=True, batch_size=16)
     return DPORecipeConfig(
-        output_dir=str(out),
+        run=RunConfig(output_dir=str(out), logging_steps=1, save_steps=2, eval_at_end=False, resume=False),
         model=ModelConfig(name_or_path=policy, lora_r=4, lora_alpha=8, lora_dropout=0.3),
         data=DataConfig(world=SMALL_WORLD, cache_dir=str(cache_dir)),
         optim=OptimConfig(lr=1e-2, warmup_steps=0, max_steps=4, batch_size=4),
         eval=EvalConfig(limit=6, checkpoint_limit=2, at_checkpoints=at_checkpoints, generation=sampling),
-        logging_steps=1,
-        save_steps=2,
-        eval_at_end=False,
-        resume=False,
     )
 
 
@@ -69,18 +64,20 @@ class Recorder(TrainerCallback):
 
 def lora_run(out, policy, rows, cache_dir, at_checkpoints: bool) -> tuple[dict, Recorder]:
     cfg = lora_cfg(out, policy, cache_dir, at_checkpoints)
-    set_seed(cfg.seed)  # as the recipes do: build_model draws the LoRA init from the global RNG
-    model, processor = build_model(cfg.model, cfg.seed)
+    set_seed(cfg.run.seed)  # as the recipes do: build_model draws the LoRA init from the global RNG
+    model, processor = build_model(cfg.model, cfg.run.seed)
     recorder = Recorder()
-    trainer = ResumableTrainer(
+    trainer = AlignTrainer(
         model=model,
-        args=training_arguments(cfg),
+        args=training_arguments(cfg.run, cfg.optim),
         train_dataset=RowsDataset(rows),
         data_collator=VisionSFTCollator(processor),
         processing_class=processor,
         callbacks=[recorder],
     )
-    return train_merge_and_save(trainer, cfg, processor, policy, time.time()), recorder
+    attach_checkpoint_eval(trainer, cfg)
+    result, final = train_and_save(trainer, cfg.run, processor, cfg)
+    return {"final": str(final), "train": result.metrics, "log_history": trainer.state.log_history}, recorder
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +132,9 @@ def test_full_finetune_with_activation_checkpointing(tmp_path, cache_dir, rows, 
     cfg = micro_sft_config(tmp_path / "full", cache_dir, steps=2, eval_at_end=False)
     cfg.model = ModelConfig(name_or_path=policy, finetune="full")
     cfg.eval = lora_cfg(tmp_path, policy, cache_dir, at_checkpoints=True).eval
-    model, processor = build_model(cfg.model, cfg.seed)
-    args = training_arguments(cfg)
-    args.activation_checkpointing, args.save_steps = True, 1  # transformers 5.x's name for gradient checkpointing
-    trainer = ResumableTrainer(
+    model, processor = build_model(cfg.model, cfg.run.seed)
+    args = training_arguments(cfg.run, cfg.optim, activation_checkpointing=True, save_steps=1)
+    trainer = AlignTrainer(
         model=model, args=args, train_dataset=RowsDataset(rows), data_collator=VisionSFTCollator(processor),
         processing_class=processor,
     )  # fmt: skip
@@ -153,7 +149,7 @@ def test_full_finetune_with_activation_checkpointing(tmp_path, cache_dir, rows, 
 def test_off_by_default_and_unknown_benchmarks_fail_early(micro_model, tmp_path, cache_dir):
     model, processor = micro_model
     cfg = micro_sft_config(tmp_path, cache_dir)
-    trainer = ResumableTrainer(model=model, args=training_arguments(cfg), processing_class=processor)
+    trainer = AlignTrainer(model=model, args=training_arguments(cfg.run, cfg.optim), processing_class=processor)
     assert attach_checkpoint_eval(trainer, cfg) is None
     with pytest.raises(ValueError, match=r"unknown 'mhal'; suites: toyworld"):
         EvalConfig(benchmarks=["toyworld", "mhal"])

@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from align.cli import main
+from align.config.sections import ModelConfig
+from align.core.models import build_model, save_policy
 from align.eval import toyworld
 from align.eval.plots import collect_step_evals, metric_series, plot_metrics
-from align.models import build_model, save_policy
-from align.sections import ModelConfig
 from tests.conftest import MICRO_SPEC, SMALL_WORLD
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -11,18 +11,18 @@ from conftest import MICRO_SPEC
 from PIL import Image
 
 from align.cli import main
-from align.config import ConfigError, from_dict
+from align.config.loading import ConfigError, from_dict
+from align.config.sections import BenchmarkSource, EvalConfig, GenerationConfig, ModelConfig
 from align.eval import public
 from align.eval.benchmarks.pope import PROMPT_SUFFIX
 from align.eval.runner import RESULTS_FILE, evaluate_checkpoint, format_table
-from align.sections import BenchmarkSource, EvalConfig, GenerationConfig, ModelConfig
 
 OBJECTS = ["cat", "dog", "cup"]
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from align.models import build_model, save_policy
+    from align.core.models import build_model, save_policy
 
     model, processor = build_model(ModelConfig(tiny=MICRO_SPEC, finetune="full"), seed=0)
     return save_policy(model, processor, tmp_path_factory.mktemp("public") / "checkpoint-3")
@@ -137,7 +137,7 @@ def test_toyworld_exported_as_pope_files_scores_as_the_toyworld_suite(checkpoint
     gives the numbers the built-in ToyWorld suite gives (same questions, prompt suffix and answer length)."""
     from conftest import SMALL_WORLD
 
-    from align.sections import DataConfig
+    from align.config.sections import DataConfig
     from data_builders.toyworld_data import export_pope_files
 
     exported = export_pope_files(small_world["test"], tmp_path / "bench")
@@ -172,7 +172,7 @@ def test_each_benchmark_is_cached_on_its_own(checkpoint, pope_data, small_world,
     """Scoring ToyWorld after POPE keeps POPE's numbers in the file; asking for both then regenerates nothing."""
     from conftest import SMALL_WORLD
 
-    from align.sections import DataConfig
+    from align.config.sections import DataConfig
 
     data_cfg = DataConfig(world=SMALL_WORLD, cache_dir=str(cache_dir))
     pope_only = pope_cfg(*pope_data, limit=1)

@@ -1,0 +1,198 @@
+"""The training recipes' configs (`recipe:` sft, dpo, opa_dpo, rlaif_v): typed dataclasses with help text, torch-free.
+
+Each recipe's code is in align/recipes/<name>.py; align/config/registry.py maps the `recipe:` key to both.
+`model.finetune: lora` trains a fresh LoRA whose adapter-free model is the reference; `full` trains every weight
+against a frozen copy of the start model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+from typing import Literal
+
+from align.config.sections import DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig
+from data_builders.configs import RLAIFVDataConfig
+
+
+@dataclasses.dataclass
+class SFTConfig:
+    recipe: Literal["sft"] = field(default="sft", metadata={"help": "Selects this recipe."})
+    run: RunConfig = field(
+        default_factory=lambda: RunConfig(output_dir="runs/sft_base", logging_steps=50, save_steps=500),
+        metadata={"help": "Run directory, seed, logging, checkpoints, resume."},
+    )
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(finetune="full"), metadata={"help": "Policy."})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training data."})
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(projector_lr=6e-5), metadata={"help": "Optimiser and schedule."}
+    )
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Hallucination eval of the final model."})
+    vision_pretrain_steps: int = field(
+        default=500,
+        metadata={
+            "help": "Tiny model only: first pretrain the vision tower and projector on per-patch ToyWorld labels "
+            "(0 = off; see align/vision_pretrain.py)."
+        },
+    )
+    freeze_vision: bool = field(
+        default=True, metadata={"help": "Keep the vision tower frozen during SFT (LLaVA-1.5)."}
+    )
+
+    def __post_init__(self):
+        if self.model.name_or_path is None and self.model.finetune == "lora":
+            raise ValueError("model: the tiny model is built from scratch, so it needs finetune: full, not lora")
+
+
+@dataclasses.dataclass
+class DPORecipeConfig:
+    recipe: Literal["dpo"] = field(default="dpo", metadata={"help": "Selects this recipe."})
+    run: RunConfig = field(
+        default_factory=lambda: RunConfig(output_dir="runs/dpo"),
+        metadata={"help": "Run directory, seed (LoRA init, data order), logging, checkpoints, resume."},
+    )
+    dataset: str = field(
+        default="runs/pref_data/dataset",
+        metadata={"help": "PreferenceRecord dataset (save_to_disk folder), e.g. from `align build-data`."},
+    )
+    model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(
+            name_or_path="runs/demo/sft_base/final",
+            lora_r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            lora_vision=True,  # as the OPA-DPO recipe, so the two compare on the same trainable weights
+            lora_projector=True,
+        ),
+        metadata={"help": "The start policy (a full model; also the reference) and the LoRA settings."},
+    )
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "World used for eval; max_length."})
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=10, max_steps=100, batch_size=8),
+        metadata={"help": "Optimiser and schedule (batch_size counts pairs)."},
+    )
+    loss: Literal["dpo", "ddpo"] = field(
+        default="dpo",
+        metadata={"help": "dpo: sigmoid DPO, spans ignored; ddpo: RLHF-V's token-weighted DPO from the spans."},
+    )
+    beta: float = field(default=0.1, metadata={"help": "DPO temperature β."})
+    gamma: float | None = field(
+        default=None,
+        metadata={
+            "help": "ddpo: weight of the corrected tokens. null: each span's stored weight (the γ the data was "
+            "built with); a number: every span re-weighted to it, so one dataset serves a γ sweep."
+        },
+    )
+    average: bool = field(
+        default=False,
+        metadata={
+            "help": "ddpo: divide each side's weighted log-ratio by Σ w_t (the paper's 1/N; Muffin's "
+            "dpo_use_average). false: the weighted sum, as RLHF-V's current script."
+        },
+    )
+    sft_weight: float = field(
+        default=0.0, metadata={"help": "Weight of an NLL term on the chosen answer (Muffin's SFT_weight; 0 = off)."}
+    )
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Hallucination eval of the result."})
+
+    def __post_init__(self):
+        if self.model.name_or_path is None:
+            raise ValueError("model.name_or_path: DPO starts from a trained base policy (run `align demo` first)")
+        if not self.beta > 0 or (self.gamma is not None and not self.gamma > 0) or self.sft_weight < 0:
+            raise ValueError("need beta > 0, gamma > 0 or null, and sft_weight >= 0")
+
+
+@dataclasses.dataclass
+class OPAStepConfig:
+    steps: int = field(default=1200, metadata={"help": "OPA step: LoRA SFT steps on reference + revision (0 = skip)."})
+    lr: float = field(default=2e-4, metadata={"help": "OPA step learning rate."})
+    batch_size: int = field(default=32, metadata={"help": "OPA step batch size per device."})
+    grad_accum: int = field(default=1, metadata={"help": "OPA step gradient accumulation steps."})
+    answers: Literal["both", "reference"] = field(
+        default="both",
+        metadata={
+            "help": "both: reference answers + expert revisions (OPA-DPO); reference: the references alone, an "
+            "ablation that is plain continued SFT on ground truth, without the on-policy corrections."
+        },
+    )
+
+
+@dataclasses.dataclass
+class OPADPOConfig:
+    recipe: Literal["opa_dpo"] = field(default="opa_dpo", metadata={"help": "Selects this recipe."})
+    run: RunConfig = field(
+        default_factory=lambda: RunConfig(output_dir="runs/opa_dpo"),
+        metadata={"help": "Run directory, seed (LoRA init, data order, image masks), logging, checkpoints, resume."},
+    )
+    dataset: str = field(default="runs/opa_data/dataset", metadata={"help": "OPA dataset from `align build-data`."})
+    model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(
+            name_or_path="runs/demo/sft_base/final",
+            lora_r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            lora_vision=True,  # OPA-DPO adapts the vision tower and projector too
+            lora_projector=True,
+        ),
+        metadata={"help": "The base policy (a full model) and the LoRA settings of both stages."},
+    )
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "World used for eval; max_length."})
+    opa: OPAStepConfig = field(default_factory=OPAStepConfig, metadata={"help": "The OPA step."})
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=10, max_steps=100, batch_size=8),
+        metadata={"help": "OPA-DPO optimiser and schedule."},
+    )
+    baseline: Literal["none", "offpolicy"] = field(
+        default="none", metadata={"help": "offpolicy: plain DPO of the reference over an off-policy hallucination."}
+    )
+    beta: float = field(default=0.1, metadata={"help": "DPO temperature."})
+    loss_form: Literal["token", "sequence", "mean"] = field(
+        default="sequence",
+        metadata={
+            "help": "token: OPA-DPO's position-paired per-token form; sequence: plain DPO; mean: length-normalised "
+            "DPO (not in OPA-DPO; use a larger beta)."
+        },
+    )
+    c_std: float = field(default=1.0, metadata={"help": "Weight of the reference-answer pairs."})
+    c_ai: float = field(default=1.0, metadata={"help": "Weight of the expert-revision pairs."})
+    c_copo: float = field(default=0.2, metadata={"help": "Weight of the image-contrast (masked image) pairs."})
+    c_anc: float = field(default=1.0, metadata={"help": "Weight of the anchor term (0 = off)."})
+    delta: float = field(default=0.0, metadata={"help": "Anchor threshold δ."})
+    c_sft: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of an NLL term on the chosen answers (reference and revision; RPO-style). Not in "
+            "OPA-DPO; counters the DPO stage's drift to shorter answers."
+        },
+    )
+    mask: Literal["random", "blocks"] = field(default="random", metadata={"help": "Image masking for I_m."})
+    mask_ratio: float = field(default=0.3, metadata={"help": "Share of the image masked."})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Hallucination eval of the result."})
+
+    def __post_init__(self):
+        if self.model.name_or_path is None:
+            raise ValueError("model.name_or_path: OPA-DPO starts from a trained base policy (run `align demo` first)")
+        if self.beta <= 0 or not 0 <= self.mask_ratio < 1:
+            raise ValueError("need beta > 0 and 0 <= mask_ratio < 1")
+
+
+@dataclasses.dataclass
+class RLAIFVConfig:
+    recipe: Literal["rlaif_v"] = field(default="rlaif_v", metadata={"help": "Selects this recipe."})
+    output_dir: str = field(default="runs/rlaif_v", metadata={"help": "Run directory (round-N/ inside)."})
+    seed: int = field(default=0, metadata={"help": "Seed of prompts, sampling, LoRA init and data order."})
+    policy: str = field(default="runs/demo/sft_base/final", metadata={"help": "The start policy (a full model)."})
+    rounds: int = field(default=2, metadata={"help": "Iterations (the RLAIF-V paper: 4)."})
+    data: RLAIFVDataConfig = field(
+        default_factory=RLAIFVDataConfig,
+        metadata={"help": "Feedback data of each round (policy, output_dir, seed and round are set per round)."},
+    )
+    train: DPORecipeConfig = field(
+        default_factory=DPORecipeConfig,
+        metadata={"help": "DPO of each round (model.name_or_path, dataset, output_dir and seed are set per round)."},
+    )
+    eval_start: bool = field(default=True, metadata={"help": "Also evaluate the start policy (round 0's input)."})
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise ValueError("rounds must be >= 1")

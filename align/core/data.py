@@ -1,0 +1,212 @@
+"""Turn `{id, image, prompt, response}` rows into training tensors without ever cutting image tokens, and the
+collators that batch them (SFT rows; every response and image view a preference record needs).
+
+Rules (a known failure of general trainers is truncating through the image tokens and then training on rows
+whose image no longer matches its text):
+- over-long rows lose *response* tokens from the end;
+- a row whose prompt and image tokens alone reach `max_length` is skipped and counted, never cut;
+- a row whose image-token count differs from what the model's vision tower produces raises
+  `ImageTokenMismatch` naming the row and both counts;
+- a row without a decodable image raises `DataError` naming the row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from align.core.masking import mask_blocks, mask_random
+
+
+class DataError(ValueError):
+    """A dataset row is unusable. The message names the row."""
+
+
+class ImageTokenMismatch(DataError):
+    """The text of a row holds a different number of image tokens than the model makes image features."""
+
+
+def user_prompt(processor, prompt: str) -> str:
+    """The model's chat-formatted prompt with one image placeholder before the text, ending where the reply starts."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def to_pil(image, row_id: str) -> Image.Image:
+    """Accept a PIL image, `{"bytes": ...}` as datasets stores it, or raw bytes; anything else names the row."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    data = image.get("bytes") if isinstance(image, dict) else image
+    if isinstance(image, dict) and data is None and image.get("path"):
+        try:
+            return Image.open(image["path"]).convert("RGB")
+        except OSError as e:
+            raise DataError(f"row {row_id}: cannot open image file {image['path']!r}: {e}") from e
+    if not isinstance(data, (bytes, bytearray)) or not data:
+        raise DataError(f"row {row_id}: no image (got {type(image).__name__}); every row needs one image")
+    try:
+        return Image.open(io.BytesIO(data)).convert("RGB")
+    except OSError as e:
+        raise DataError(f"row {row_id}: image bytes cannot be decoded: {e}") from e
+
+
+def image_seq_length(model_config) -> int:
+    """Image features the vision tower + projector produce per image (LLaVA-1.5: 576)."""
+    return int(model_config.image_seq_length)
+
+
+@dataclasses.dataclass
+class EncodeStats:
+    rows: int = 0
+    kept: int = 0
+    truncated: int = 0
+    skipped_too_long: list[str] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{self.kept}/{self.rows} rows kept, {self.truncated} responses truncated, "
+            f"{len(self.skipped_too_long)} skipped (prompt+image tokens >= max_length)"
+        )
+
+
+def encode_row(processor, row: dict, max_length: int, features_per_image: int, _prompt_cache=None) -> dict | None:
+    """Tokenize one row. Returns `{id, input_ids, labels, image, truncated}`, or None if the prompt alone is too long.
+
+    The prompt's token ids depend on the image only through its size (how many image tokens the processor
+    expands `<image>` into), so they are memoised per (prompt, image size) when a cache dict is given.
+    """
+    row_id = str(row.get("id", "?"))
+    image = to_pil(row.get("image"), row_id)
+    key = (row["prompt"], image.size)
+    if _prompt_cache is None or key not in _prompt_cache:
+        enc = processor(images=[image], text=[user_prompt(processor, row["prompt"])], return_tensors=None)
+        prompt_ids = list(enc["input_ids"][0])
+        if _prompt_cache is not None:
+            _prompt_cache[key] = prompt_ids
+    else:
+        prompt_ids = _prompt_cache[key]
+    image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    n_image_tokens = prompt_ids.count(image_token_id)
+    if n_image_tokens != features_per_image:
+        raise ImageTokenMismatch(
+            f"row {row_id}: the prompt holds {n_image_tokens} image tokens but the model makes {features_per_image} "
+            "image features per image; check the processor's patch_size / num_additional_image_tokens"
+        )
+    if len(prompt_ids) >= max_length:
+        return None
+    response_ids = processor.tokenizer(row["response"] + processor.tokenizer.eos_token, add_special_tokens=False)[
+        "input_ids"
+    ]
+    room = max_length - len(prompt_ids)
+    return {
+        "id": row_id,
+        "input_ids": prompt_ids + response_ids[:room],
+        "labels": [-100] * len(prompt_ids) + response_ids[:room],
+        "image": image,
+        "truncated": len(response_ids) > room,
+    }
+
+
+def encode_dataset(dataset, processor, max_length: int, features_per_image: int, desc: str = "encode"):
+    """Encode every row; returns (encoded rows, EncodeStats). Too-long rows are skipped and listed in the stats."""
+    stats, out, cache = EncodeStats(), [], {}
+    for row in tqdm(dataset, desc=desc, leave=False):
+        stats.rows += 1
+        enc = encode_row(processor, row, max_length, features_per_image, cache)
+        if enc is None:
+            stats.skipped_too_long.append(str(row.get("id", stats.rows - 1)))
+            continue
+        stats.kept += 1
+        stats.truncated += enc.pop("truncated")
+        out.append(enc)
+    if not out:
+        raise DataError(f"no usable rows: all {stats.rows} rows exceed max_length={max_length}; raise data.max_length")
+    return out, stats
+
+
+class RowsDataset(torch.utils.data.Dataset):
+    """A list of encoded rows as a torch Dataset (what `Trainer` takes)."""
+
+    def __init__(self, rows: list):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def pad_right(rows: list[list], width: int, fill, dtype) -> torch.Tensor:
+    """Stack variable-length lists into a [len(rows), width] tensor, filling the right with `fill`."""
+    out = torch.full((len(rows), width), fill, dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=dtype)
+    return out
+
+
+@dataclasses.dataclass
+class VisionSFTCollator:
+    """Right-pads encoded rows and runs the image processor; labels are -100 on prompt, image and padding."""
+
+    processor: object
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        pixels = self.processor.image_processor([r["image"] for r in rows], return_tensors="pt")["pixel_values"]
+        return {
+            "input_ids": pad_right(
+                [r["input_ids"] for r in rows], width, self.processor.tokenizer.pad_token_id, torch.long
+            ),
+            "attention_mask": pad_right([[1] * len(r["input_ids"]) for r in rows], width, 0, torch.long),
+            "labels": pad_right([r["labels"] for r in rows], width, -100, torch.long),
+            "pixel_values": pixels,
+        }
+
+
+@dataclasses.dataclass
+class PreferenceCollator:
+    """Stacks every (response, image view) a record needs into one padded batch: row v*B + b is view v of record b.
+
+    `token_weights` are each row's response-token weights (sentence-score weights on rollout and revision);
+    `revision_error_weights` are the revision's error-type weights, used by the image-contrast pair."""
+
+    processor: object
+    views: tuple[str, ...]
+    mask: str = "random"
+    mask_ratio: float = 0.3
+    seed: int = 0
+    patch_size: int = 14
+    calls: int = 0
+
+    def __call__(self, records: list[dict]) -> dict:
+        pixels = self.processor.image_processor([r["image"] for r in records], return_tensors="pt")["pixel_values"]
+        masked = None
+        if any(v.endswith("_masked") for v in self.views):
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)  # a fresh, seeded mask per batch
+            if self.mask == "random":
+                masked = mask_random(pixels, ratio=self.mask_ratio, generator=gen)
+            else:  # blocks the size of the vision patches
+                masked = mask_blocks(pixels, ratio=self.mask_ratio, block=self.patch_size, generator=gen)
+        self.calls += 1
+        seqs = [r[v.removesuffix("_masked")] for v in self.views for r in records]
+        width = max(len(s["input_ids"]) for s in seqs)
+        resp = max(len(s["weights"]) for s in seqs)
+        batch = {
+            "input_ids": pad_right(
+                [s["input_ids"] for s in seqs], width, self.processor.tokenizer.pad_token_id, torch.long
+            ),
+            "attention_mask": pad_right([[1] * len(s["input_ids"]) for s in seqs], width, 0, torch.long),
+            "labels": pad_right([s["labels"] for s in seqs], width, -100, torch.long),
+            "pixel_values": torch.cat([masked if v.endswith("_masked") else pixels for v in self.views]),
+            "token_weights": pad_right([s["weights"] for s in seqs], resp, 0.0, torch.float),
+        }
+        if "revision" in self.views:
+            batch["revision_error_weights"] = pad_right(
+                [r["revision_error_weights"] for r in records], resp, 0.0, torch.float
+            )
+        return batch

@@ -1,0 +1,1 @@
+"""Losses as pure functions of per-token log-probs, masks and weights (no model code)."""

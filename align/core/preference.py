@@ -1,0 +1,182 @@
+"""DPO and RLHF-V's DDPO on PreferenceRecords: pair encoding (skips counted by reason), the trainer, and its set-up.
+Shared by the dpo recipe and the rounds of iterative RLAIF-V (align/recipes/), which add evaluation around it.
+
+Pairs that cannot train are counted by reason and left out, never fatal: an empty side, chosen == rejected,
+spans that do not fit their text (ddpo only), a prompt that with its image tokens does not fit max_length.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm.auto import tqdm
+from transformers import set_seed
+
+from align.config.loading import save_config
+from align.config.recipes import DPORecipeConfig
+from align.core.data import DataError, PreferenceCollator, RowsDataset, encode_row, image_seq_length, to_pil
+from align.core.logprobs import response_logps
+from align.core.losses.dpo import ddpo_loss, weighted_logps
+from align.core.models import build_model
+from align.core.trainer import AlignTrainer, train_and_save, training_arguments
+from data_builders.io import load_preference_dataset
+from data_builders.spans import span_token_weights, validate_spans
+
+VIEWS = ("chosen", "rejected")  # the collator's row v*B + b is side v of pair b
+SKIP_REASONS = ("empty_response", "chosen_equals_rejected", "bad_spans", "prompt_too_long")
+
+
+# ---------------------------------------------------------------- preference pairs → token ids and weights
+
+
+def skip_reason(record: dict, weighted: bool) -> str | None:
+    """Why a pair cannot train (None = it can). Spans are checked only when they are used (`weighted`)."""
+    chosen, rejected = (record["chosen"] or "").strip(), (record["rejected"] or "").strip()
+    if not chosen or not rejected:
+        return "empty_response"
+    if chosen == rejected:
+        return "chosen_equals_rejected"  # every logit would be 0: log 2 with no gradient
+    for side in VIEWS if weighted else ():
+        try:
+            validate_spans(record[side], record[f"{side}_spans"] or [])
+        except ValueError:
+            return "bad_spans"
+    return None
+
+
+def side_spans(record: dict, side: str, cfg: DPORecipeConfig) -> list:
+    """The weighted character spans one side trains with: none for plain DPO, the stored ones (or re-weighted to
+    cfg.gamma) for DDPO."""
+    if cfg.loss == "dpo":
+        return []
+    spans = record[f"{side}_spans"] or []
+    return spans if cfg.gamma is None else [[start, end, cfg.gamma] for start, end, _ in spans]
+
+
+def response_weights(tokenizer, text: str, spans: list, n: int) -> list[float]:
+    """Weights of the n trained response tokens: each token its span's weight, EOS 1, cut like the response."""
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return (span_token_weights(offsets, spans) + [1.0])[:n]
+
+
+def encode_pair(processor, record: dict, cfg: DPORecipeConfig, n_image_tokens: int, prompt_cache: dict) -> dict | None:
+    """{id, image, truncated, chosen/rejected: {input_ids, labels, weights}}, the layout PreferenceCollator stacks;
+    None if the prompt with its image tokens does not fit max_length."""
+    image = to_pil(record["image"], record["id"])
+    out = {"id": record["id"], "image": image, "truncated": False}
+    for side in VIEWS:
+        row = {"id": record["id"], "image": image, "prompt": record["prompt"], "response": record[side]}
+        enc = encode_row(processor, row, cfg.data.max_length, n_image_tokens, prompt_cache)
+        if enc is None:
+            return None
+        n = sum(label != -100 for label in enc["labels"])
+        spans = side_spans(record, side, cfg)
+        weights = response_weights(processor.tokenizer, record[side], spans, n)
+        out[side] = {"input_ids": enc["input_ids"], "labels": enc["labels"], "weights": weights}
+        out["truncated"] |= enc["truncated"]
+    return out
+
+
+def encode_pairs(dataset, processor, cfg: DPORecipeConfig, n_image_tokens: int) -> tuple[list[dict], dict]:
+    """Encode every pair that can train; the rest are counted by reason (SKIP_REASONS), never raised."""
+    records, skipped, truncated, cache = [], Counter(), 0, {}
+    for record in tqdm(dataset, desc="encode pairs", leave=False):
+        reason = skip_reason(record, weighted=cfg.loss == "ddpo")
+        encoded = None if reason else encode_pair(processor, record, cfg, n_image_tokens, cache)
+        if encoded is None:
+            skipped[reason or "prompt_too_long"] += 1
+            continue
+        truncated += encoded.pop("truncated")
+        records.append(encoded)
+    counts = {
+        "rows": len(dataset),
+        "kept": len(records),
+        "truncated": truncated,
+        "skipped": {reason: skipped[reason] for reason in SKIP_REASONS},
+    }
+    return records, counts
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+class DDPOTrainer(AlignTrainer):
+    """Loss `ddpo_loss` (plain sequence DPO when loss: dpo) against the reference (ReferenceMixin)."""
+
+    def __init__(self, *args, dpo_cfg: DPORecipeConfig, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dpo_cfg = dpo_cfg
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        c = self.dpo_cfg
+        pol, mask = response_logps(model, inputs)
+        ref = self.reference_logps(model, inputs, pol.shape[1])
+        n = len(pol) // len(VIEWS)
+        ch, rj = slice(0, n), slice(n, 2 * n)  # chosen rows, rejected rows
+        weights = inputs["token_weights"] if c.loss == "ddpo" else None
+        w_ch, w_rj = (None, None) if weights is None else (weights[ch], weights[rj])
+        loss, r_w, r_l = ddpo_loss(
+            pol[ch], ref[ch], pol[rj], ref[rj], mask[ch], mask[rj], w_ch, w_rj, c.beta, c.average, c.sft_weight
+        )
+        if self.logs_this_step(model):
+            logs = {
+                "rewards/chosen": float(r_w.mean()),
+                "rewards/rejected": float(r_l.mean()),
+                "rewards/accuracy": float((r_w > r_l).float().mean()),
+                "rewards/margin": float((r_w - r_l).mean()),
+            }
+            sft = 0.0
+            if c.sft_weight:  # the term ddpo_loss adds, recomputed (detached) only to log it apart
+                sft = float(-weighted_logps(pol[ch].detach(), mask[ch], w_ch, average=True).mean())
+                logs["sft"] = sft
+            logs["pair"] = float(loss.detach()) - c.sft_weight * sft
+            self.stash_step_logs(logs)
+        return loss
+
+
+def build_dpo_trainer(cfg: DPORecipeConfig) -> tuple[DDPOTrainer, object, dict]:
+    """The start model (LoRA on it, or every weight with a frozen copy as reference), the encoded pairs and the
+    trainer; returns (trainer, processor, pair counts)."""
+    dataset = load_preference_dataset(cfg.dataset)
+    model, processor = build_model(cfg.model, cfg.run.seed)
+    records, counts = encode_pairs(dataset, processor, cfg, image_seq_length(model.config))
+    kept, rows, truncated = counts["kept"], counts["rows"], counts["truncated"]
+    print(f"[{cfg.loss}] {kept}/{rows} pairs encoded, {truncated} truncated; skipped {counts['skipped']}")
+    if not records:
+        raise DataError(f"{cfg.dataset}: no pair can train (skipped: {counts['skipped']})")
+    trainer = DDPOTrainer(
+        model=model,
+        args=training_arguments(cfg.run, cfg.optim, cfg.model.dtype),
+        train_dataset=RowsDataset(records),
+        data_collator=PreferenceCollator(processor, VIEWS, seed=cfg.run.seed),
+        processing_class=processor,
+        ref_model=copy.deepcopy(model) if cfg.model.finetune == "full" else None,
+        dpo_cfg=cfg,
+    )
+    return trainer, processor, counts
+
+
+def train_dpo(cfg: DPORecipeConfig, prepare: Callable | None = None) -> dict:
+    """A whole DPO run up to its saved `final/`: `prepare(trainer, cfg)` runs before training (the recipes attach the
+    checkpoint evals with it). Returns the run summary; evaluating the result is the caller's."""
+    run = cfg.run
+    Path(run.output_dir).mkdir(parents=True, exist_ok=True)
+    save_config(cfg, Path(run.output_dir) / "align_config.yaml")
+    set_seed(run.seed)
+    t0 = time.time()
+    trainer, processor, counts = build_dpo_trainer(cfg)
+    if prepare is not None:
+        prepare(trainer, cfg)
+    result, final = train_and_save(trainer, run, processor, cfg, tag=cfg.loss)
+    return {
+        "final": str(final),
+        "start": cfg.model.name_or_path,
+        "train": result.metrics,
+        "pairs": counts,
+        "log_history": trainer.state.log_history,
+        "seconds": round(time.time() - t0, 1),
+    }

@@ -1,0 +1,148 @@
+"""Trainer behaviour every method shares, as small mixins over `transformers.Trainer` (TRL's trainers subclass it,
+so `class MyGRPO(StepMetricsMixin, ProjectorLRMixin, trl.GRPOTrainer)` takes them too), and the run plumbing:
+
+    LlavaResumeMixin   resume that really restores a LLaVA full fine-tune (see its docstring)
+    ProjectorLRMixin   the multimodal projector in its own optimizer group (LLaVA's mm_projector_lr)
+    StepMetricsMixin   loss terms and rewards computed in `compute_loss`, logged with the step's loss
+    ReferenceMixin     the DPO family's reference: a frozen copy (full fine-tune) or the adapter-free policy (LoRA)
+    AlignTrainer       all four on `Trainer`: what the recipes use
+
+`training_arguments` maps the run and optimiser sections onto `TrainingArguments`; `train_and_save` trains (resuming
+from the last checkpoint), merges a LoRA policy into its base and saves `final/` with its config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import SAFE_WEIGHTS_NAME
+
+from align.config.loading import save_config
+from align.config.sections import OptimConfig, RunConfig
+from align.core.logprobs import response_logps
+from align.core.models import multimodal_projector, save_policy
+
+
+class LlavaResumeMixin:
+    """transformers 5.x saves LLaVA weights under its legacy key names (`language_model.model.*`) and maps them back
+    only inside `from_pretrained`; `Trainer._load_from_checkpoint` loads the raw state dict instead, so on resume every
+    key misses and training silently restarts from the initial weights. Load through `from_pretrained` for single-file
+    full checkpoints; adapters and sharded/FSDP checkpoints keep the default."""
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        model = model if model is not None else self.model
+        single_file = os.path.isfile(os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME))
+        if isinstance(model, PeftModel) or not single_file or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        dtype = next(model.parameters()).dtype
+        loaded = type(model).from_pretrained(resume_from_checkpoint, dtype=dtype)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+
+
+class ProjectorLRMixin:
+    """`projector_lr` moves the multimodal projector's parameters into their own optimizer group with that learning
+    rate; the schedule scales it like the others. None keeps one learning rate."""
+
+    def __init__(self, *args, projector_lr: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.projector_lr = projector_lr
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.projector_lr is None or any(g.get("name") == "projector" for g in optimizer.param_groups):
+            return optimizer
+        projector = {id(p) for p in multimodal_projector(self.model).parameters()}
+        for group in list(optimizer.param_groups):
+            moved = [p for p in group["params"] if id(p) in projector]
+            if moved:
+                group["params"] = [p for p in group["params"] if id(p) not in projector]
+                settings = {k: v for k, v in group.items() if k != "params"}
+                optimizer.add_param_group({**settings, "params": moved, "lr": self.projector_lr, "name": "projector"})
+        return optimizer
+
+
+class StepMetricsMixin:
+    """Values from `compute_loss` (loss terms, rewards) added to the next `log` call, once, on the steps Trainer
+    logs; the other steps compute none of them."""
+
+    def logs_this_step(self, model) -> bool:
+        """Trainer logs once a step makes `global_step` a multiple of `logging_steps`; `global_step` counts finished
+        steps, so the step in progress is number global_step + 1."""
+        return model.training and (self.state.global_step + 1) % max(self.args.logging_steps, 1) == 0
+
+    def stash_step_logs(self, logs: dict) -> None:
+        self._step_logs = logs
+
+    def log(self, logs, *args, **kwargs):
+        logs.update(self.__dict__.pop("_step_logs", {}))  # once: not into the end-of-training metrics too
+        super().log(logs, *args, **kwargs)
+
+
+class ReferenceMixin:
+    """`ref_model`: a frozen copy of the start policy (full fine-tune), moved to the training device; None: the
+    policy is a PeftModel and its reference is the same model with the adapters disabled."""
+
+    def __init__(self, *args, ref_model: torch.nn.Module | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ref_model = None if ref_model is None else ref_model.to(self.args.device).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def reference_logps(self, model, inputs: dict, width: int | None = None) -> torch.Tensor:
+        if self.ref_model is not None:
+            return response_logps(self.ref_model, inputs, width)[0]
+        with self.accelerator.unwrap_model(model).disable_adapter():  # the forward still goes through the wrapper
+            return response_logps(model, inputs, width)[0]
+
+
+class AlignTrainer(LlavaResumeMixin, ProjectorLRMixin, StepMetricsMixin, ReferenceMixin, Trainer):
+    """`Trainer` with the mixins above; recipes subclass it only to define `compute_loss`."""
+
+
+def training_arguments(run: RunConfig, optim: OptimConfig, dtype: str = "float32", **overrides) -> TrainingArguments:
+    kwargs = dict(
+        output_dir=run.output_dir,
+        max_steps=optim.max_steps,
+        per_device_train_batch_size=optim.batch_size,
+        gradient_accumulation_steps=optim.grad_accum,
+        learning_rate=optim.lr,
+        weight_decay=optim.weight_decay,
+        warmup_steps=optim.warmup_steps,
+        lr_scheduler_type=optim.scheduler,
+        max_grad_norm=optim.max_grad_norm,
+        logging_steps=run.logging_steps,
+        save_steps=run.save_steps,
+        save_total_limit=run.save_total_limit,
+        report_to=run.report_to,
+        seed=run.seed,
+        data_seed=run.seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=dtype == "bfloat16",
+    )
+    return TrainingArguments(**{**kwargs, **overrides})
+
+
+def train_and_save(trainer: Trainer, run: RunConfig, processor, cfg=None, tag: str = "train"):
+    """Train (from the last checkpoint in the run directory when `run.resume`), then save the policy, merged into
+    its base when it is a LoRA model, to `output_dir/final` with `cfg` beside it. Returns (TrainOutput, final)."""
+    last = get_last_checkpoint(run.output_dir) if run.resume and Path(run.output_dir).is_dir() else None
+    if last:
+        print(f"[{tag}] resuming from {last}")
+    result = trainer.train(resume_from_checkpoint=last)
+    model = trainer.model.merge_and_unload() if isinstance(trainer.model, PeftModel) else trainer.model
+    final = save_policy(model, processor, Path(run.output_dir) / "final")
+    if cfg is not None:
+        save_config(cfg, final / "align_config.yaml")
+    return result, final
+
+
+def write_summary(run: RunConfig, summary: dict) -> dict:
+    (Path(run.output_dir) / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

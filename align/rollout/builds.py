@@ -1,0 +1,28 @@
+"""The `align build-data` entry points whose data the policy itself samples (and, for RLAIF-V, may label): the
+builders live in data_builders and take the engine and labeler made here."""
+
+from __future__ import annotations
+
+from align.rollout.engine import HFRolloutEngine
+from align.rollout.labeler import PolicyLabeler
+from data_builders import opa_dpo, rlaif_v
+from data_builders.claims import OracleLabeler
+from data_builders.configs import OPADataConfig, RLAIFVDataConfig
+from data_builders.openai_feedback import OpenAILabeler
+
+
+def build_opa_data(cfg: OPADataConfig) -> dict:
+    """`align build-data` for the OPA-DPO recipe: roll out `cfg.policy`, correct, filter, save."""
+    return opa_dpo.build(cfg, HFRolloutEngine(cfg.policy, cfg.rollout))
+
+
+def build_rlaif_v_data(cfg: RLAIFVDataConfig) -> dict:
+    """`align build-data` for one RLAIF-V round: `cfg.policy` samples, the configured labeler checks its claims."""
+    engine = HFRolloutEngine(cfg.policy, cfg.rollout)
+    if cfg.labeler == "oracle":
+        labeler = OracleLabeler()
+    elif cfg.labeler == "policy":
+        labeler = PolicyLabeler(engine.model, engine.processor, cfg.policy, cfg.rollout.batch_size)
+    else:
+        labeler = OpenAILabeler(cfg.openai, cache_dir=f"{cfg.output_dir}/labeler_cache", concurrency=cfg.concurrency)
+    return rlaif_v.build(cfg, engine, labeler)

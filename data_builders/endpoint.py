@@ -1,0 +1,192 @@
+"""An OpenAI-compatible chat-completions endpoint (OpenAI, Azure-style proxies, a local vLLM server), shared by the
+expert (data_builders/openai_expert.py), the RLAIF-V divider and labeler (data_builders/openai_feedback.py) and the
+LLM judge (align/eval/judge.py): the settings, the client, one JSON-reply request, the image data URL, the disk
+reply cache, and token usage with its cost.
+
+The API key is never a setting: `api_key_env` names the environment variable that holds it, `build_client` reads it
+there, and it lives only inside the openai client (not in a config, a cache, a record or a repr). Transport errors
+(connection, timeout, 408/409/429/5xx) are retried by the openai client itself (`max_retries`, exponential backoff);
+what each caller does after that is its own failure policy. This module imports no torch, transformers or datasets,
+and `openai` only when a client is built.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?\s*```$", re.DOTALL)
+
+
+@dataclass
+class EndpointConfig:
+    """Where an OpenAI-compatible endpoint is and how to ask it (the settings every caller shares)."""
+
+    base_url: str | None = field(
+        default=None,
+        metadata={"help": "API root, e.g. http://127.0.0.1:8000/v1 (vLLM); None = client default (api.openai.com)"},
+    )
+    model: str = field(default="gpt-4o", metadata={"help": "model name sent with every request"})
+    api_key_env: str | None = field(
+        default="OPENAI_API_KEY",
+        metadata={"help": "name of the environment variable holding the API key; None = no key (local servers)"},
+    )
+    timeout: float = field(default=120.0, metadata={"help": "seconds per HTTP attempt"})
+    max_retries: int = field(
+        default=5,
+        metadata={"help": "client retries (exponential backoff) on connection errors, timeouts, 408/409/429/5xx"},
+    )
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature; 0 for repeatable replies"})
+    max_tokens: int = field(default=2048, metadata={"help": "cap on reply tokens (sent as max_completion_tokens)"})
+    price_in: float = field(default=0.0, metadata={"help": "USD per 1M prompt tokens, for the cost estimate"})
+    price_out: float = field(default=0.0, metadata={"help": "USD per 1M completion tokens, for the cost estimate"})
+
+    def __post_init__(self):
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {self.timeout}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+
+@dataclass
+class OpenAIExpertConfig(EndpointConfig):
+    """The endpoint of the OPA-DPO expert and of the RLAIF-V divider and labeler (they send images)."""
+
+    image_detail: str = field(default="auto", metadata={"help": "image_url detail: auto, low or high"})
+    structured_output: bool = field(
+        default=True,
+        metadata={"help": "send response_format json_schema (strict); False for servers without it (prompt only)"},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.image_detail not in ("auto", "low", "high"):
+            raise ValueError(f"image_detail must be auto, low or high, got {self.image_detail!r}")
+
+
+@dataclass
+class JudgeConfig(EndpointConfig):
+    """The endpoint of the LLM judge of judge-scored benchmarks (align/eval/judge.py); the model must be named."""
+
+    model: str = field(default="", metadata={"help": "judge model name sent with every request, e.g. gpt-4o"})
+    max_tokens: int = field(default=1024, metadata={"help": "cap on reply tokens (sent as max_completion_tokens)"})
+    cache_dir: str | None = field(default=None, metadata={"help": "reply cache (default $ALIGN_CACHE/judge)"})
+    cache: bool = field(default=True, metadata={"help": "False: no cache (every run asks again)"})
+    concurrency: int = field(default=4, metadata={"help": "judge requests in flight"})
+
+    def __post_init__(self):
+        if not self.model:
+            raise ValueError("the judge needs a model name (--judge-model)")
+        if self.concurrency < 1:
+            raise ValueError(f"judge concurrency must be >= 1, got {self.concurrency}")
+        super().__post_init__()
+
+
+def build_client(cfg: EndpointConfig):
+    """An openai client for cfg; the key is read from cfg.api_key_env and kept only inside the client."""
+    import openai  # lazy: only the OpenAI-backed builders and the judge need it
+
+    if cfg.api_key_env is None:
+        api_key = "EMPTY"  # OpenAI-compatible local servers want some value in the header
+    else:
+        api_key = os.environ.get(cfg.api_key_env)
+        if not api_key:
+            raise ValueError(
+                f"environment variable {cfg.api_key_env} is not set: export {cfg.api_key_env}=<your key>, "
+                "or set api_key_env to None for a server that needs no key"
+            )
+    return openai.OpenAI(api_key=api_key, base_url=cfg.base_url, timeout=cfg.timeout, max_retries=cfg.max_retries)
+
+
+def json_completion(client, cfg: OpenAIExpertConfig, messages: list[dict], name: str, schema: dict):
+    """One chat completion asking for a JSON reply: the schema is sent as a strict json_schema response format when
+    `cfg.structured_output`, else only the prompt asks for it (servers without structured outputs)."""
+    kwargs = {}
+    if cfg.structured_output:
+        kwargs["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": name, "schema": schema, "strict": True},
+        }
+    return client.chat.completions.create(
+        model=cfg.model,
+        messages=messages,
+        temperature=cfg.temperature,
+        max_completion_tokens=cfg.max_tokens,
+        **kwargs,
+    )
+
+
+def image_data_url(image: bytes) -> str:
+    """An encoded PNG or JPEG as a data URL for an image_url message part; ValueError for any other bytes."""
+    if image.startswith(b"\xff\xd8\xff"):
+        mime = "image/jpeg"
+    elif image.startswith(b"\x89PNG\r\n\x1a\n"):
+        mime = "image/png"
+    else:  # not a reply error: the request is bad, not the reply
+        raise ValueError(f"image is neither PNG nor JPEG (starts with {image[:8]!r})")
+    return f"data:{mime};base64,{base64.b64encode(image).decode()}"
+
+
+def strip_fence(content: str) -> str:
+    """A reply without the Markdown code fence some models put around JSON."""
+    content = content.strip()
+    match = _FENCE.match(content)
+    return match.group(1).strip() if match else content
+
+
+class ReplyCache:
+    """One JSON file per request hash; written atomically, so a killed run never leaves a torn entry."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict | None:
+        path = self._path(key)
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def put(self, key: str, value: dict) -> None:
+        path = self._path(key)
+        path.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f)
+        os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class Usage:
+    """Tokens sent and received; `cost_usd` prices them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __iadd__(self, other: Usage) -> Usage:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        return self
+
+    @classmethod
+    def of(cls, response) -> Usage:
+        """The usage a chat-completions response reports (zero when the server reports none)."""
+        if response.usage is None:
+            return cls()
+        return cls(response.usage.prompt_tokens or 0, response.usage.completion_tokens or 0)
+
+    def cost_usd(self, price_in: float = 0.0, price_out: float = 0.0) -> float:
+        """The cost at `price_in` / `price_out` USD per 1M prompt / completion tokens, rounded to 1e-4."""
+        return round((self.prompt_tokens * price_in + self.completion_tokens * price_out) / 1e6, 4)

@@ -1,0 +1,40 @@
+"""The trainer mixins: the projector learning rate (its own optimizer group, scheduled like the rest)."""
+
+from __future__ import annotations
+
+from align.core.models import multimodal_projector
+from align.core.trainer import AlignTrainer, training_arguments
+from tests.conftest import micro_sft_config
+
+
+def _trainer(micro_model, tmp_path, cache_dir, projector_lr):
+    model, processor = micro_model
+    cfg = micro_sft_config(tmp_path, cache_dir, steps=10)
+    args = training_arguments(cfg.run, cfg.optim)
+    return AlignTrainer(model=model, args=args, processing_class=processor, projector_lr=projector_lr)
+
+
+def test_projector_gets_its_own_learning_rate(micro_model, tmp_path, cache_dir):
+    trainer = _trainer(micro_model, tmp_path, cache_dir, projector_lr=1e-5)
+    optimizer = trainer.create_optimizer()
+    assert trainer.create_optimizer() is optimizer  # a second call must not split the groups again
+    projector = {id(p) for p in multimodal_projector(trainer.model).parameters()}
+    grouped = [(id(p), g) for g in optimizer.param_groups for p in g["params"]]
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    assert sorted(i for i, _ in grouped) == sorted(id(p) for p in trainable)  # each parameter exactly once
+    for pid, group in grouped:
+        assert group["lr"] == (1e-5 if pid in projector else trainer.args.learning_rate)
+
+    scheduler = trainer.create_scheduler(num_training_steps=10, optimizer=optimizer)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    lrs = {g.get("name", "rest"): g["lr"] for g in optimizer.param_groups}
+    assert 0 < lrs["projector"] < 1e-5
+    assert abs(lrs["projector"] / lrs["rest"] - 1e-5 / trainer.args.learning_rate) < 1e-9
+
+
+def test_without_projector_lr_the_default_groups_are_kept(micro_model, tmp_path, cache_dir):
+    optimizer = _trainer(micro_model, tmp_path, cache_dir, projector_lr=None).create_optimizer()
+    assert all("name" not in g for g in optimizer.param_groups)
+    assert {g["lr"] for g in optimizer.param_groups} == {5e-3}
