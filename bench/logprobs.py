@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# appended, not prepended: the repo's kernels/ would shadow the `kernels` distribution that transformers imports
+# appended, not prepended: the repo's kernels/ must not shadow an installed `kernels` (transformers >= 5.25 imports it)
 sys.path.append(str(ROOT))
 
 VARIANTS = ("naive", "chunked")
@@ -93,6 +93,38 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def measure(step, repeats: int, cuda: bool) -> dict:
+    """Peak memory growth (bytes) over the memory held before `repeats` calls of `step`, their times, and the
+    last call's (loss, head-gradient norm)."""
+    import torch
+
+    method = "cuda max_memory_allocated" if cuda else "VmHWM after clear_refs"
+    if cuda or _reset_peak_rss():
+        step()  # warm-up, untimed
+    else:
+        method = "ru_maxrss, no warm-up"
+    gc.collect()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _status_kb("VmRSS") * 1024
+        if method.startswith("VmHWM"):
+            _reset_peak_rss()
+    times, figures = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        figures = step()
+        times.append(time.perf_counter() - start)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() - base
+    elif method.startswith("VmHWM"):
+        peak = _status_kb("VmHWM") * 1024 - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return {"peak": peak, "times": times, "figures": figures, "method": method}
+
+
 def worker(args) -> dict:
     """One variant in this (fresh) process: the figures of its measured fwd+bwd steps, as a dict."""
     import torch
@@ -109,51 +141,28 @@ def worker(args) -> dict:
     else:
         fn = lambda m, b: response_logps(m, b, chunk_size=args.chunk_size)  # noqa: E731
 
-    def step() -> float:
-        model.zero_grad(set_to_none=True)
+    def step() -> tuple[float, float]:
         logps, mask = fn(model, batch)
         loss = (logps * mask).sum()
         loss.backward()
         if cuda:
             torch.cuda.synchronize()
-        return loss.item()
+        figures = loss.item(), model.get_output_embeddings().weight.grad.norm().item()
+        # dropped here, not kept into the next step: each step allocates its gradients, none sits in the baseline
+        model.zero_grad(set_to_none=True)
+        return figures
 
-    method = "cuda max_memory_allocated" if cuda else "VmHWM after clear_refs"
-    if cuda or _reset_peak_rss():
-        step()  # warm-up, untimed
-    else:
-        method = "ru_maxrss, no warm-up"
-    model.zero_grad(set_to_none=True)
-    gc.collect()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _status_kb("VmRSS") * 1024
-        if method.startswith("VmHWM"):
-            _reset_peak_rss()
-    times, losses = [], []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        losses.append(step())
-        times.append(time.perf_counter() - start)
-    if cuda:
-        peak = torch.cuda.max_memory_allocated() - base
-    elif method.startswith("VmHWM"):
-        peak = _status_kb("VmHWM") * 1024 - base
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    head_grad = model.get_output_embeddings().weight.grad.norm().item()
+    m = measure(step, args.repeats, cuda)
     return {
         "variant": args.worker,
-        "peak_mb": round(peak / 2**20, 1),
-        "seconds": round(statistics.median(times), 4),
-        "all_seconds": [round(t, 4) for t in times],
-        "loss": losses[-1],
-        "head_grad_norm": head_grad,
+        "peak_mb": round(m["peak"] / 2**20, 1),
+        "seconds": round(statistics.median(m["times"]), 4),
+        "all_seconds": [round(t, 4) for t in m["times"]],
+        "loss": m["figures"][0],
+        "head_grad_norm": m["figures"][1],
         "device": str(device),
         "threads": torch.get_num_threads(),
-        "method": method,
+        "method": m["method"],
     }
 
 

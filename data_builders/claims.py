@@ -5,7 +5,7 @@ an open VLM answer it; a claim is rejected when P(yes)+P(Yes) <= P(no)+P(No) (me
 - dividers: `ToyWorldDivider` (rules over ToyWorld's caption language: existence, colour, position, count and scene
   claims with structured facts), `SentenceDivider` (one claim per sentence, for any text), and the OpenAI-compatible
   LLM divider in data_builders/openai_feedback.py;
-- labelers: `OracleLabeler` (ground truth), the policy itself (align/feedback.py) and an OpenAI-compatible VLM
+- labelers: `OracleLabeler` (ground truth), the policy itself (align/rollout/labeler.py) and an OpenAI-compatible VLM
   (data_builders/openai_feedback.py). A labeler returns P(yes) per question, or None for a check that failed (the
   response is then left out of this build and checked again on a rerun).
 """

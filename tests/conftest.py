@@ -142,3 +142,24 @@ def sample_report() -> dict:
         "added": "there is a green cat at the bottom right.",
         "added_reason": "missing",
     }  # fmt: skip
+
+
+def assert_full_finetune_moves_every_weight(trainer) -> None:
+    """Train `trainer` (a full fine-tune with a frozen reference copy) and check: every weight of the policy that
+    takes part in the forward moved, and no weight of the reference did. CLIP's post_layernorm is the one weight a
+    LLaVA never uses (it reads the tower's hidden states, not its pooled output), so it has no gradient."""
+    import torch
+
+    policy, reference = trainer.model, trainer.ref_model
+    assert reference is not None and reference is not policy
+    start = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    ref_start = {n: p.detach().clone() for n, p in reference.named_parameters()}
+    assert all(p.requires_grad for p in policy.parameters())
+    assert not any(p.requires_grad for p in reference.parameters())
+    trainer.train()
+    unused = {n for n in start if "post_layernorm" in n}
+    moved = {n for n, p in policy.named_parameters() if not torch.equal(p.detach(), start[n])}
+    assert moved == set(start) - unused, sorted(set(start) - unused - moved)
+    parts = {part for name in moved for part in name.split(".")}
+    assert {"language_model", "vision_tower", "multi_modal_projector", "lm_head"} <= parts
+    assert all(torch.equal(p, ref_start[n]) for n, p in reference.named_parameters())

@@ -26,7 +26,7 @@ def response_logps(
 
     `batch` holds input_ids, attention_mask, pixel_values and labels [N, L]. Position j of row i is that row's j-th
     scored token; padding is 0 / False. `width` defaults to the most scored tokens in a row. Same values as
-    `naive_response_logps`, at the memory of one [chunk_size, V] block of logits instead of [N, L, V].
+    `naive_response_logps`, at the memory of a few [chunk_size, V] fp32 blocks instead of several [N, L, V].
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")

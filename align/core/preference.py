@@ -113,7 +113,7 @@ class DDPOTrainer(AlignTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         c = self.dpo_cfg
-        pol, mask = response_logps(model, inputs)
+        pol, mask = response_logps(model, inputs, inputs["token_weights"].shape[1])
         ref = self.reference_logps(model, inputs, pol.shape[1])
         n = len(pol) // len(VIEWS)
         ch, rj = slice(0, n), slice(n, 2 * n)  # chosen rows, rejected rows

@@ -129,14 +129,15 @@ def training_arguments(run: RunConfig, optim: OptimConfig, dtype: str = "float32
     return TrainingArguments(**{**kwargs, **overrides})
 
 
-def train_and_save(trainer: Trainer, run: RunConfig, processor, cfg=None, tag: str = "train"):
-    """Train (from the last checkpoint in the run directory when `run.resume`), then save the policy, merged into
-    its base when it is a LoRA model, to `output_dir/final` with `cfg` beside it. Returns (TrainOutput, final)."""
+def train_and_save(trainer: Trainer, run: RunConfig, processor, cfg=None, tag: str = "train", merge: bool = True):
+    """Train (from the last checkpoint in the run directory when `run.resume`), then save the policy to
+    `output_dir/final` with `cfg` beside it: a LoRA model merged into its base (`merge`), or as its adapter alone.
+    Returns (TrainOutput, final)."""
     last = get_last_checkpoint(run.output_dir) if run.resume and Path(run.output_dir).is_dir() else None
     if last:
         print(f"[{tag}] resuming from {last}")
     result = trainer.train(resume_from_checkpoint=last)
-    model = trainer.model.merge_and_unload() if isinstance(trainer.model, PeftModel) else trainer.model
+    model = trainer.model.merge_and_unload() if merge and isinstance(trainer.model, PeftModel) else trainer.model
     final = save_policy(model, processor, Path(run.output_dir) / "final")
     if cfg is not None:
         save_config(cfg, final / "align_config.yaml")

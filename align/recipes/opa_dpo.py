@@ -157,7 +157,7 @@ class OPADPOTrainer(AlignTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         c = self.opa_cfg
-        pol, mask = response_logps(model, inputs)
+        pol, mask = response_logps(model, inputs, inputs["token_weights"].shape[1])
         ref = self.reference_logps(model, inputs, pol.shape[1])
         n = len(pol) // len(self.views)
         view = {v: slice(i * n, (i + 1) * n) for i, v in enumerate(self.views)}
@@ -224,6 +224,29 @@ def step_logs(parts: dict, rewards: dict) -> dict[str, float]:
 # ---------------------------------------------------------------- the recipe
 
 
+def build_trainer(cfg: OPADPOConfig, dataset, start: Path) -> tuple[OPADPOTrainer, object, int]:
+    """The DPO stage on `start` (the OPA policy, or the base policy for the baseline): (trainer, processor,
+    records encoded)."""
+    model, processor = build_model(dataclasses.replace(cfg.model, name_or_path=str(start)), cfg.run.seed)
+    n_img = image_seq_length(model.config)
+    cache: dict = {}
+    records = [r for r in (encode_record(processor, row, cfg, n_img, cache) for row in dataset) if r is not None]
+    print(f"[opa-dpo] {len(records)}/{len(dataset)} records encoded (starting from {start})")
+    views = ("reference", "rollout") if cfg.baseline == "offpolicy" else VIEWS
+    patch_size = model.config.vision_config.patch_size
+    trainer = OPADPOTrainer(
+        model=model,
+        args=training_arguments(cfg.run, cfg.optim, cfg.model.dtype),
+        train_dataset=RowsDataset(records),
+        data_collator=PreferenceCollator(processor, views, cfg.mask, cfg.mask_ratio, cfg.run.seed, patch_size),
+        processing_class=processor,
+        ref_model=copy.deepcopy(model) if cfg.model.finetune == "full" else None,
+        opa_cfg=cfg,
+        views=views,
+    )
+    return trainer, processor, len(records)
+
+
 def main(cfg: OPADPOConfig) -> dict:
     run = cfg.run
     out = Path(run.output_dir)
@@ -235,31 +258,14 @@ def main(cfg: OPADPOConfig) -> dict:
     if cfg.baseline == "offpolicy" and "offpolicy" not in dataset.column_names:
         raise ValueError(f"{cfg.dataset}: no 'offpolicy' column; rebuild the data with this version of align")
     start = opa_step(cfg, dataset) if cfg.opa.steps > 0 and cfg.baseline == "none" else Path(cfg.model.name_or_path)
-    model, processor = build_model(dataclasses.replace(cfg.model, name_or_path=str(start)), run.seed)
-    n_img = image_seq_length(model.config)
-    cache: dict = {}
-    records = [r for r in (encode_record(processor, row, cfg, n_img, cache) for row in dataset) if r is not None]
-    print(f"[opa-dpo] {len(records)}/{len(dataset)} records encoded (starting from {start})")
-    views = ("reference", "rollout") if cfg.baseline == "offpolicy" else VIEWS
-    trainer = OPADPOTrainer(
-        model=model,
-        args=training_arguments(run, cfg.optim, cfg.model.dtype),
-        train_dataset=RowsDataset(records),
-        data_collator=PreferenceCollator(
-            processor, views, cfg.mask, cfg.mask_ratio, run.seed, patch_size=model.config.vision_config.patch_size
-        ),
-        processing_class=processor,
-        ref_model=copy.deepcopy(model) if cfg.model.finetune == "full" else None,
-        opa_cfg=cfg,
-        views=views,
-    )
+    trainer, processor, n_records = build_trainer(cfg, dataset, start)
     attach_checkpoint_eval(trainer, cfg)
     result, final = train_and_save(trainer, run, processor, cfg, tag="opa-dpo")
     summary = {
         "final": str(final),
         "start": str(start),
         "train": result.metrics,
-        "records": len(records),
+        "records": n_records,
         "log_history": trainer.state.log_history,
         "seconds": round(time.time() - t0, 1),
     }

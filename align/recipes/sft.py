@@ -61,7 +61,7 @@ def main(cfg: SFTConfig) -> dict:
         projector_lr=cfg.optim.projector_lr,
     )
     attach_checkpoint_eval(trainer, cfg)
-    result, final = train_and_save(trainer, run, processor, cfg, tag="sft")
+    result, final = train_and_save(trainer, run, processor, cfg, tag="sft", merge=False)  # LoRA: the adapter
     summary = {
         "final": str(final),
         "train": result.metrics,

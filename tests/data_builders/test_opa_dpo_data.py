@@ -1,4 +1,4 @@
-"""OPA-DPO data filters and prompts (the end-to-end build with a real policy is in tests/align/test_rollout.py)."""
+"""OPA-DPO data filters and ToyWorld prompts (the end-to-end build with a real policy: tests/align/rollout/)."""
 
 from __future__ import annotations
 

@@ -56,3 +56,18 @@ def test_weights_land_on_tokens_with_the_tiny_tokenizer():
     assert weights[:first] == [1.0] * first
     assert weights[first:] == [2.0] * (len(tokens) - first)
     assert tokens[first : first + 3] == ["a", "blue", "fork"]
+
+
+def test_corrected_weights_put_gamma_on_what_the_expert_changed_only():
+    report = sample_report()
+    text, spans = report_spans(report, "rollout", weights="corrected", gamma=5.0)
+    assert [(text[s:e], w) for s, e, w in spans] == [("a blue fork is at the center.", 5.0), ("a dog sings.", 5.0)]
+    text, spans = report_spans(report, "revision", weights="corrected", gamma=5.0)
+    assert text == ExpertReport.from_dict(report).revision  # the deleted sentence leaves no span on this side
+    assert [text[s:e] for s, e, _ in spans] == [
+        "a blue knife is at the center.",
+        "there is a green cat at the bottom right.",
+    ]
+    for bad in ({"weights": "corrected"}, {"weights": "corrected", "gamma": 0.0}, {"weights": "sentence"}):
+        with pytest.raises(ValueError, match="weights|gamma"):
+            report_spans(report, "rollout", **bad)

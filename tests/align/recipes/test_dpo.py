@@ -4,6 +4,7 @@ DDPO weights land on the corrected tokens; unusable pairs are counted, not fatal
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -18,7 +19,7 @@ from align.config.recipes import DPORecipeConfig
 from align.config.sections import DataConfig, EvalConfig, GenerationConfig, ModelConfig, OptimConfig
 from align.core.data import image_seq_length
 from align.core.models import build_tiny_tokenizer, load_policy
-from align.core.preference import encode_pair, encode_pairs
+from align.core.preference import build_dpo_trainer, encode_pair, encode_pairs
 from align.recipes.dpo import main
 from data_builders.experts import ExpertReport
 from data_builders.rlhf_v import (
@@ -29,7 +30,13 @@ from data_builders.rlhf_v import (
 )
 from data_builders.schema import OPA_FEATURES, PREFERENCE_FEATURES
 from data_builders.spans import validate_spans
-from tests.conftest import SMALL_WORLD, assert_every_lora_weight_moved, sample_report, split_run
+from tests.conftest import (
+    SMALL_WORLD,
+    assert_every_lora_weight_moved,
+    assert_full_finetune_moves_every_weight,
+    sample_report,
+    split_run,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 G = 5.0
@@ -262,10 +269,16 @@ def test_align_train_runs_the_shipped_ddpo_config(pref_data, tmp_path):
     assert (tmp_path / "align_config.yaml").read_text().count("loss: ddpo") == 1
 
 
-def test_config_needs_a_start_policy_and_lora():
+def test_full_finetune_trains_every_weight_against_a_frozen_copy(pref_data, tmp_path):
+    policy, _, dataset, _ = pref_data
+    cfg = dpo_config(tmp_path, policy, dataset)
+    cfg = dataclasses.replace(cfg, model=ModelConfig(name_or_path=policy, finetune="full"), loss="ddpo")
+    trainer, _, _ = build_dpo_trainer(cfg)
+    assert_full_finetune_moves_every_weight(trainer)
+
+
+def test_config_needs_a_start_policy():
     with pytest.raises(ValueError, match="name_or_path"):
         DPORecipeConfig(model=ModelConfig(name_or_path=None))
-    with pytest.raises(ValueError, match="LoRA"):
-        DPORecipeConfig(model=ModelConfig(name_or_path="p", finetune="full"))
     with pytest.raises(ValueError, match="gamma"):
         DPORecipeConfig(gamma=0.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +14,14 @@ from align.config.recipes import OPADPOConfig, OPAStepConfig
 from align.config.sections import DataConfig, EvalConfig, GenerationConfig, ModelConfig, OptimConfig
 from align.core.data import image_seq_length
 from align.core.models import load_policy
-from align.recipes.opa_dpo import encode_record, main, opa_rows
-from tests.conftest import SMALL_WORLD, assert_every_lora_weight_moved, split_run
+from align.recipes.opa_dpo import build_trainer, encode_record, main, opa_rows
+from data_builders.io import load_opa_dataset
+from tests.conftest import (
+    SMALL_WORLD,
+    assert_every_lora_weight_moved,
+    assert_full_finetune_moves_every_weight,
+    split_run,
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +34,8 @@ def opa_config(tmp_path, policy, dataset, **kw) -> OPADPOConfig:
     return OPADPOConfig(
         run=run,
         dataset=dataset,
-        model=ModelConfig(
+        model=kw.pop("model", None)
+        or ModelConfig(
             name_or_path=policy, lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_vision=True, lora_projector=True
         ),
         data=DataConfig(world=SMALL_WORLD, max_length=160),
@@ -143,6 +151,13 @@ def test_killed_opa_dpo_run_resumes_without_redoing_work(opa_data, tmp_path, mon
     assert [h["step"] for h in history] == [1, 2, 3]
     assert history[:2] == [h for h in before if "loss" in h]  # steps 1-2 come from the checkpoint's log
     assert (run / "final" / "config.json").is_file()
+
+
+def test_full_finetune_trains_every_weight_against_a_frozen_copy(opa_data, tmp_path):
+    policy, dataset = opa_data
+    cfg = opa_config(tmp_path, policy, dataset, model=ModelConfig(name_or_path=policy, finetune="full"))
+    trainer, _, _ = build_trainer(cfg, load_opa_dataset(dataset), Path(policy))
+    assert_full_finetune_moves_every_weight(trainer)
 
 
 def test_opa_step_rows_are_references_and_revisions_or_references_alone():
