@@ -8,9 +8,9 @@ OPA step trained on the reference answers alone (the ablation without on-policy 
 Per seed S, with the toy configs as committed (each stage is skipped when its output already exists):
   align demo --seed S --workdir runs/bench-demo/seed-S                      (the base policy, as bench/demo.py)
   align build-data configs/toy/opa_dpo_data.yaml policy=<base> world.seed=S seed=S output_dir=<root>/seed-S/data
-  align train configs/toy/opa_dpo.yaml model.name_or_path=<base> ... output_dir=<root>/seed-S/opa_dpo
-  align train configs/toy/opa_dpo.yaml ... baseline=offpolicy output_dir=<root>/seed-S/offpolicy
-  align train configs/toy/opa_dpo.yaml ... opa.answers=reference output_dir=<root>/seed-S/ref_only
+  align train configs/toy/opa_dpo.yaml model.name_or_path=<base> ... run.output_dir=<root>/seed-S/opa_dpo
+  align train configs/toy/opa_dpo.yaml ... baseline=offpolicy run.output_dir=<root>/seed-S/offpolicy
+  align train configs/toy/opa_dpo.yaml ... opa.answers=reference run.output_dir=<root>/seed-S/ref_only
 The OPA-step model (<root>/seed-S/opa_dpo/opa/final) is scored too. Metrics are on the ToyWorld test split.
 """
 
@@ -55,10 +55,10 @@ def run_seed(seed: int, root: Path, overrides: list[str]) -> dict:
         )
     common = [
         f"model.name_or_path={base}",
-        f"seed={seed}",
+        f"run.seed={seed}",
         f"data.world.seed={seed}",
         f"dataset={work / 'data' / 'dataset'}",
-        "eval_at_end=false",
+        "run.eval_at_end=false",
         *overrides,
     ]
     runs = (
@@ -68,7 +68,7 @@ def run_seed(seed: int, root: Path, overrides: list[str]) -> dict:
     )
     for name, done, extra in runs:
         if not (done / "config.json").is_file():
-            align("train", "configs/toy/opa_dpo.yaml", *common, f"output_dir={work / name}", *extra)
+            align("train", "configs/toy/opa_dpo.yaml", *common, f"run.output_dir={work / name}", *extra)
     seconds = round(time.time() - t0, 1)
     checkpoints = {
         "base": base,

@@ -58,7 +58,7 @@ def run_seed(seed: int, root: Path, args) -> dict:
             f"policy={base}",
             f"output_dir={work / 'pref'}",
         )
-    common = [f"seed={seed}", "eval_at_end=false", f"optim.lr={args.lr}", f"optim.max_steps={args.steps}"]
+    common = [f"run.seed={seed}", "run.eval_at_end=false", f"optim.lr={args.lr}", f"optim.max_steps={args.steps}"]
     for name in ("dpo", "ddpo"):
         if not (work / name / "final" / "config.json").is_file():
             align(
@@ -67,7 +67,7 @@ def run_seed(seed: int, root: Path, args) -> dict:
                 f"model.name_or_path={base}",
                 f"data.world.seed={seed}",
                 f"dataset={work / 'pref' / 'dataset'}",
-                f"output_dir={work / name}",
+                f"run.output_dir={work / name}",
                 *common,
             )
     finals = {"base": base, "dpo": work / "dpo" / "final", "ddpo": work / "ddpo" / "final"}
@@ -86,7 +86,7 @@ def run_seed(seed: int, root: Path, args) -> dict:
                 f"train.data.world.seed={seed}",
                 f"train.optim.lr={args.lr}",
                 f"train.optim.max_steps={args.steps // args.rounds}",
-                "train.eval_at_end=false",
+                "train.run.eval_at_end=false",
             )
         rounds = json.loads((run / "rounds.json").read_text())
         finals[name] = Path(rounds["final"])

@@ -20,6 +20,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from align.core.masking import mask_blocks, mask_random
+from data_builders.spans import span_token_weights
 
 
 class DataError(ValueError):
@@ -126,6 +127,17 @@ def encode_dataset(dataset, processor, max_length: int, features_per_image: int,
     if not out:
         raise DataError(f"no usable rows: all {stats.rows} rows exceed max_length={max_length}; raise data.max_length")
     return out, stats
+
+
+def response_offsets(tokenizer, text: str) -> list[tuple[int, int]]:
+    """Character offsets of the response's tokens, tokenized as `encode_row` does (no special tokens)."""
+    return tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+
+
+def response_weights(offsets: list, spans: list, n: int) -> list[float]:
+    """Weights of the n trained response tokens: each token its span's weight, the EOS token 1, cut like the
+    response (`encode_row` drops tokens from the end)."""
+    return (span_token_weights(offsets, spans) + [1.0])[:n]
 
 
 class RowsDataset(torch.utils.data.Dataset):

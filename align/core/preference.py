@@ -11,20 +11,26 @@ import copy
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 from tqdm.auto import tqdm
-from transformers import set_seed
 
-from align.config.loading import save_config
 from align.config.recipes import DPORecipeConfig
-from align.core.data import DataError, PreferenceCollator, RowsDataset, encode_row, image_seq_length, to_pil
+from align.core.data import (
+    DataError,
+    PreferenceCollator,
+    RowsDataset,
+    encode_row,
+    image_seq_length,
+    response_offsets,
+    response_weights,
+    to_pil,
+)
 from align.core.logprobs import response_logps
 from align.core.losses.dpo import ddpo_loss, weighted_logps
 from align.core.models import build_model
-from align.core.trainer import AlignTrainer, train_and_save, training_arguments
+from align.core.trainer import AlignTrainer, begin_run, train_and_save, training_arguments
 from data_builders.io import load_preference_dataset
-from data_builders.spans import span_token_weights, validate_spans
+from data_builders.spans import validate_spans
 
 VIEWS = ("chosen", "rejected")  # the collator's row v*B + b is side v of pair b
 SKIP_REASONS = ("empty_response", "chosen_equals_rejected", "bad_spans", "prompt_too_long")
@@ -57,12 +63,6 @@ def side_spans(record: dict, side: str, cfg: DPORecipeConfig) -> list:
     return spans if cfg.gamma is None else [[start, end, cfg.gamma] for start, end, _ in spans]
 
 
-def response_weights(tokenizer, text: str, spans: list, n: int) -> list[float]:
-    """Weights of the n trained response tokens: each token its span's weight, EOS 1, cut like the response."""
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    return (span_token_weights(offsets, spans) + [1.0])[:n]
-
-
 def encode_pair(processor, record: dict, cfg: DPORecipeConfig, n_image_tokens: int, prompt_cache: dict) -> dict | None:
     """{id, image, truncated, chosen/rejected: {input_ids, labels, weights}}, the layout PreferenceCollator stacks;
     None if the prompt with its image tokens does not fit max_length."""
@@ -75,7 +75,7 @@ def encode_pair(processor, record: dict, cfg: DPORecipeConfig, n_image_tokens: i
             return None
         n = sum(label != -100 for label in enc["labels"])
         spans = side_spans(record, side, cfg)
-        weights = response_weights(processor.tokenizer, record[side], spans, n)
+        weights = response_weights(response_offsets(processor.tokenizer, record[side]), spans, n)
         out[side] = {"input_ids": enc["input_ids"], "labels": enc["labels"], "weights": weights}
         out["truncated"] |= enc["truncated"]
     return out
@@ -164,10 +164,8 @@ def train_dpo(cfg: DPORecipeConfig, prepare: Callable | None = None) -> dict:
     """A whole DPO run up to its saved `final/`: `prepare(trainer, cfg)` runs before training (the recipes attach the
     checkpoint evals with it). Returns the run summary; evaluating the result is the caller's."""
     run = cfg.run
-    Path(run.output_dir).mkdir(parents=True, exist_ok=True)
-    save_config(cfg, Path(run.output_dir) / "align_config.yaml")
-    set_seed(run.seed)
     t0 = time.time()
+    begin_run(cfg)
     trainer, processor, counts = build_dpo_trainer(cfg)
     if prepare is not None:
         prepare(trainer, cfg)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import SAFE_WEIGHTS_NAME
 
@@ -102,6 +102,16 @@ class ReferenceMixin:
 
 class AlignTrainer(LlavaResumeMixin, ProjectorLRMixin, StepMetricsMixin, ReferenceMixin, Trainer):
     """`Trainer` with the mixins above; recipes subclass it only to define `compute_loss`."""
+
+
+def begin_run(cfg) -> Path:
+    """The start of every training recipe: the run directory, the config that made it, the global seed (LoRA init
+    and data order draw from it). Returns the run directory."""
+    out = Path(cfg.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "align_config.yaml")
+    set_seed(cfg.run.seed)
+    return out
 
 
 def training_arguments(run: RunConfig, optim: OptimConfig, dtype: str = "float32", **overrides) -> TrainingArguments:

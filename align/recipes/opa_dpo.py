@@ -25,9 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import set_seed
 
-from align.config.loading import save_config
 from align.config.recipes import OPADPOConfig
 from align.config.sections import OptimConfig
 from align.core.data import (
@@ -37,17 +35,19 @@ from align.core.data import (
     encode_dataset,
     encode_row,
     image_seq_length,
+    response_offsets,
+    response_weights,
     to_pil,
 )
 from align.core.logprobs import response_logps
 from align.core.losses.dpo import dpo_pair_loss, policy_rewards
 from align.core.losses.opa_dpo import anchor_loss, opa_dpo_loss
 from align.core.models import build_model
-from align.core.trainer import AlignTrainer, train_and_save, training_arguments, write_summary
+from align.core.trainer import AlignTrainer, begin_run, train_and_save, training_arguments, write_summary
 from align.eval.callback import attach_checkpoint_eval
 from align.eval.runner import evaluate_checkpoint
 from data_builders.io import load_opa_dataset
-from data_builders.spans import report_spans, span_token_weights
+from data_builders.spans import report_spans
 
 VIEWS = ("reference", "rollout", "revision", "reference_masked", "revision_masked")
 
@@ -96,14 +96,6 @@ def opa_step(cfg: OPADPOConfig, dataset) -> Path:
 # ---------------------------------------------------------------- preference data
 
 
-def _offsets(tokenizer, text: str) -> list[tuple[int, int]]:
-    return tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-
-
-def _token_weights(offsets: list, spans: list, n: int) -> list[float]:
-    return (span_token_weights(offsets, spans) + [1.0])[:n]  # + the EOS token; cut like the response
-
-
 def encode_record(
     processor, record: dict, cfg: OPADPOConfig, n_image_tokens: int, prompt_cache: dict | None = None
 ) -> dict | None:
@@ -132,15 +124,15 @@ def encode_record(
         if enc is None:
             return None
         n = sum(label != -100 for label in enc["labels"])
-        offsets = _offsets(processor.tokenizer, text)
+        offsets = response_offsets(processor.tokenizer, text)
         out[name] = {
             "input_ids": enc["input_ids"],
             "labels": enc["labels"],
-            "weights": _token_weights(offsets, spans, n),
+            "weights": response_weights(offsets, spans, n),
         }
         if name == "revision":  # the same tokens, weighted by error type for the image-contrast pair
             _, error_spans = report_spans(report, "revision", weights="error_type")
-            out["revision_error_weights"] = _token_weights(offsets, error_spans, n)
+            out["revision_error_weights"] = response_weights(offsets, error_spans, n)
     return out
 
 
@@ -249,11 +241,8 @@ def build_trainer(cfg: OPADPOConfig, dataset, start: Path) -> tuple[OPADPOTraine
 
 def main(cfg: OPADPOConfig) -> dict:
     run = cfg.run
-    out = Path(run.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "align_config.yaml")
-    set_seed(run.seed)
     t0 = time.time()
+    begin_run(cfg)
     dataset = load_opa_dataset(cfg.dataset)
     if cfg.baseline == "offpolicy" and "offpolicy" not in dataset.column_names:
         raise ValueError(f"{cfg.dataset}: no 'offpolicy' column; rebuild the data with this version of align")

@@ -12,16 +12,13 @@ The loop itself is `transformers.Trainer` (checkpoints, resume, logging, acceler
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from align.config.loading import save_config
 from align.config.recipes import SFTConfig
 from align.core.data import RowsDataset, VisionSFTCollator, encode_dataset, image_seq_length
 from align.core.models import build_model, vision_tower
-from align.core.trainer import AlignTrainer, train_and_save, training_arguments, write_summary
+from align.core.trainer import AlignTrainer, begin_run, train_and_save, training_arguments, write_summary
 from align.core.vision_pretrain import pretrain_vision
 from align.eval.callback import attach_checkpoint_eval
 from align.eval.runner import evaluate_checkpoint
@@ -30,11 +27,8 @@ from data_builders.toyworld_data import build_toyworld, sft_rows
 
 def main(cfg: SFTConfig) -> dict:
     run = cfg.run
-    out = Path(run.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "align_config.yaml")
-    set_seed(run.seed)
     t0 = time.time()
+    out = begin_run(cfg)
 
     data = build_toyworld(cfg.data.world, cfg.data.cache_dir)
     model, processor = build_model(cfg.model, seed=run.seed)

@@ -30,6 +30,7 @@ MICRO = [
     "run.logging_steps=2",
     "eval.limit=3",
     "eval.generation.max_new_tokens=8",
+    "vision_pretrain_steps=10",
 ]
 
 

@@ -46,7 +46,6 @@ from align.eval.benchmarks.base import Benchmark
 from align.eval.metrics import parse_yes_no
 
 SUFFIX = ""  # appended to each yes/no query; empty keeps AMBER's own prompts
-N_GENERATIVE = 1004  # ids 1..1004 are the generative descriptions
 TYPES = {
     "discriminative-hallucination": ("existence", None),
     "discriminative-attribute-state": ("attribute", "state"),

@@ -38,3 +38,33 @@ def test_without_projector_lr_the_default_groups_are_kept(micro_model, tmp_path,
     optimizer = _trainer(micro_model, tmp_path, cache_dir, projector_lr=None).create_optimizer()
     assert all("name" not in g for g in optimizer.param_groups)
     assert {g["lr"] for g in optimizer.param_groups} == {5e-3}
+
+
+def test_the_mixins_compose_with_a_trl_trainer(tmp_path):
+    """TRL's trainers subclass transformers.Trainer, so the mixins stack on them: here SFTTrainer with per-step
+    metrics from compute_loss, logged with the step's loss (and only then)."""
+    import trl
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from align.core.models import build_tiny_tokenizer
+    from align.core.trainer import LlavaResumeMixin, ProjectorLRMixin, StepMetricsMixin
+
+    class MetricsSFT(StepMetricsMixin, ProjectorLRMixin, LlavaResumeMixin, trl.SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if self.logs_this_step(model):
+                self.stash_step_logs({"custom/step": float(self.state.global_step + 1)})
+            return loss
+
+    tok = build_tiny_tokenizer()
+    lm = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                     num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id)  # fmt: skip
+    args = trl.SFTConfig(output_dir=str(tmp_path), max_steps=4, logging_steps=2, per_device_train_batch_size=4,
+                         report_to="none", use_cpu=True, save_strategy="no")  # fmt: skip
+    data = Dataset.from_dict({"text": ["there is a red cup at the top left."] * 8})
+    trainer = MetricsSFT(model=LlamaForCausalLM(lm), args=args, train_dataset=data, processing_class=tok)
+    trainer.train()
+    logged = [(h["step"], h["custom/step"]) for h in trainer.state.log_history if "custom/step" in h]
+    assert logged == [(2, 2.0), (4, 4.0)]
+    assert "custom/step" not in trainer.state.log_history[-1]  # not in the end-of-training summary

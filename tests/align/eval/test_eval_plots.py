@@ -12,7 +12,7 @@ import yaml
 from align.cli import main
 from align.config.sections import ModelConfig
 from align.core.models import build_model, save_policy
-from align.eval import toyworld
+from align.eval import runner
 from align.eval.plots import collect_step_evals, metric_series, plot_metrics
 from tests.conftest import MICRO_SPEC, SMALL_WORLD
 
@@ -105,8 +105,8 @@ def test_eval_resumes_without_rescoring_unless_forced(toy_run, capsys, monkeypat
     assert main(["eval", str(toy_run), *EVAL_ARGS]) == 0
     first = capsys.readouterr().out
     calls = []
-    real = toyworld.evaluate_toyworld
-    monkeypatch.setattr(toyworld, "evaluate_toyworld", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = runner.evaluate_toyworld
+    monkeypatch.setattr(runner, "evaluate_toyworld", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert main(["eval", str(toy_run), *EVAL_ARGS]) == 0
     assert calls == [] and capsys.readouterr().out == first  # both checkpoints came from eval_results.json
     (toy_run / "checkpoint-4" / "eval_results.json").unlink()  # as if the sweep had been killed there
