@@ -53,7 +53,6 @@ def test_validate_requires_command_comment(tmp_path, capsys):
     assert "first line must be a comment" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # a whole CLI run: make test-slow (CI runs it after make test)
 def test_train_then_eval_run_dir(tmp_path, cache_dir, capsys):
     run = tmp_path / "run"
     assert (
@@ -118,7 +117,6 @@ MICRO_ALIGNMENT = [
 ]
 
 
-@pytest.mark.slow  # a whole CLI run: make test-slow (CI runs it after make test)
 def test_demo_base_only_small(tmp_path, cache_dir):
     argv = ["demo", "--base-only", "--workdir", str(tmp_path / "demo"), f"data.cache_dir={cache_dir}", *MICRO]
     assert main(argv) == 0
@@ -127,7 +125,6 @@ def test_demo_base_only_small(tmp_path, cache_dir):
     assert set(report["meta"]["stages_seconds"]) == {"build_data", "sft", "eval"}
 
 
-@pytest.mark.slow  # a whole CLI run: make test-slow (CI runs it after make test)
 def test_demo_with_alignment_stages_small(tmp_path, cache_dir, capsys):
     argv = ["demo", "--workdir", str(tmp_path / "demo"), f"data.cache_dir={cache_dir}", *MICRO, *MICRO_ALIGNMENT]
     assert main(argv) == 0
