@@ -4,7 +4,7 @@ Judge-scored benchmarks (MMHal-Bench) send one conversation per sample and parse
 only gets replies, reproducibly and cheaply:
 - temperature 0 by default, and the model name the server reports (e.g. a dated snapshot) comes back with every
   reply, so each score can say which judge produced it;
-- a disk cache (`data_builders.experts.ReplyCache`, one JSON file per request hash) keyed by model, messages,
+- a disk cache (`data_builders.endpoint.ReplyCache`, one JSON file per request hash) keyed by model, messages,
   temperature, max_tokens and the benchmark's prompt version: a rerun makes no request for what it has seen;
 - transport errors (connection, timeout, 429, 5xx) are retried by the openai client (`max_retries`, backoff) and
   then come back as a reply with `error` set, never cached, so the next run asks again. Errors that no retry can

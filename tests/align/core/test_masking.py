@@ -1,4 +1,4 @@
-"""align/masking.py: seeded, the stated fraction masked, mean fill, the rest and the input untouched."""
+"""align/core/masking.py: seeded, the stated fraction masked, mean fill, the rest and the input untouched."""
 
 from __future__ import annotations
 

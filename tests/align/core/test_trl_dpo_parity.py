@@ -1,5 +1,5 @@
 """Plain DPO checked against the ecosystem: TRL's `DPOTrainer` (sigmoid loss) and our `losses.dpo_pair_loss`
-(form="sequence") on per-token log-probs from our `opa_dpo.response_logps` give the same loss, rewards and
+(form="sequence") on per-token log-probs from our `align.core.logprobs.response_logps` give the same loss, rewards and
 log-likelihoods on one batch of a tiny LLaVA, in fp32.
 
 The policy is the saved tiny model with seeded noise on its language model, the reference the saved model itself,
