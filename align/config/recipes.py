@@ -44,6 +44,25 @@ class SFTConfig:
             raise ValueError("model: the tiny model is built from scratch, so it needs finetune: full, not lora")
 
 
+def preference_policy() -> ModelConfig:
+    """The default start of the DPO-family recipes: the demo's base policy with a fresh LoRA on the language model,
+    the vision tower and the projector (OPA-DPO adapts all three; DPO does too, so the two compare on the same
+    trainable weights)."""
+    return ModelConfig(
+        name_or_path="runs/demo/sft_base/final",
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        lora_vision=True,
+        lora_projector=True,
+    )
+
+
+def preference_optim() -> OptimConfig:
+    """The DPO-family default schedule: OPA-DPO's DPO-stage learning rate, 100 steps of 8 pairs."""
+    return OptimConfig(lr=1e-5, warmup_steps=10, max_steps=100, batch_size=8)
+
+
 @dataclasses.dataclass
 class DPORecipeConfig:
     recipe: Literal["dpo"] = field(default="dpo", metadata={"help": "Selects this recipe."})
@@ -56,19 +75,12 @@ class DPORecipeConfig:
         metadata={"help": "PreferenceRecord dataset (save_to_disk folder), e.g. from `align build-data`."},
     )
     model: ModelConfig = field(
-        default_factory=lambda: ModelConfig(
-            name_or_path="runs/demo/sft_base/final",
-            lora_r=16,
-            lora_alpha=32,
-            lora_dropout=0.0,
-            lora_vision=True,  # as the OPA-DPO recipe, so the two compare on the same trainable weights
-            lora_projector=True,
-        ),
+        default_factory=preference_policy,
         metadata={"help": "The start policy (a full model; also the reference) and the LoRA settings."},
     )
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "World used for eval; max_length."})
     optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=10, max_steps=100, batch_size=8),
+        default_factory=preference_optim,
         metadata={"help": "Optimiser and schedule (batch_size counts pairs)."},
     )
     loss: Literal["dpo", "ddpo"] = field(
@@ -126,20 +138,13 @@ class OPADPOConfig:
     )
     dataset: str = field(default="runs/opa_data/dataset", metadata={"help": "OPA dataset from `align build-data`."})
     model: ModelConfig = field(
-        default_factory=lambda: ModelConfig(
-            name_or_path="runs/demo/sft_base/final",
-            lora_r=16,
-            lora_alpha=32,
-            lora_dropout=0.0,
-            lora_vision=True,  # OPA-DPO adapts the vision tower and projector too
-            lora_projector=True,
-        ),
+        default_factory=preference_policy,
         metadata={"help": "The base policy (a full model) and the LoRA settings of both stages."},
     )
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "World used for eval; max_length."})
     opa: OPAStepConfig = field(default_factory=OPAStepConfig, metadata={"help": "The OPA step."})
     optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=10, max_steps=100, batch_size=8),
+        default_factory=preference_optim,
         metadata={"help": "OPA-DPO optimiser and schedule."},
     )
     baseline: Literal["none", "offpolicy"] = field(
