@@ -17,12 +17,13 @@ import importlib
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 from align.config.loading import ConfigError, from_dict
 from align.config.registry import RECIPES, load_config
 from align.config.sections import BenchmarkSource, EvalConfig, GenerationConfig
-from data_builders.endpoint import JudgeConfig
+from data_builders.endpoint import EndpointFatalError, JudgeConfig
 
 
 def _cmd_validate(args) -> int:
@@ -50,6 +51,23 @@ def run_recipe(cfg):
     return getattr(importlib.import_module(module), func)(cfg)
 
 
+def build_failures(summary: dict) -> dict[str, int]:
+    """Items a build could not finish, by reason (expert: OPA-DPO data; divider, labeler: RLAIF-V data)."""
+    failed = Counter(summary.get("failed") or {}) + Counter((summary.get("expert") or {}).get("failures") or {})
+    return dict(failed)  # Counter addition drops zero counts
+
+
+def _failure_status(failures: dict[str, int], allowed: bool, what: str) -> int:
+    """The exit status of a run that may have failed items: 0 when none failed or the user allows partial
+    results, else 1 with a line that says what failed and what to do."""
+    if not failures:
+        return 0
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(failures.items()))
+    verdict = "--allow-failures: exit 0" if allowed else "rerun once the cause is fixed to retry them (exit 1)"
+    print(f"{sum(failures.values())} {what} failed ({reasons}); the rest is kept; {verdict}", file=sys.stderr)
+    return 0 if allowed else 1
+
+
 def _cmd_run(args, command: str) -> int:
     cfg = load_config(args.config, args.overrides)
     if RECIPES[cfg.recipe].command != command:
@@ -60,6 +78,7 @@ def _cmd_run(args, command: str) -> int:
     result = run_recipe(cfg)
     if command == "build-data":
         print(json.dumps(result, indent=2))
+        return _failure_status(build_failures(result), args.allow_failures, "items")
     elif isinstance(result, dict) and "eval" in result:
         from align.eval.runner import format_table
 
@@ -127,6 +146,8 @@ def _judge_config(args):
         api_key_env=key_env,
         cache_dir=args.judge_cache,
         concurrency=args.judge_concurrency,
+        timeout=args.judge_timeout,
+        max_retries=args.judge_retries,
     )
 
 
@@ -146,6 +167,8 @@ def _add_judge_flags(p: argparse.ArgumentParser, title: str) -> argparse._Argume
         "--judge-cache", metavar="DIR", help="reply cache (default $ALIGN_CACHE/judge, ~/.cache/align/judge)"
     )
     j.add_argument("--judge-concurrency", type=int, default=4, metavar="N", help="judge requests in flight")
+    j.add_argument("--judge-timeout", type=float, default=120.0, metavar="S", help="seconds per HTTP attempt")
+    j.add_argument("--judge-retries", type=int, default=5, metavar="N", help="client retries on errors, 429, 5xx")
     return j
 
 
@@ -208,8 +231,7 @@ def _cmd_eval_score(args) -> int:
     )
     print(format_metrics(scored.metrics))
     if judge is not None:
-        u = judge.usage
-        print(f"judge {judge.cfg.model}: {judge.requests} requests ({u.prompt_tokens} + {u.completion_tokens} tokens)")
+        print(judge.summary())
     scores_path, samples_path = _score_paths(Path(args.outputs), bench.name, args.split, args.json)
     scores_path.parent.mkdir(parents=True, exist_ok=True)
     report = {
@@ -228,7 +250,7 @@ def _cmd_eval_score(args) -> int:
         for r in scored.records:
             f.write(json.dumps(r) + "\n")
     print(f"wrote {scores_path} and {samples_path.name}")
-    return 0
+    return _failure_status(dict(judge.failures) if judge is not None else {}, args.allow_failures, "judged samples")
 
 
 def build_score_parser() -> argparse.ArgumentParser:
@@ -263,6 +285,11 @@ def build_score_parser() -> argparse.ArgumentParser:
         "--json", metavar="OUT", help="metrics JSON path (default: <outputs>.<benchmark>[-<split>].scores.json)"
     )
     p.add_argument("--allow-missing", action="store_true", help="score the answered items only, counting the rest")
+    p.add_argument(
+        "--allow-failures",
+        action="store_true",
+        help="exit 0 even when judge requests failed (the failed samples are left out and asked again on a rerun)",
+    )
     j = _add_judge_flags(p, "LLM judge (mmhal, objhal_llm, cceval)")
     j.add_argument(
         "--judge-prompt",
@@ -302,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("config", help="YAML config file")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4")
+        p.add_argument(
+            "--allow-failures",
+            action="store_true",
+            help="exit 0 even when some items failed (expert, labeler): the finished ones are kept either way",
+        )
         p.set_defaults(func=lambda a, c=name: _cmd_run(a, c))
 
     _add_eval_parser(sub)
@@ -357,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)  # errors print one line; ALIGN_DEBUG=1 shows the traceback
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, EndpointFatalError) as e:
         if os.environ.get("ALIGN_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)

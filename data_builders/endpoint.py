@@ -4,10 +4,18 @@ LLM judge (align/eval/judge.py): the settings, the client, one JSON-reply reques
 reply cache, and token usage with its cost.
 
 The API key is never a setting: `api_key_env` names the environment variable that holds it, `build_client` reads it
-there, and it lives only inside the openai client (not in a config, a cache, a record or a repr). Transport errors
-(connection, timeout, 408/409/429/5xx) are retried by the openai client itself (`max_retries`, exponential backoff);
-what each caller does after that is its own failure policy. This module imports no torch, transformers or datasets,
-and `openai` only when a client is built.
+there, and it lives only inside the openai client (not in a config, a cache, a record or a repr); `redact` takes it
+out of any message we print or store (an error body may echo it).
+
+The fault policy, one for every caller (expert, divider, labeler, judge):
+- transport faults (connection, timeout, 408/409/429/5xx) are retried by the openai client itself (`max_retries`,
+  exponential backoff), then come back as `TransientReplyError`s, like a reply that is empty, not JSON, missing
+  its message or breaking the schema: each is recorded per item with its reason, never cached, and asked again
+  on the next run. Only valid replies are cached;
+- `fatal_error` turns errors that no retry can fix (401, 403, 404: key, permission, model or route) into one
+  `EndpointFatalError` that stops the run at once, naming what to check.
+This module imports no torch, transformers or datasets, and `openai` only when a client is built or a fault is
+classified.
 """
 
 from __future__ import annotations
@@ -88,6 +96,57 @@ class JudgeConfig(EndpointConfig):
         if self.concurrency < 1:
             raise ValueError(f"judge concurrency must be >= 1, got {self.concurrency}")
         super().__post_init__()
+
+
+class EndpointFatalError(ValueError):
+    """Every request to this endpoint would fail the same way (bad key, no permission, unknown model or route)."""
+
+
+class TransientReplyError(RuntimeError):
+    """A reply that cannot be used this time (no choices, no message, empty, not JSON, off-schema): recorded for the
+    item, never cached, asked again on the next run."""
+
+
+def redact(text: str, cfg: EndpointConfig | None = None) -> str:
+    """`text` without the API key: the value of cfg.api_key_env (an error body may echo the key we sent), and any
+    OpenAI-style secret key."""
+    key = os.environ.get(cfg.api_key_env) if cfg is not None and cfg.api_key_env else None
+    if key and len(key) >= 4:
+        text = text.replace(key, "***")
+    return _SECRET.sub("sk-***", text)
+
+
+_SECRET = re.compile(r"sk-[A-Za-z0-9_\-]{8,}")
+
+
+def fatal_error(exc: BaseException, cfg: EndpointConfig, role: str) -> EndpointFatalError | None:
+    """The run-stopping error for `exc` when no retry can fix it, else None (the item is recorded and retried)."""
+    import openai
+
+    if not isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)):
+        return None
+    key = f"the API key variable {cfg.api_key_env}" if cfg.api_key_env else "the API key (api_key_env: none)"
+    return EndpointFatalError(
+        redact(f"{role} {cfg.model!r} at {cfg.base_url or 'api.openai.com'}: {type(exc).__name__}: {exc} ", cfg)
+        + f"(check the model name, the base URL and {key})"
+    )
+
+
+def failure_reason(exc: BaseException, cfg: EndpointConfig) -> str:
+    """One line for an item's failure record: the error's type and message, without the key."""
+    return redact(f"{type(exc).__name__}: {exc}", cfg)
+
+
+def first_message(response):
+    """choices[0].message of a chat completion, or TransientReplyError when the reply has none (a server may send
+    an empty `choices` list or a choice without its message)."""
+    choices = getattr(response, "choices", None)
+    if not choices:
+        raise TransientReplyError("reply has no choices")
+    message = getattr(choices[0], "message", None)
+    if message is None:
+        raise TransientReplyError("reply's first choice has no message")
+    return choices[0], message
 
 
 def build_client(cfg: EndpointConfig):

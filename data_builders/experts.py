@@ -25,7 +25,7 @@ from typing import Protocol
 
 from tqdm.auto import tqdm
 
-from data_builders.endpoint import ReplyCache, Usage
+from data_builders.endpoint import EndpointFatalError, ReplyCache, TransientReplyError, Usage
 
 ERROR_TYPES = ("correct", "image_recognition_error", "language_comprehension_error")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -176,22 +176,29 @@ class Expert(Protocol):
     expert_id: str  # model + prompt version: part of the cache key, so a changed expert never reuses replies
 
     def correct(self, request: CorrectionRequest) -> tuple[ExpertReport, Usage]:
-        """Raise ExpertReplyError for a bad reply (recorded, cached); any other exception is transient."""
+        """Raise ExpertReplyError for a bad reply, TransientReplyError for a failed request (both recorded, never
+        cached), EndpointFatalError when no request can succeed (stops the run)."""
         ...
 
 
 def _correct_one(expert: Expert, request: CorrectionRequest, cache: ReplyCache | None) -> CorrectionResult:
+    """One request through the fault policy (data_builders/endpoint.py): only a valid report is cached; an invalid
+    or failed reply is recorded with its reason and asked again on the next run; a fatal error propagates."""
     key = request.key(expert.expert_id)
     if cache is not None and (hit := cache.get(key)) is not None:
         # the key ignores the row id: an identical request from another row reuses the reply under its own id
         return dataclasses.replace(CorrectionResult.from_dict(hit, cached=True), id=request.id)
     try:
         report, usage = expert.correct(request)
-        result = CorrectionResult(request.id, key, report, usage=usage)
-    except ExpertReplyError as e:  # permanent: cache it so a rerun does not pay for it again
-        result = CorrectionResult(request.id, key, None, f"invalid reply: {e}", usage=e.usage or Usage())
-    except Exception as e:  # transient (API down, retries exhausted): recorded, not cached, retried next run
+    except EndpointFatalError:
+        raise
+    except ExpertReplyError as e:  # the reply broke the format even after the repair turn
+        return CorrectionResult(request.id, key, None, f"invalid reply: {e}", usage=e.usage or Usage())
+    except TransientReplyError as e:  # transport failure after the client's retries, or an unusable reply
+        return CorrectionResult(request.id, key, None, str(e), usage=getattr(e, "usage", None) or Usage())
+    except Exception as e:  # e.g. an image the expert cannot send: recorded, the rest of the batch goes on
         return CorrectionResult(request.id, key, None, f"{type(e).__name__}: {e}")
+    result = CorrectionResult(request.id, key, report, usage=usage)
     if cache is not None:
         cache.put(key, result.to_dict())
     return result
@@ -204,13 +211,17 @@ def correct_all(
     concurrency: int = 4,
     desc: str = "expert",
 ) -> list[CorrectionResult]:
-    """Correct every request (in input order). Failures come back as results with `error` set."""
+    """Correct every request (in input order). Failures come back as results with `error` set; an
+    EndpointFatalError (bad key, unknown model) stops the run at once, without sending the queued requests."""
     cache = ReplyCache(cache_dir) if cache_dir is not None else None
     results: list[CorrectionResult | None] = [None] * len(requests)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency))
+    try:
         futures = {pool.submit(_correct_one, expert, r, cache): i for i, r in enumerate(requests)}
         for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc=desc, leave=False):
             results[futures[future]] = future.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
     return results  # type: ignore[return-value]
 
 

@@ -3,9 +3,10 @@
 One request = one chat completion: a system prompt with the correction rules and the JSON format, and a user
 message with the question, the reference answer, the response as numbered sentences and the image as a data URL.
 A reply that does not parse or validate gets exactly one repair turn; after that the row fails with
-`ExpertReplyError` (recorded and cached by `correct_all`). Transport errors (connection, timeout, 429, 5xx) are
-retried by the openai client itself (`max_retries`, exponential backoff) and then propagate, so `correct_all`
-records them as transient and a rerun tries again. The settings (`OpenAIExpertConfig`), the client and the request
+`ExpertReplyError`. Transport errors (connection, timeout, 429, 5xx) are retried by the openai client itself
+(`max_retries`, exponential backoff), then come back as `TransientReplyError`; 401/403/404 raise
+`EndpointFatalError`. `correct_all` records every failure per row, never caches it, and a rerun asks again (the
+fault policy of data_builders/endpoint.py). The settings (`OpenAIExpertConfig`), the client and the request
 are data_builders/endpoint.py's.
 """
 
@@ -15,8 +16,12 @@ import json
 
 from data_builders.endpoint import (
     OpenAIExpertConfig,
+    TransientReplyError,
     Usage,
     build_client,
+    failure_reason,
+    fatal_error,
+    first_message,
     image_data_url,
     json_completion,
     strip_fence,
@@ -113,14 +118,12 @@ class OpenAIExpert:
         """One chat completion -> (content, finish_reason); usage is added even when the reply is unusable."""
         response = json_completion(self.client, self.cfg, messages, "expert_report", REPORT_SCHEMA)
         usage += Usage.of(response)
-        if not response.choices:
-            raise ExpertReplyError("reply has no choices")
-        choice = response.choices[0]
-        if getattr(choice.message, "refusal", None):
-            raise ExpertReplyError(f"refused: {choice.message.refusal}")
-        if not (choice.message.content or "").strip():
+        choice, message = first_message(response)
+        if getattr(message, "refusal", None):
+            raise ExpertReplyError(f"refused: {message.refusal}")
+        if not (message.content or "").strip():
             raise ExpertReplyError(f"empty reply (finish_reason={choice.finish_reason})")
-        return choice.message.content, choice.finish_reason
+        return message.content, choice.finish_reason
 
     def _parse(self, content: str, finish_reason: str | None) -> ExpertReport:
         try:
@@ -134,9 +137,15 @@ class OpenAIExpert:
         usage = Usage()
         try:
             return self._correct(request, usage), usage
-        except ExpertReplyError as e:
+        except (ExpertReplyError, TransientReplyError) as e:
             e.usage = usage  # failed replies cost tokens too: the build summary counts them
             raise
+        except Exception as e:  # the endpoint's fault policy: fatal stops the run, the rest is retried next run
+            if (fatal := fatal_error(e, self.cfg, "expert")) is not None:
+                raise fatal from None
+            transient = TransientReplyError(failure_reason(e, self.cfg))
+            transient.usage = usage
+            raise transient from None
 
     def _correct(self, request: CorrectionRequest, usage: Usage) -> ExpertReport:
         messages = self.messages(request)

@@ -31,12 +31,18 @@ from tqdm.auto import tqdm
 
 from data_builders.claims import CheckRequest, Claim
 from data_builders.endpoint import (
+    EndpointFatalError,
     OpenAIExpertConfig,
     ReplyCache,
+    TransientReplyError,
     Usage,
     build_client,
+    failure_reason,
+    fatal_error,
+    first_message,
     image_data_url,
     json_completion,
+    redact,
     strip_fence,
 )
 
@@ -124,12 +130,15 @@ class OpenAIDivider:
         return hashlib.sha256(json.dumps([self.divider_id, prompt, response]).encode()).hexdigest()
 
     def _complete(self, messages: list[dict]) -> str:
-        reply = json_completion(self.client, self.cfg, messages, "claims", CLAIMS_SCHEMA)
+        try:
+            reply = json_completion(self.client, self.cfg, messages, "claims", CLAIMS_SCHEMA)
+        except Exception as e:  # the endpoint's fault policy: fatal stops the run, the rest is retried next run
+            if (fatal := fatal_error(e, self.cfg, "divider")) is not None:
+                raise fatal from None
+            raise TransientReplyError(failure_reason(e, self.cfg)) from None
         with self._lock:
             self.usage += Usage.of(reply)
-        if not reply.choices:
-            raise DividerReplyError("reply has no choices")
-        message = reply.choices[0].message
+        _, message = first_message(reply)
         if getattr(message, "refusal", None):
             raise DividerReplyError(f"refused: {message.refusal}")
         return message.content or ""
@@ -168,6 +177,8 @@ def divide_all(
     def one(item: tuple[str, str]) -> list[Claim] | Exception:
         try:
             return divider.divide(*item)
+        except EndpointFatalError:
+            raise  # bad key or unknown model: stop now, every item would fail alike
         except Exception as e:
             return e
 
@@ -177,10 +188,13 @@ def divide_all(
 def _run_all(fn, items: list, concurrency: int, desc: str) -> list:
     """fn over items on a thread pool, results in input order, with a progress bar counting completions."""
     results: list = [None] * len(items)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency))
+    try:
         futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
         for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc=desc, leave=False):
             results[futures[future]] = future.result()
+    finally:  # an EndpointFatalError stops the run without sending the queued requests
+        pool.shutdown(cancel_futures=True)
     return results
 
 
@@ -231,6 +245,7 @@ class OpenAILabeler:
         ]
 
     def _fail(self, kind: str, request: CheckRequest, detail: str) -> None:
+        detail = redact(detail, self.cfg)
         with self._lock:
             self.failures[kind] += 1
             first = self.failures[kind] == 1
@@ -238,8 +253,6 @@ class OpenAILabeler:
             log.warning("labeler check %s failed (%s): %s", request.id, kind, detail[:300])
 
     def _ask(self, request: CheckRequest) -> float | None:
-        import openai
-
         key = self.key(request)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             with self._lock:
@@ -259,22 +272,28 @@ class OpenAILabeler:
                 logprobs=True,
                 top_logprobs=20,
             )
-        except openai.APIError as e:  # retries exhausted, timeout, 4xx: this check failed; a rerun asks again
+        except Exception as e:  # retries exhausted, timeout, a body that is not JSON: a rerun asks again
+            if (fatal := fatal_error(e, self.cfg, "labeler")) is not None:
+                raise fatal from None
             self._fail(type(e).__name__, request, str(e))
             return None
         with self._lock:
             self.usage += Usage.of(reply)
-        choice = reply.choices[0] if reply.choices else None
-        if choice is not None and getattr(choice.message, "refusal", None):
-            self._fail("refused", request, choice.message.refusal)
+        try:
+            choice, message = first_message(reply)
+        except TransientReplyError as e:  # no choices, or a choice without its message
+            self._fail("no message", request, str(e))
+            return None
+        if getattr(message, "refusal", None):
+            self._fail("refused", request, message.refusal)
             return None
         p, source = None, "logprobs"
-        tokens = (choice.logprobs.content or []) if choice is not None and choice.logprobs is not None else []
+        tokens = (choice.logprobs.content or []) if choice.logprobs is not None else []
         for token in tokens:  # the first position where yes or no is among the top tokens
             if (p := yes_no_probability(token.top_logprobs)) is not None:
                 break
         if p is None:
-            content = choice.message.content if choice is not None else None
+            content = message.content
             p, source = text_answer(content), "text"
             if p is None:
                 self._fail("no yes/no answer", request, repr(content))

@@ -11,6 +11,9 @@ Behaviours, consumed one per request from `server.script` (then `server.default`
                         choices[0].logprobs.content[0].top_logprobs = the pairs given, in that order
     ("status", code)    error `code` with a `retry-after-ms: 10` header, so client retries are quick
     ("sleep", s[, then]) wait s seconds (past the client timeout), then answer with `then` (default: a text reply)
+    ("payload", obj)    200 with obj as the whole body (e.g. {"choices": []}, or a choice without "message")
+    ("raw", str)        200 with str as the body, sent as JSON although it need not be
+    ("error", (code, message))  error `code` whose body's message is `message` (e.g. one that echoes the key)
     callable(body)      called with the request JSON; returns one of the above
 
 Every request body (parsed JSON) is appended to `server.requests`, its headers to `server.headers`. Use the
@@ -83,6 +86,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, completion(body, None, refusal=arg))
         elif kind == "logprobs":
             self._send(200, completion(body, arg[0][0], logprobs=token_logprobs(arg)))
+        elif kind == "payload":
+            self._send(200, arg)
+        elif kind == "raw":
+            self._send_bytes(200, arg.encode())
+        elif kind == "error":
+            code, message = arg
+            self._send(code, {"error": {"message": message, "type": "invalid_request_error", "code": None}})
         elif kind == "status":
             error = {"error": {"message": f"scripted status {arg}", "type": "server_error", "code": None}}
             self._send(arg, error, {"retry-after-ms": "10"})
@@ -90,7 +100,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise ValueError(f"unknown behaviour {kind!r}")
 
     def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
-        data = json.dumps(payload).encode()
+        self._send_bytes(status, json.dumps(payload).encode(), headers)
+
+    def _send_bytes(self, status: int, data: bytes, headers: dict | None = None) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

@@ -6,9 +6,11 @@ only gets replies, reproducibly and cheaply:
   reply, so each score can say which judge produced it;
 - a disk cache (`data_builders.endpoint.ReplyCache`, one JSON file per request hash) keyed by model, messages,
   temperature, max_tokens and the benchmark's prompt version: a rerun makes no request for what it has seen;
-- transport errors (connection, timeout, 429, 5xx) are retried by the openai client (`max_retries`, backoff) and
-  then come back as a reply with `error` set, never cached, so the next run asks again. Errors that no retry can
-  fix (bad key, no permission, unknown model or route) raise at once instead of failing every sample alike.
+- the fault policy of data_builders/endpoint.py: transport errors (connection, timeout, 429, 5xx, retried by the
+  openai client first) and unusable replies (a body that is not JSON, no choices, a choice without its message)
+  come back as a reply with `error` set, counted in `failures`, never cached, so the next run asks again; errors
+  that no retry can fix (bad key, no permission, unknown model or route) raise `EndpointFatalError` at once
+  instead of failing every sample alike.
 
 The API key is read from the environment variable named by `api_key_env` (`build_client`) and lives only inside
 the openai client: not in the config, the cache, the records or any repr.
@@ -20,10 +22,20 @@ import hashlib
 import json
 import os
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_builders.endpoint import JudgeConfig, ReplyCache, Usage, build_client
+from data_builders.endpoint import (
+    JudgeConfig,
+    ReplyCache,
+    TransientReplyError,
+    Usage,
+    build_client,
+    failure_reason,
+    fatal_error,
+    first_message,
+)
 
 
 def default_cache_dir() -> Path:
@@ -37,7 +49,7 @@ class JudgeReply:
     text: str  # "" when the request failed or the model refused
     model: str  # as the server reported it; the configured name when there was no response
     cached: bool = False
-    error: str | None = None  # set only when no reply came (transport failure after retries); never cached
+    error: str | None = None  # set when no usable reply came (after the client's retries); never cached
 
 
 class Judge:
@@ -49,7 +61,9 @@ class Judge:
         self.client = client if client is not None else build_client(cfg)
         self.cache = ReplyCache(cfg.cache_dir or default_cache_dir()) if cfg.cache else None
         self.usage = Usage()
-        self.requests = 0
+        self.sent = 0  # requests sent (the client's own retries of one request count once)
+        self.requests = 0  # requests answered: the paid ones
+        self.failures: Counter = Counter()  # failed samples by error type
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -65,23 +79,21 @@ class Judge:
         key = self.key(messages, prompt_version)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return JudgeReply(hit["text"], hit["model"], cached=True)
-        import openai  # lazy: only judge-scored benchmarks need it
-
         try:
             reply = self._request(messages)
-        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
-            # configuration errors: every sample would fail the same way, so stop with what to check
-            raise ValueError(
-                f"judge {self.cfg.model!r} at {self.cfg.base_url or 'api.openai.com'}: {type(e).__name__}: {e} "
-                "(check the judge model name, base URL and API key variable)"
-            ) from None
-        except openai.APIError as e:
-            return JudgeReply("", self.cfg.model, error=f"{type(e).__name__}: {e}")
+        except Exception as e:  # the endpoint's fault policy: fatal stops the run, the rest is retried next run
+            if (fatal := fatal_error(e, self.cfg, "judge")) is not None:
+                raise fatal from None
+            with self._lock:  # an unusable reply by what was wrong with it, other faults by their type
+                self.failures[str(e) if isinstance(e, TransientReplyError) else type(e).__name__] += 1
+            return JudgeReply("", self.cfg.model, error=failure_reason(e, self.cfg))
         if self.cache is not None:
             self.cache.put(key, {"text": reply.text, "model": reply.model, "prompt_version": prompt_version})
         return reply
 
     def _request(self, messages: list[dict]) -> JudgeReply:
+        with self._lock:
+            self.sent += 1
         response = self.client.chat.completions.create(
             model=self.cfg.model,
             messages=messages,
@@ -90,9 +102,16 @@ class Judge:
         )
         with self._lock:
             self.requests += 1
-            if response.usage is not None:
-                self.usage += Usage(response.usage.prompt_tokens or 0, response.usage.completion_tokens or 0)
+            self.usage += Usage.of(response)
         model = getattr(response, "model", None) or self.cfg.model
-        if not response.choices:
-            return JudgeReply("", model)
-        return JudgeReply(response.choices[0].message.content or "", model)  # a refusal has no content
+        _, message = first_message(response)  # TransientReplyError for no choices or no message
+        return JudgeReply(message.content or "", model)  # a refusal has no content
+
+    def summary(self) -> str:
+        """One line: requests sent and answered, failures by type, tokens."""
+        failed = sum(self.failures.values())
+        reasons = f" ({', '.join(f'{k}: {v}' for k, v in sorted(self.failures.items()))})" if failed else ""
+        return (
+            f"judge {self.cfg.model}: {self.sent} requests sent, {self.requests} answered, {failed} failed{reasons}; "
+            f"{self.usage.prompt_tokens} + {self.usage.completion_tokens} tokens"
+        )

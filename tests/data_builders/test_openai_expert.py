@@ -180,13 +180,13 @@ def test_missing_key_raises_and_key_never_leaks(openai_server, tmp_path, monkeyp
     monkeypatch.setenv("MY_VLM_KEY", "sk-test-SECRET")
     cfg = OpenAIExpertConfig(base_url=openai_server.base_url, api_key_env="MY_VLM_KEY", max_retries=0)
     expert = OpenAIExpert(cfg)
-    openai_server.script = [("json", GOOD), ("text", "bad"), ("text", "bad")]  # one ok and one failed row cached
+    openai_server.script = [("json", GOOD), ("text", "bad"), ("text", "bad")]  # one ok row, one that fails
     results = correct_all(expert, [request(1), request(2)], cache_dir=tmp_path, concurrency=1)
     assert results[0].report is not None and results[1].error.startswith("invalid reply")
     assert openai_server.headers[0]["authorization"] == "Bearer sk-test-SECRET"  # the key was used
     assert "SECRET" not in repr(expert) and "SECRET" not in repr(cfg)
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert len(files) == 2 and not any("SECRET" in p.read_text() for p in files)
+    assert len(files) == 1 and not any("SECRET" in p.read_text() for p in files)  # only the valid reply is cached
 
 
 def test_config_validation_and_helpers():

@@ -11,7 +11,7 @@ import math
 import pytest
 
 from data_builders.claims import CheckRequest, Claim
-from data_builders.endpoint import OpenAIExpertConfig, Usage
+from data_builders.endpoint import OpenAIExpertConfig, TransientReplyError, Usage
 from data_builders.openai_feedback import (
     CLAIMS_SCHEMA,
     DividerReplyError,
@@ -227,7 +227,8 @@ def test_divider_cache_and_divide_all(openai_server, tmp_path):
     items = [("Q", "A brown dog."), ("Q", "broken"), ("Q", "garbled"), ("Q2", "A brown dog.")]
     out = divide_all(OpenAIDivider(cfg_for(openai_server), cache_dir=tmp_path), items, concurrency=3)
     assert out[0] == EXPECTED and out[3] == EXPECTED
-    assert type(out[1]).__name__ == "InternalServerError" and isinstance(out[2], DividerReplyError)
+    assert isinstance(out[1], TransientReplyError) and "InternalServerError" in str(out[1])  # not cached
+    assert isinstance(out[2], DividerReplyError)
     assert len(openai_server.requests) == 1 + 1 + 2 + 1
 
     openai_server.requests.clear()

@@ -108,7 +108,10 @@ def read_outputs(path: str | Path, prefer: tuple[str, ...] = ()) -> dict[str, st
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"outputs file {str(path)!r} not found")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); {ACCEPTED}") from None
     if text.lstrip().startswith("["):
         try:
             array = json.loads(text)

@@ -20,6 +20,7 @@ from align.eval.benchmarks.mmhal import (
     with_prompt,
 )
 from align.eval.judge import Judge, JudgeConfig, JudgeReply
+from data_builders.endpoint import EndpointFatalError
 from tests.openai_server import openai_server_fixture  # noqa: F401  (provides the openai_server fixture)
 
 MMHAL = BENCHMARKS["mmhal"]
@@ -262,7 +263,7 @@ def test_a_bad_key_stops_scoring_without_sending_the_queue(openai_server, tmp_pa
     items = load(write(tmp_path / "t.json", template() * 5))  # 20 items
     cfg = JudgeConfig(model="judge-x", base_url=openai_server.base_url, api_key_env=None, max_retries=0,
                       cache_dir=str(tmp_path / "cache"), concurrency=1)  # fmt: skip
-    with pytest.raises(ValueError, match="AuthenticationError.*check the judge model name, base URL and API key"):
+    with pytest.raises(EndpointFatalError, match="AuthenticationError.*check the model name, the base URL"):
         score_outputs(MMHAL, items, {it["id"]: "x" for it in items}, judge=Judge(cfg))
     assert len(openai_server.requests) <= 2  # the one that failed, and at most one already started
 

@@ -1,0 +1,62 @@
+"""`align build-data` with an OpenAI-compatible expert that fails (issue 16): the build keeps every finished row,
+says how many failed and why, exits 1 (0 with --allow-failures), and a rerun once the server is healthy asks again
+for exactly the failed rows and exits 0 with all of them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from align.cli import main
+from align.core.models import save_policy
+from tests.conftest import SMALL_WORLD
+from tests.data_builders.test_openai_expert import GOOD
+from tests.openai_server import openai_server_fixture  # noqa: F401  (provides the openai_server fixture)
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def argv(micro_model, tmp_path, cache_dir, openai_server) -> list[str]:
+    model, processor = micro_model
+    policy = save_policy(model, processor, tmp_path / "policy")
+    world = [f"world.{k}={getattr(SMALL_WORLD, k)}" for k in ("seed", "n_train", "n_val", "n_test")]
+    return [
+        "build-data", str(REPO / "configs/toy/opa_dpo_data.yaml"), f"policy={policy}",
+        f"output_dir={tmp_path / 'out'}", f"cache_dir={cache_dir}", *world, "limit=6", "rollout.max_new_tokens=8",
+        "expert=openai",
+        f"openai.base_url={openai_server.base_url}", "openai.api_key_env=null", "openai.max_retries=0",
+        "concurrency=1",
+    ]  # fmt: skip
+
+
+def test_a_build_with_failed_rows_exits_1_and_a_healthy_rerun_recovers_them(openai_server, argv, tmp_path, capsys):
+    openai_server.script = [("json", GOOD)]  # the first row is corrected, the other five fail
+    openai_server.default = ("status", 500)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "5 items failed (InternalServerError: 5)" in err and "rerun" in err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["expert"]["ok"] == 1 and summary["dropped"] == {"expert_failed": 5}
+
+    openai_server.default = ("json", GOOD)
+    assert main(argv) == 0  # the fault cleared: only the 5 failed rows are asked again
+    assert len(openai_server.requests) == 6 + 5
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["expert"]["ok"] == 6 and summary["expert"]["cached"] == 1 and not summary["expert"]["failures"]
+
+
+def test_allow_failures_keeps_exit_0(openai_server, argv, capsys):
+    openai_server.script = [("json", GOOD)]
+    assert main([*argv, "--allow-failures"]) == 0
+    assert "5 items failed" in capsys.readouterr().err
+
+
+def test_a_rejected_key_stops_the_build_with_one_line(openai_server, argv, capsys):
+    openai_server.default = ("status", 401)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: expert 'gpt-4o' at http://127.0.0.1" in err and "AuthenticationError" in err
+    assert len(openai_server.requests) <= 2  # of 6 rows: the rejected one and at most one the worker had started
