@@ -103,3 +103,39 @@ def test_outputs_that_are_not_utf8_name_the_file(tmp_path, capsys):
     assert main(["eval", "score", "--benchmark", "mmhal", "--outputs", str(bad), "--data", str(data)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "not UTF-8" in err
+
+
+def test_a_scoring_run_killed_mid_judging_resumes_losing_nothing(openai_server, tmp_path):
+    """kill -9 with judge requests in flight: the rerun repeats at most `concurrency` paid requests and scores
+    every sample."""
+    import collections
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    argv = mmhal_argv(openai_server, tmp_path, "--judge-concurrency", "2")
+    items = template() * 3  # 12 samples, over the 4 that mmhal_argv wrote
+    for i, item in enumerate(items):
+        item["question"] = f"{item['question']} ({i})"
+    write(tmp_path / "mmhal" / "response_template.json", items)
+    write(tmp_path / "answers.json", [{**it, "model_answer": f"answer {i}"} for i, it in enumerate(items)])
+    openai_server.default = ("sleep", 0.3, ("text", "Rating: 4"))
+    script = f"import sys\nfrom align.cli import main\nsys.exit(main({argv!r}))\n"
+    repo = Path(__file__).resolve().parents[3]
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=repo, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 60
+    while len(openai_server.requests) < 5 and time.time() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert 5 <= len(openai_server.requests) < 12
+
+    openai_server.default = ("text", "Rating: 4")
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "answers.json.mmhal.scores.json").read_text())
+    assert report["counts"]["scored"] == 12 and report["metrics"]["judge_errors"] == 0
+    asked = collections.Counter(json.dumps(r["messages"]) for r in openai_server.requests)
+    assert len(asked) == 12 and sum(n - 1 for n in asked.values()) <= 2  # at most `concurrency` paid twice

@@ -60,3 +60,35 @@ def test_a_rejected_key_stops_the_build_with_one_line(openai_server, argv, capsy
     err = capsys.readouterr().err
     assert "error: expert 'gpt-4o' at http://127.0.0.1" in err and "AuthenticationError" in err
     assert len(openai_server.requests) <= 2  # of 6 rows: the rejected one and at most one the worker had started
+
+
+def test_a_build_killed_mid_expert_resumes_losing_nothing(openai_server, argv, tmp_path):
+    """kill -9 while expert requests are in flight; the rerun keeps every reply that came back before the kill,
+    repeats at most `concurrency` paid requests, and ends with every row exactly once."""
+    import collections
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from datasets import load_from_disk
+
+    argv = [a if not a.startswith("concurrency=") else "concurrency=2" for a in argv]
+    openai_server.default = ("sleep", 0.4, ("json", GOOD))
+    script = f"import sys\nfrom align.cli import main\nsys.exit(main({argv!r}))\n"
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while len(openai_server.requests) < 4 and time.time() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.1)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert len(openai_server.requests) >= 4, "the build never reached the expert"
+
+    openai_server.default = ("json", GOOD)
+    assert main(argv) == 0
+    rows = load_from_disk(str(tmp_path / "out" / "dataset"))
+    assert len(rows) == 6 and len(set(rows["id"])) == 6  # 0 rows lost, 0 duplicated
+    asked = collections.Counter(json.dumps(r["messages"][1]["content"][0]) for r in openai_server.requests)
+    assert len(asked) == 6 and sum(n - 1 for n in asked.values()) <= 2  # at most `concurrency` paid twice
