@@ -42,12 +42,21 @@ class RolloutSettings:
     top_p: float = dataclasses.field(default=0.95, metadata={"help": "Nucleus sampling (OPA-DPO: 0.95)."})
     max_new_tokens: int = dataclasses.field(default=64, metadata={"help": "Longest response in tokens."})
     batch_size: int = dataclasses.field(default=64, metadata={"help": "Prompts per generate call."})
+    max_prompt_tokens: int | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Longest prompt in tokens, image tokens included; longer ones are skipped and counted "
+            "(prompt_too_long). null = the policy's max_position_embeddings minus max_new_tokens."
+        },
+    )
 
     def __post_init__(self):
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError("need temperature > 0, 0 < top_p <= 1 and top_k >= 0")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("max_new_tokens and batch_size must be >= 1")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise ValueError("max_prompt_tokens must be >= 1 or null")
 
 
 @dataclasses.dataclass

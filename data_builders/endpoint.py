@@ -21,13 +21,18 @@ classified.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import dataclasses
 import json
 import os
 import re
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?\s*```$", re.DOTALL)
 
@@ -147,6 +152,32 @@ def first_message(response):
     if message is None:
         raise TransientReplyError("reply's first choice has no message")
     return choices[0], message
+
+
+def map_requests(fn: Callable, items: list, concurrency: int, desc: str) -> list:
+    """fn over items on `concurrency` threads, results in input order, with a progress bar. The first
+    EndpointFatalError stops the run: queued items are not sent (each checks a shared flag before it starts,
+    so at most the requests already in flight go out), and the error is raised."""
+    stop = threading.Event()
+
+    def guarded(item):
+        if stop.is_set():
+            return None  # never sent: the run is stopping on a fatal error
+        try:
+            return fn(item)
+        except EndpointFatalError:
+            stop.set()
+            raise
+
+    results: list = [None] * len(items)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency))
+    try:
+        futures = {pool.submit(guarded, item): i for i, item in enumerate(items)}
+        for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc=desc, leave=False):
+            results[futures[future]] = future.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+    return results
 
 
 def build_client(cfg: EndpointConfig):

@@ -15,7 +15,6 @@ data_builders/openai_expert.py).
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -23,9 +22,7 @@ import re
 from pathlib import Path
 from typing import Protocol
 
-from tqdm.auto import tqdm
-
-from data_builders.endpoint import EndpointFatalError, ReplyCache, TransientReplyError, Usage
+from data_builders.endpoint import EndpointFatalError, ReplyCache, TransientReplyError, Usage, map_requests
 
 ERROR_TYPES = ("correct", "image_recognition_error", "language_comprehension_error")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -214,15 +211,7 @@ def correct_all(
     """Correct every request (in input order). Failures come back as results with `error` set; an
     EndpointFatalError (bad key, unknown model) stops the run at once, without sending the queued requests."""
     cache = ReplyCache(cache_dir) if cache_dir is not None else None
-    results: list[CorrectionResult | None] = [None] * len(requests)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency))
-    try:
-        futures = {pool.submit(_correct_one, expert, r, cache): i for i, r in enumerate(requests)}
-        for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc=desc, leave=False):
-            results[futures[future]] = future.result()
-    finally:
-        pool.shutdown(cancel_futures=True)
-    return results  # type: ignore[return-value]
+    return map_requests(lambda r: _correct_one(expert, r, cache), requests, concurrency, desc)
 
 
 def summarize_results(results: list[CorrectionResult], price_in: float = 0.0, price_out: float = 0.0) -> dict:

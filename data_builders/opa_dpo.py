@@ -3,10 +3,12 @@
     align build-data configs/toy/opa_dpo_data.yaml
 
 Steps, each resumable:
-1. prompts + images + reference answers (ToyWorld: a clean caption written from ground truth);
+1. prompts + images + reference answers (ToyWorld: a clean caption written from ground truth); bad public rows and
+   prompts longer than the policy takes are skipped and counted in the summary's `dropped`;
 2. rollout: the policy samples one response per prompt (T=1.0, top_k=30, top_p=0.95 by default), appended to
-   `rollouts.jsonl` batch by batch, so a killed build restarts after the last finished batch;
-3. expert correction (`correct_all`: disk cache by request hash, bounded concurrency, failures recorded);
+   `rollouts.jsonl` batch by batch, so a killed build restarts after the last whole batch and writes the same file;
+3. expert correction (`correct_all`: disk cache by request hash, bounded concurrency, failures recorded); the
+   summary's tokens and cost count every reply the rows use, cached ones from earlier runs included;
 4. filters, as OPA-DPO's dataset builder: empty report, a repeated last sentence or a word repeated more than
    `max_word_repeats` times, empty revision; then the dataset and a JSON summary.
 
@@ -24,14 +26,13 @@ import time
 from pathlib import Path
 
 from data_builders.configs import OPADataConfig
+from data_builders.endpoint import Usage
 from data_builders.experts import CorrectionRequest, CorrectionResult, correct_all, sentences_of, summarize_results
-from data_builders.importers import public_prompts
 from data_builders.io import finish_build
 from data_builders.openai_expert import OpenAIExpert
 from data_builders.oracle import OracleExpert
-from data_builders.rollout import RolloutEngine, roll_out
+from data_builders.rollout import RolloutEngine, roll_out, rollout_prompts
 from data_builders.schema import OPA_FEATURES
-from data_builders.toyworld_data import toyworld_prompts
 
 
 def filter_reason(rollout: str, result: CorrectionResult, max_word_repeats: int) -> str | None:
@@ -60,7 +61,7 @@ def build(cfg: OPADataConfig, engine: RolloutEngine) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     expert = make_expert(cfg)  # before the rollout: a missing API key fails now, not after an hour of sampling
-    prompts = toyworld_prompts(cfg) if cfg.prompts is None else public_prompts(cfg.prompts, cfg.limit)
+    prompts, read = rollout_prompts(cfg, engine)  # bad rows and too-long prompts skipped, counted
     rollouts = roll_out(engine, prompts, out / "rollouts.jsonl", cfg.rollout, cfg.seed)
     requests = [
         CorrectionRequest(p["id"], p["image"], p["prompt"], rollouts[p["id"]], p["reference"], p["objects"])
@@ -68,8 +69,9 @@ def build(cfg: OPADataConfig, engine: RolloutEngine) -> dict:
     ]
     results = correct_all(expert, requests, out / "expert_cache", cfg.concurrency)
     source = f"toyworld/{cfg.split}" if cfg.prompts is None else str(cfg.prompts)
+    prices = (cfg.openai.price_in, cfg.openai.price_out)
     records = []
-    dropped: collections.Counter = collections.Counter()
+    dropped: collections.Counter = collections.Counter(read["skipped"])
     for p, r in zip(prompts, results, strict=True):
         reason = filter_reason(rollouts[p["id"]], r, cfg.max_word_repeats)
         if reason:
@@ -92,17 +94,41 @@ def build(cfg: OPADataConfig, engine: RolloutEngine) -> dict:
         )
     summary = {
         "dataset": str(out / "dataset"),
-        "rows_in": len(prompts),
+        "rows_in": read["rows_in"],
         "rows_out": len(records),
         "dropped": dict(dropped),
-        "expert": summarize_results(results, cfg.openai.price_in, cfg.openai.price_out),
+        "skipped_examples": read["examples"],
+        "expert": {**summarize_results(results, *prices), **cumulative_usage(results, *prices)},
         "corrected_sentences": _score_counts(results),
         "seconds": round(time.time() - t0, 1),
     }
-    empty = f"{cfg.output_dir}: no rows left of {len(prompts)} (dropped: {dict(dropped)})"
+    empty = f"{cfg.output_dir}: no rows left of {read['rows_in']} (dropped: {dict(dropped)})"
     return finish_build(out, summary, records, OPA_FEATURES, empty)
 
 
 def _score_counts(results: list[CorrectionResult]) -> dict[str, int]:
     counts = collections.Counter(s.score for r in results if r.report for s in r.report.sentences)
     return {f"score_{k}": counts[k] for k in (4, 3, 2, 1)}
+
+
+def cumulative_usage(results: list[CorrectionResult], price_in: float, price_out: float) -> dict:
+    """Tokens and cost of every reply this build's rows use, whichever run paid for it: a cached reply carries the
+    usage recorded when it was paid, so a resumed build counts what the earlier runs paid too (a reply shared by
+    identical requests, one request hash, once); `paid_this_run` is what this run's requests cost."""
+    total, this_run, seen = Usage(), Usage(), set()
+    for r in results:
+        if not r.cached:
+            this_run += r.usage
+            total += r.usage
+            seen.add(r.request_hash)
+    for r in results:
+        if r.cached and r.request_hash not in seen:
+            total += r.usage
+            seen.add(r.request_hash)
+    paid = {"prompt_tokens": this_run.prompt_tokens, "completion_tokens": this_run.completion_tokens}
+    return {
+        "prompt_tokens": total.prompt_tokens,
+        "completion_tokens": total.completion_tokens,
+        "cost_usd": total.cost_usd(price_in, price_out),
+        "paid_this_run": {**paid, "cost_usd": this_run.cost_usd(price_in, price_out)},
+    }

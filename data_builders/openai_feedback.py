@@ -17,7 +17,6 @@ image data URL, reply cache, usage).
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import logging
@@ -26,8 +25,6 @@ import re
 import threading
 from collections import Counter
 from pathlib import Path
-
-from tqdm.auto import tqdm
 
 from data_builders.claims import CheckRequest, Claim
 from data_builders.endpoint import (
@@ -42,6 +39,7 @@ from data_builders.endpoint import (
     first_message,
     image_data_url,
     json_completion,
+    map_requests,
     redact,
     strip_fence,
 )
@@ -182,20 +180,7 @@ def divide_all(
         except Exception as e:
             return e
 
-    return _run_all(one, items, concurrency, desc)
-
-
-def _run_all(fn, items: list, concurrency: int, desc: str) -> list:
-    """fn over items on a thread pool, results in input order, with a progress bar counting completions."""
-    results: list = [None] * len(items)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency))
-    try:
-        futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
-        for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc=desc, leave=False):
-            results[futures[future]] = future.result()
-    finally:  # an EndpointFatalError stops the run without sending the queued requests
-        pool.shutdown(cancel_futures=True)
-    return results
+    return map_requests(one, items, concurrency, desc)
 
 
 def yes_no_probability(top_logprobs) -> float | None:
@@ -306,4 +291,4 @@ class OpenAILabeler:
 
     def p_yes(self, requests: list[CheckRequest]) -> list[float | None]:
         """P(yes) / (P(yes) + P(no)) per request, in request order; None where the check failed."""
-        return _run_all(self._ask, requests, self.concurrency, "label")
+        return map_requests(self._ask, requests, self.concurrency, "label")

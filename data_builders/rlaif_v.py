@@ -40,12 +40,10 @@ from data_builders.claims import (
     parse_truth,
 )
 from data_builders.configs import RLAIFVDataConfig
-from data_builders.importers import public_prompts
 from data_builders.io import finish_build, read_jsonl
 from data_builders.openai_feedback import OpenAIDivider, divide_all
-from data_builders.rollout import RolloutEngine, roll_out
+from data_builders.rollout import RolloutEngine, roll_out, rollout_prompts
 from data_builders.schema import PREFERENCE_FEATURES
-from data_builders.toyworld_data import toyworld_prompts
 
 THRESHOLDS = [round(0.02 * i, 2) for i in range(50)]
 
@@ -112,11 +110,12 @@ def make_divider(cfg: RLAIFVDataConfig, out: Path) -> Divider:
     return OpenAIDivider(cfg.openai, cache_dir=out / "divider_cache")
 
 
-def sample_prompts(cfg: RLAIFVDataConfig) -> tuple[list[dict], list[dict]]:
-    """(prompts, one entry per sample: the prompt's fields with id '<prompt id>#<k>')."""
-    prompts = toyworld_prompts(cfg) if cfg.prompts is None else public_prompts(cfg.prompts, cfg.limit)
+def sample_prompts(cfg: RLAIFVDataConfig, engine: RolloutEngine) -> tuple[list[dict], list[dict], dict]:
+    """(prompts, one entry per sample: the prompt's fields with id '<prompt id>#<k>', what was read and skipped:
+    bad public rows and prompts too long for the engine, `rollout_prompts`)."""
+    prompts, read = rollout_prompts(cfg, engine)
     expanded = [{**p, "id": f"{p['id']}#{k}", "prompt_id": p["id"]} for p in prompts for k in range(cfg.samples)]
-    return prompts, expanded
+    return prompts, expanded, read
 
 
 def check_responses(
@@ -223,7 +222,7 @@ def build(cfg: RLAIFVDataConfig, engine: RolloutEngine, labeler: Labeler) -> dic
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     divider = make_divider(cfg, out)
-    prompts, samples = sample_prompts(cfg)
+    prompts, samples, read = sample_prompts(cfg, engine)
     seed = cfg.seed + 100_003 * cfg.round  # a new draw each round, the same on a rerun of that round
     responses = roll_out(engine, samples, out / "samples.jsonl", cfg.rollout, seed)
     feedback, failed = check_responses(
@@ -255,6 +254,9 @@ def build(cfg: RLAIFVDataConfig, engine: RolloutEngine, labeler: Labeler) -> dic
         "policy": cfg.policy,
         "source": source,
         "prompts": len(prompts),
+        "rows_in": read["rows_in"],
+        "skipped": read["skipped"],
+        "skipped_examples": read["examples"],
         "responses": len(samples),
         "checked": len(feedback),
         "failed": dict(failed + collections.Counter(getattr(labeler, "failures", {}))),

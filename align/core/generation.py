@@ -1,8 +1,12 @@
-"""Batched generation with images for LLaVA-type models (left padding, greedy or sampling)."""
+"""Batched generation with images for LLaVA-type models (left padding, greedy or sampling), and the length of the
+prompt it feeds the model."""
 
 from __future__ import annotations
 
+import io
+
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from align.config.sections import GenerationConfig
@@ -44,3 +48,21 @@ def generate(
         new_tokens = out[:, enc["input_ids"].shape[1] :]
         outputs += [t.strip() for t in tok.batch_decode(new_tokens, skip_special_tokens=True)]
     return outputs
+
+
+def prompt_length(processor, image, prompt: str, image_tokens: dict | None = None) -> int:
+    """Tokens `generate` feeds the model for (image, prompt), the image's expanded tokens included. The text is
+    tokenized alone and the image tokens are counted once per image size (the only thing they depend on; memoised
+    in `image_tokens` when a dict is given), so a long list of prompts is measured without preparing its images."""
+    if isinstance(image, (bytes, bytearray)):
+        with Image.open(io.BytesIO(image)) as im:  # reads the header only
+            size = im.size
+    else:
+        size = to_pil(image, "prompt").size
+    cache = {} if image_tokens is None else image_tokens
+    if size not in cache:
+        enc = processor(images=[Image.new("RGB", size)], text=[user_prompt(processor, "")], return_tensors=None)
+        image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+        cache[size] = list(enc["input_ids"][0]).count(image_id)
+    text = processor.tokenizer(user_prompt(processor, prompt))["input_ids"]
+    return len(text) - 1 + cache[size]  # the one <image> placeholder becomes the image's tokens

@@ -8,7 +8,8 @@ so `class MyGRPO(StepMetricsMixin, ProjectorLRMixin, trl.GRPOTrainer)` takes the
     AlignTrainer       all four on `Trainer`: what the recipes use
 
 `training_arguments` maps the run and optimiser sections onto `TrainingArguments`; `train_and_save` trains (resuming
-from the last checkpoint), merges a LoRA policy into its base and saves `final/` with its config.
+from the last checkpoint; its `train_loss` covers every step of the run, `whole_run_loss`), merges a LoRA policy
+into its base and saves `final/` with its config.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 from transformers import Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from align.config.loading import save_config
@@ -146,12 +148,33 @@ def train_and_save(trainer: Trainer, run: RunConfig, processor, cfg=None, tag: s
     last = get_last_checkpoint(run.output_dir) if run.resume and Path(run.output_dir).is_dir() else None
     if last:
         print(f"[{tag}] resuming from {last}")
-    result = trainer.train(resume_from_checkpoint=last)
+    state = Path(last) / TRAINER_STATE_NAME if last else None
+    before = json.loads(state.read_text()) if state and state.is_file() else None  # read now: rotation may delete it
+    result = whole_run_loss(trainer.train(resume_from_checkpoint=last), before)
     model = trainer.model.merge_and_unload() if merge and isinstance(trainer.model, PeftModel) else trainer.model
     final = save_policy(model, processor, Path(run.output_dir) / "final")
     if cfg is not None:
         save_config(cfg, final / "align_config.yaml")
     return result, final
+
+
+def whole_run_loss(result: TrainOutput, resumed_state: dict | None) -> TrainOutput:
+    """`result` with `train_loss` the mean loss of every step of the run. Trainer averages only the steps of the
+    call that resumed; the steps before the checkpoint (its trainer state: `resumed_state`) come from the losses
+    logged before it (each the mean over its logging interval), so a resumed run reports what an uninterrupted one
+    does (exactly when the checkpoint step was a logging step; steps after the last log before it have no recorded
+    loss and are left out). `train_loss_resumed_steps` keeps Trainer's figure."""
+    if resumed_state is None or result.metrics.get("train_loss") is None:
+        return result
+    done, before, logged = resumed_state["global_step"], 0.0, 0
+    for entry in resumed_state["log_history"]:
+        if "loss" in entry and entry["step"] <= done:
+            before += entry["loss"] * (entry["step"] - logged)
+            logged = entry["step"]
+    resumed = result.global_step - done
+    loss = (before + result.metrics["train_loss"] * resumed) / max(logged + resumed, 1)
+    metrics = {**result.metrics, "train_loss": loss, "train_loss_resumed_steps": result.metrics["train_loss"]}
+    return TrainOutput(result.global_step, loss, metrics)
 
 
 def write_summary(run: RunConfig, summary: dict) -> dict:

@@ -13,18 +13,16 @@ silent gap would shift the numbers without anyone noticing). Judge-scored benchm
 
 from __future__ import annotations
 
-import concurrent.futures
 import difflib
 import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from align.eval.benchmarks import amber, cceval, chair, mmhal, objhal, pope
 from align.eval.benchmarks.base import Benchmark, read_json_lines
 from align.eval.table import text_table
+from data_builders.endpoint import map_requests
 
 __all__ = ["BENCHMARKS", "Benchmark", "Scored", "format_metrics", "get_benchmark", "read_outputs", "score_outputs"]
 
@@ -193,12 +191,8 @@ def _score_pairs(bench: Benchmark, pairs: list[tuple[dict, str]], judge) -> list
     """Per-sample score fields in item order; judge requests run concurrently (they wait on the network)."""
     if not bench.needs_judge:
         return [bench.score(it, out) for it, out in pairs]
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=judge.cfg.concurrency)
-    try:
-        scored = pool.map(lambda pair: bench.score(*pair, judge), pairs)
-        return list(tqdm(scored, total=len(pairs), desc=f"{bench.name} judge", leave=False))
-    finally:  # a configuration error (bad key) stops the run without sending the queued requests
-        pool.shutdown(cancel_futures=True)
+    # a fatal error (bad key) stops the run without sending the queued requests
+    return map_requests(lambda pair: bench.score(*pair, judge), pairs, judge.cfg.concurrency, f"{bench.name} judge")
 
 
 def score_outputs(
