@@ -17,13 +17,13 @@ import importlib
 import json
 import os
 import sys
-from collections import Counter
 from pathlib import Path
 
 from align.config.loading import ConfigError, from_dict
 from align.config.registry import RECIPES, load_config
 from align.config.sections import BenchmarkSource, EvalConfig, GenerationConfig
 from data_builders.endpoint import EndpointFatalError, JudgeConfig
+from data_builders.summary import build_failures
 
 
 def _cmd_validate(args) -> int:
@@ -49,12 +49,6 @@ def run_recipe(cfg):
     """Import the recipe's entry point only now: checking a config never loads torch."""
     module, func = RECIPES[cfg.recipe].entry.split(":")
     return getattr(importlib.import_module(module), func)(cfg)
-
-
-def build_failures(summary: dict) -> dict[str, int]:
-    """Items a build could not finish, by reason (expert: OPA-DPO data; divider, labeler: RLAIF-V data)."""
-    failed = Counter(summary.get("failed") or {}) + Counter((summary.get("expert") or {}).get("failures") or {})
-    return dict(failed)  # Counter addition drops zero counts
 
 
 def _failure_status(failures: dict[str, int], allowed: bool, what: str) -> int:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 from datasets import Dataset, load_from_disk
 
 from data_builders.schema import PREFERENCE_FEATURES
+from data_builders.summary import counts_line
 
 
 def read_jsonl(path: Path, fields: tuple[str, ...] = ()) -> dict[str, dict]:
@@ -93,9 +95,11 @@ def save_dataset(dataset: Dataset, path: Path) -> None:
 
 
 def finish_build(out: Path, summary: dict, records: list[dict], features, empty: str) -> dict:
-    """Write `summary.json`, then the dataset; no record is an error (message `empty`) after the summary is written,
-    so the cause can be read there while every cached step (rollouts, expert replies) is kept for the rerun."""
+    """Write `summary.json`, say what the build did in one line, then write the dataset; no record is an error
+    (message `empty`) after the summary is written, so the cause can be read there while every cached step
+    (rollouts, expert replies) is kept for the rerun."""
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"[build] {counts_line(summary)}", file=sys.stderr)  # stdout is the summary JSON the CLI prints
     if not records:
         raise ValueError(f"{empty}; see {out / 'summary.json'} and rerun once the cause is fixed")
     save_dataset(Dataset.from_list(records, features=features), out / "dataset")

@@ -125,10 +125,16 @@ def cumulative_usage(results: list[CorrectionResult], price_in: float, price_out
         if r.cached and r.request_hash not in seen:
             total += r.usage
             seen.add(r.request_hash)
-    paid = {"prompt_tokens": this_run.prompt_tokens, "completion_tokens": this_run.completion_tokens}
+    replies = {r.request_hash: r for r in results}.values()  # one per request hash, as the cache keeps them
     return {
+        "paid_requests": sum(r.usage.prompt_tokens > 0 for r in replies),  # a failed reply counts in its run only
         "prompt_tokens": total.prompt_tokens,
         "completion_tokens": total.completion_tokens,
         "cost_usd": total.cost_usd(price_in, price_out),
-        "paid_this_run": {**paid, "cost_usd": this_run.cost_usd(price_in, price_out)},
+        "paid_this_run": {
+            "requests": sum(r.usage.prompt_tokens > 0 for r in results if not r.cached),
+            "prompt_tokens": this_run.prompt_tokens,
+            "completion_tokens": this_run.completion_tokens,
+            "cost_usd": this_run.cost_usd(price_in, price_out),
+        },
     }

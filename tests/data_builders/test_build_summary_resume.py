@@ -62,7 +62,7 @@ def test_a_rerun_with_every_reply_cached_still_reports_what_the_rows_cost(tmp_pa
     assert expert.asked == [] and again["cached"] == 10
     assert again["prompt_tokens"] == 1000 and again["completion_tokens"] == 200
     assert again["cost_usd"] == pytest.approx((1000 * 1.0 + 200 * 10.0) / 1e6)
-    assert again["paid_this_run"] == {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+    assert again["paid_this_run"] == {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
 
 
 def test_a_resume_after_some_rows_failed_counts_both_runs(tmp_path, cache_dir, monkeypatch):

@@ -36,14 +36,16 @@ def test_a_build_with_failed_rows_exits_1_and_a_healthy_rerun_recovers_them(open
     openai_server.script = [("json", GOOD)]  # the first row is corrected, the other five fail
     openai_server.default = ("status", 500)
     assert main(argv) == 1
-    err = capsys.readouterr().err
-    assert "5 items failed (InternalServerError: 5)" in err and "rerun" in err
+    captured = capsys.readouterr()
+    assert "5 items failed (InternalServerError: 5)" in captured.err and "rerun" in captured.err
+    assert "[build] done 1, failed 5 (InternalServerError: 5), skipped 0; 1 paid requests, 100 + 20" in captured.err
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["expert"]["ok"] == 1 and summary["dropped"] == {"expert_failed": 5}
 
     openai_server.default = ("json", GOOD)
     assert main(argv) == 0  # the fault cleared: only the 5 failed rows are asked again
     assert len(openai_server.requests) == 6 + 5
+    assert "[build] done 6, failed 0, skipped 0; 6 paid requests, 600 + 120 tokens" in capsys.readouterr().err
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["expert"]["ok"] == 6 and summary["expert"]["cached"] == 1 and not summary["expert"]["failures"]
 
@@ -92,3 +94,28 @@ def test_a_build_killed_mid_expert_resumes_losing_nothing(openai_server, argv, t
     assert len(rows) == 6 and len(set(rows["id"])) == 6  # 0 rows lost, 0 duplicated
     asked = collections.Counter(json.dumps(r["messages"][1]["content"][0]) for r in openai_server.requests)
     assert len(asked) == 6 and sum(n - 1 for n in asked.values()) <= 2  # at most `concurrency` paid twice
+
+
+def test_an_rlaif_v_build_whose_labeler_fails_says_so_and_a_rerun_checks_the_rest(
+    openai_server, micro_model, tmp_path, cache_dir, capsys
+):
+    model, processor = micro_model
+    policy = save_policy(model, processor, tmp_path / "policy")
+    world = [f"world.{k}={getattr(SMALL_WORLD, k)}" for k in ("seed", "n_train", "n_val", "n_test")]
+    argv = [
+        "build-data", str(REPO / "configs/toy/rlaif_v_data.yaml"), f"policy={policy}",
+        f"output_dir={tmp_path / 'rlaif'}", f"cache_dir={cache_dir}", *world, "limit=3", "samples=2",
+        "rollout.max_new_tokens=8", "labeler=openai", f"openai.base_url={openai_server.base_url}",
+        "openai.api_key_env=null", "openai.max_retries=0", "concurrency=2",
+    ]  # fmt: skip
+    openai_server.default = ("status", 503)
+    assert main(argv) == 2  # nothing checked, so no pair: one error line, and the work so far is kept
+    captured = capsys.readouterr()
+    assert "[build] done 0, failed 6 (labeler_failed: 6)" in captured.err and "no preference pair" in captured.err
+    failed_requests = len(openai_server.requests)
+    assert failed_requests > 0
+
+    openai_server.default = ("logprobs", [("Yes", -0.1), ("No", -2.5)])
+    code = main(argv)
+    assert "[build] done 6, failed 0" in capsys.readouterr().err  # every response checked once the labeler answers
+    assert code in (0, 2)  # 2 only when no pair differs in score (a micro policy's captions may all tie)
