@@ -119,3 +119,42 @@ def test_an_rlaif_v_build_whose_labeler_fails_says_so_and_a_rerun_checks_the_res
     code = main(argv)
     assert "[build] done 6, failed 0" in capsys.readouterr().err  # every response checked once the labeler answers
     assert code in (0, 2)  # 2 only when no pair differs in score (a micro policy's captions may all tie)
+
+
+def test_an_rlaif_v_build_killed_mid_labeling_resumes_losing_nothing(openai_server, micro_model, tmp_path, cache_dir):
+    """kill -9 with labeler requests in flight: every answer that came back is kept (cached), the rerun repeats at
+    most `concurrency` paid requests, and every response ends up checked exactly once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model, processor = micro_model
+    policy = save_policy(model, processor, tmp_path / "policy")
+    world = [f"world.{k}={getattr(SMALL_WORLD, k)}" for k in ("seed", "n_train", "n_val", "n_test")]
+    argv = [
+        "build-data", str(REPO / "configs/toy/rlaif_v_data.yaml"), f"policy={policy}",
+        f"output_dir={tmp_path / 'rlaif'}", f"cache_dir={cache_dir}", *world, "limit=4", "samples=2",
+        "rollout.max_new_tokens=16", "labeler=openai", f"openai.base_url={openai_server.base_url}",
+        "openai.api_key_env=null", "openai.max_retries=0", "concurrency=2", "--allow-failures",
+    ]  # fmt: skip
+    answer = ("logprobs", [("Yes", -0.1), ("No", -2.5)])
+    openai_server.default = ("sleep", 0.3, answer)
+    script = f"import sys\nfrom align.cli import main\nsys.exit(main({argv!r}))\n"
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while len(openai_server.requests) < 4 and time.time() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    before_kill = len(openai_server.requests)
+    assert before_kill >= 4, "the build never reached the labeler"
+
+    openai_server.default = answer
+    main(argv)  # exit 0, or 2 when the micro policy's captions give no pair: the feedback is what is checked here
+    feedback = [json.loads(line) for line in (tmp_path / "rlaif" / "feedback.jsonl").read_text().splitlines()]
+    assert len(feedback) == 8 and len({f["id"] for f in feedback}) == 8  # 4 prompts x 2 samples, each once
+    first, second = ({json.dumps(r["messages"]) for r in part} for part in
+                     (openai_server.requests[:before_kill], openai_server.requests[before_kill:]))  # fmt: skip
+    assert len(first & second) <= 2  # asked again after the kill: at most the `concurrency` in flight
