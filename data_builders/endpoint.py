@@ -249,6 +249,17 @@ class ReplyCache:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
+    def recorded_usage(self) -> Usage:
+        """The tokens every cached reply cost when it was paid for (entries that store a `usage`): what the
+        endpoint was paid over all runs that share this cache, for the replies that were valid."""
+        total = Usage()
+        for path in self.root.rglob("*.json"):
+            try:
+                total += Usage(**json.loads(path.read_text()).get("usage", {}))
+            except (json.JSONDecodeError, TypeError, AttributeError):
+                continue  # an entry without usage, or not ours
+        return total
+
     def put(self, key: str, value: dict) -> None:
         path = self._path(key)
         path.parent.mkdir(exist_ok=True)

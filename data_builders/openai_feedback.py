@@ -17,6 +17,7 @@ image data URL, reply cache, usage).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -118,7 +119,7 @@ class OpenAIDivider:
         self.divider_id = f"openai:{cfg.model}:{DIVIDER_PROMPT_VERSION}"
         self.client = client if client is not None else build_client(cfg)  # the key lives only in the client
         self.cache = ReplyCache(cache_dir) if cache_dir is not None else None
-        self.usage = Usage()
+        self.usage = Usage()  # tokens of the requests sent (each cache entry keeps its own usage)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -127,15 +128,17 @@ class OpenAIDivider:
     def key(self, prompt: str, response: str) -> str:
         return hashlib.sha256(json.dumps([self.divider_id, prompt, response]).encode()).hexdigest()
 
-    def _complete(self, messages: list[dict]) -> str:
+    def _complete(self, messages: list[dict], item: Usage) -> str:
         try:
             reply = json_completion(self.client, self.cfg, messages, "claims", CLAIMS_SCHEMA)
         except Exception as e:  # the endpoint's fault policy: fatal stops the run, the rest is retried next run
             if (fatal := fatal_error(e, self.cfg, "divider")) is not None:
                 raise fatal from None
             raise TransientReplyError(failure_reason(e, self.cfg)) from None
+        paid = Usage.of(reply)
+        item += paid
         with self._lock:
-            self.usage += Usage.of(reply)
+            self.usage += paid
         _, message = first_message(reply)
         if getattr(message, "refusal", None):
             raise DividerReplyError(f"refused: {message.refusal}")
@@ -145,11 +148,12 @@ class OpenAIDivider:
         key = self.key(prompt, response)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return [Claim(**c) for c in hit["claims"]]
+        item = Usage()  # what this division costs, stored with it
         messages = [
             {"role": "system", "content": DIVIDER_PROMPT},
             {"role": "user", "content": f"Question about the image:\n{prompt}\n\nAnswer to split:\n{response}"},
         ]
-        content = self._complete(messages)
+        content = self._complete(messages, item)
         try:
             claims = parse_claims(content)
         except DividerReplyError as first:  # one repair turn with the exact complaint; a second failure is final
@@ -158,11 +162,11 @@ class OpenAIDivider:
                 {"role": "user", "content": DIVIDER_REPAIR_PROMPT.format(error=first)},
             ]
             try:
-                claims = parse_claims(self._complete(messages + repair))
+                claims = parse_claims(self._complete(messages + repair, item))
             except DividerReplyError as second:
                 raise DividerReplyError(f"{second} (after one repair; first error: {first})") from None
         if self.cache is not None:
-            self.cache.put(key, {"claims": [c.to_dict() for c in claims]})
+            self.cache.put(key, {"claims": [c.to_dict() for c in claims], "usage": dataclasses.asdict(item)})
         return claims
 
 
@@ -210,7 +214,7 @@ class OpenAILabeler:
         self.client = client if client is not None else build_client(cfg)  # the key lives only in the client
         self.cache = ReplyCache(cache_dir) if cache_dir is not None else None
         self.concurrency = max(1, concurrency)
-        self.usage = Usage()  # tokens of the requests sent (cache hits cost nothing)
+        self.usage = Usage()  # tokens of the requests sent (cache hits cost nothing; each entry keeps its usage)
         self.failures: Counter = Counter()  # failed checks by kind: exception class, "refused", "no yes/no answer"
         self.answers: Counter = Counter()  # successful checks by source: "cache", "logprobs", "text"
         self._lock = threading.Lock()
@@ -262,8 +266,9 @@ class OpenAILabeler:
                 raise fatal from None
             self._fail(type(e).__name__, request, str(e))
             return None
+        paid = Usage.of(reply)
         with self._lock:
-            self.usage += Usage.of(reply)
+            self.usage += paid
         try:
             choice, message = first_message(reply)
         except TransientReplyError as e:  # no choices, or a choice without its message
@@ -286,7 +291,7 @@ class OpenAILabeler:
         with self._lock:
             self.answers[source] += 1
         if self.cache is not None:
-            self.cache.put(key, {"p_yes": p, "source": source})
+            self.cache.put(key, {"p_yes": p, "source": source, "usage": dataclasses.asdict(paid)})
         return p
 
     def p_yes(self, requests: list[CheckRequest]) -> list[float | None]:

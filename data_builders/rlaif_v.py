@@ -40,6 +40,7 @@ from data_builders.claims import (
     parse_truth,
 )
 from data_builders.configs import RLAIFVDataConfig
+from data_builders.endpoint import Usage
 from data_builders.io import finish_build, read_jsonl
 from data_builders.openai_feedback import OpenAIDivider, divide_all
 from data_builders.rollout import RolloutEngine, roll_out, rollout_prompts
@@ -216,6 +217,17 @@ def make_pairs(
     return pairs, counts
 
 
+def paid_usage(*endpoints) -> dict:
+    """Tokens the OpenAI-compatible divider and labeler were paid: this run, and over every run of this build (each
+    cached answer keeps the usage it was paid with). Oracle and rule-based steps cost nothing."""
+    this_run, all_runs = Usage(), Usage()
+    for endpoint in endpoints:
+        this_run += getattr(endpoint, "usage", Usage())
+        if getattr(endpoint, "cache", None) is not None:
+            all_runs += endpoint.cache.recorded_usage()
+    return {"this_run": dataclasses.asdict(this_run), "all_runs": dataclasses.asdict(all_runs)}
+
+
 def build(cfg: RLAIFVDataConfig, engine: RolloutEngine, labeler: Labeler) -> dict:
     """Write `output_dir/dataset` (PREFERENCE_FEATURES) and `summary.json`; returns the summary."""
     out = Path(cfg.output_dir)
@@ -261,6 +273,7 @@ def build(cfg: RLAIFVDataConfig, engine: RolloutEngine, labeler: Labeler) -> dic
         "checked": len(feedback),
         "failed": dict(failed + collections.Counter(getattr(labeler, "failures", {}))),
         "usage": dataclasses.asdict(labeler.usage) if hasattr(labeler, "usage") else None,
+        "paid": paid_usage(divider, labeler),
         "claims": sum(len(r["claims"]) for r in feedback.values()),
         "score_histogram": {str(k): scores[k] for k in sorted(scores)},
         "labeler_agreement_with_truth": labeler_agreement(feedback, samples),

@@ -18,7 +18,7 @@ def build_failures(summary: dict) -> dict[str, int]:
 
 def counts_line(summary: dict) -> str:
     """The last line of a build: done, failed and skipped items with reasons, and what the endpoint was paid over
-    every run of the build (OPA-DPO's expert) or this run (RLAIF-V's divider and labeler)."""
+    every run of the build (OPA-DPO's expert; RLAIF-V's divider and labeler)."""
     done = summary.get("rows_out", summary.get("checked"))
     failed, skipped = build_failures(summary), dict(summary.get("dropped") or summary.get("skipped") or {})
     skipped = {k: v for k, v in skipped.items() if v and k not in failed and k != "expert_failed"}
@@ -27,11 +27,11 @@ def counts_line(summary: dict) -> str:
         reasons = f" ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})" if counts else ""
         return f"{name} {sum(counts.values())}{reasons}"
 
-    expert, usage = summary.get("expert") or {}, summary.get("usage") or {}
+    expert, usage = summary.get("expert") or {}, (summary.get("paid") or {}).get("all_runs") or {}
     paid = ""
     if expert.get("paid_requests") or expert.get("prompt_tokens"):  # an oracle expert costs nothing
         paid = f"; {expert.get('paid_requests', 0)} paid requests, {expert.get('prompt_tokens', 0)} + "
         paid += f"{expert.get('completion_tokens', 0)} tokens, ${expert.get('cost_usd', 0):.4f} over all runs"
-    elif usage:
-        paid = f"; {usage.get('prompt_tokens', 0)} + {usage.get('completion_tokens', 0)} tokens this run"
+    elif usage.get("prompt_tokens"):
+        paid = f"; {usage['prompt_tokens']} + {usage.get('completion_tokens', 0)} tokens over all runs"
     return f"done {done}, {part('failed', failed)}, {part('skipped', skipped)}{paid}"

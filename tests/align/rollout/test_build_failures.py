@@ -119,6 +119,13 @@ def test_an_rlaif_v_build_whose_labeler_fails_says_so_and_a_rerun_checks_the_res
     code = main(argv)
     assert "[build] done 6, failed 0" in capsys.readouterr().err  # every response checked once the labeler answers
     assert code in (0, 2)  # 2 only when no pair differs in score (a micro policy's captions may all tie)
+    paid = json.loads((tmp_path / "rlaif" / "summary.json").read_text())["paid"]
+    answered = len(openai_server.requests) - failed_requests
+    expected = {"prompt_tokens": 100 * answered, "completion_tokens": 20 * answered}
+    assert paid["this_run"] == paid["all_runs"] == expected
+    main(argv)  # nothing left to ask: this run pays nothing, the build's total stays
+    again = json.loads((tmp_path / "rlaif" / "summary.json").read_text())["paid"]
+    assert again["this_run"]["prompt_tokens"] == 0 and again["all_runs"] == paid["all_runs"]
 
 
 def test_an_rlaif_v_build_killed_mid_labeling_resumes_losing_nothing(openai_server, micro_model, tmp_path, cache_dir):
