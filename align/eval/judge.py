@@ -18,12 +18,13 @@ the openai client: not in the config, the cache, the records or any repr.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_builders.endpoint import (
@@ -50,6 +51,7 @@ class JudgeReply:
     model: str  # as the server reported it; the configured name when there was no response
     cached: bool = False
     error: str | None = None  # set when no usable reply came (after the client's retries); never cached
+    usage: Usage = field(default_factory=Usage)  # what this reply cost (zero from the cache)
 
 
 class Judge:
@@ -60,7 +62,8 @@ class Judge:
         # The key only lives inside the client: never on self or the config, so it cannot reach a repr or a cache.
         self.client = client if client is not None else build_client(cfg)
         self.cache = ReplyCache(cfg.cache_dir or default_cache_dir()) if cfg.cache else None
-        self.usage = Usage()
+        self.usage = Usage()  # tokens this run paid for
+        self.usage_all_runs = Usage()  # and those of the cached replies used, as recorded when they were paid
         self.sent = 0  # requests sent (the client's own retries of one request count once)
         self.requests = 0  # requests answered: the paid ones
         self.failures: Counter = Counter()  # failed samples by error type
@@ -78,6 +81,8 @@ class Judge:
     def complete(self, messages: list[dict], prompt_version: str = "") -> JudgeReply:
         key = self.key(messages, prompt_version)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            with self._lock:
+                self.usage_all_runs += Usage(**hit.get("usage", {}))
             return JudgeReply(hit["text"], hit["model"], cached=True)
         try:
             reply = self._request(messages)
@@ -88,7 +93,8 @@ class Judge:
                 self.failures[str(e) if isinstance(e, TransientReplyError) else type(e).__name__] += 1
             return JudgeReply("", self.cfg.model, error=failure_reason(e, self.cfg))
         if self.cache is not None:
-            self.cache.put(key, {"text": reply.text, "model": reply.model, "prompt_version": prompt_version})
+            entry = {"text": reply.text, "model": reply.model, "prompt_version": prompt_version}
+            self.cache.put(key, {**entry, "usage": dataclasses.asdict(reply.usage)})
         return reply
 
     def _request(self, messages: list[dict]) -> JudgeReply:
@@ -100,12 +106,14 @@ class Judge:
             temperature=self.cfg.temperature,
             max_completion_tokens=self.cfg.max_tokens,
         )
+        paid = Usage.of(response)
         with self._lock:
             self.requests += 1
-            self.usage += Usage.of(response)
+            self.usage += paid
+            self.usage_all_runs += paid
         model = getattr(response, "model", None) or self.cfg.model
         _, message = first_message(response)  # TransientReplyError for no choices or no message
-        return JudgeReply(message.content or "", model)  # a refusal has no content
+        return JudgeReply(message.content or "", model, usage=paid)  # a refusal has no content
 
     def summary(self) -> str:
         """One line: requests sent and answered, failures by type, tokens."""
@@ -113,5 +121,6 @@ class Judge:
         reasons = f" ({', '.join(f'{k}: {v}' for k, v in sorted(self.failures.items()))})" if failed else ""
         return (
             f"judge {self.cfg.model}: {self.sent} requests sent, {self.requests} answered, {failed} failed{reasons}; "
-            f"{self.usage.prompt_tokens} + {self.usage.completion_tokens} tokens"
+            f"{self.usage.prompt_tokens} + {self.usage.completion_tokens} tokens this run, "
+            f"{self.usage_all_runs.prompt_tokens} + {self.usage_all_runs.completion_tokens} for every reply used"
         )

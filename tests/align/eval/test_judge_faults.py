@@ -64,7 +64,9 @@ def test_a_scoring_run_with_failed_samples_says_so_exits_1_and_a_rerun_retries_t
     report = json.loads((tmp_path / "answers.json.mmhal.scores.json").read_text())
     assert report["metrics"]["judge_errors"] == 3 and report["metrics"]["overall"]["n"] == 1
     assert main(argv) == 0  # the healthy rerun asks exactly the 3 failed samples
-    assert "3 requests sent, 3 answered, 0 failed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3 requests sent, 3 answered, 0 failed" in out
+    assert "300 + 60 tokens this run, 400 + 80 for every reply used" in out  # 1 cached reply + 3 paid now
     assert len(openai_server.requests) == 7
     report = json.loads((tmp_path / "answers.json.mmhal.scores.json").read_text())
     assert report["metrics"]["judge_errors"] == 0 and report["metrics"]["overall"] == {
