@@ -23,6 +23,9 @@ Every request body (parsed JSON) is appended to `server.requests`, its headers t
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -147,6 +150,20 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
         self._thread.join(timeout=5)
+
+
+def kill_cli_after(server: FakeOpenAIServer, argv: list[str], cwd, requests: int, timeout: float = 120) -> int:
+    """Run `align <argv>` in a child process and kill -9 it once `server` has received `requests` requests (as a
+    power cut would stop it, mid-request); returns how many it had received."""
+    script = f"import sys\nfrom align.cli import main\nsys.exit(main({argv!r}))\n"
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=cwd, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + timeout
+    while len(server.requests) < requests and time.time() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    return len(server.requests)
 
 
 # Registered as `openai_server`; the function has another name so importing it into a test module (how the

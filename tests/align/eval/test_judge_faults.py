@@ -12,7 +12,7 @@ import pytest
 from align.cli import main
 from align.eval.judge import Judge, JudgeConfig
 from tests.align.eval.test_benchmarks_mmhal import template, write
-from tests.openai_server import openai_server_fixture  # noqa: F401  (provides the openai_server fixture)
+from tests.openai_server import kill_cli_after, openai_server_fixture  # noqa: F401  (the openai_server fixture)
 
 MESSAGES = [{"role": "user", "content": "grade this"}]
 BROKEN = {
@@ -111,10 +111,6 @@ def test_a_scoring_run_killed_mid_judging_resumes_losing_nothing(openai_server, 
     """kill -9 with judge requests in flight: the rerun repeats at most `concurrency` paid requests and scores
     every sample."""
     import collections
-    import signal
-    import subprocess
-    import sys
-    import time
     from pathlib import Path
 
     argv = mmhal_argv(openai_server, tmp_path, "--judge-concurrency", "2")
@@ -124,16 +120,8 @@ def test_a_scoring_run_killed_mid_judging_resumes_losing_nothing(openai_server, 
     write(tmp_path / "mmhal" / "response_template.json", items)
     write(tmp_path / "answers.json", [{**it, "model_answer": f"answer {i}"} for i, it in enumerate(items)])
     openai_server.default = ("sleep", 0.3, ("text", "Rating: 4"))
-    script = f"import sys\nfrom align.cli import main\nsys.exit(main({argv!r}))\n"
-    repo = Path(__file__).resolve().parents[3]
-    child = subprocess.Popen([sys.executable, "-c", script], cwd=repo, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 60
-    while len(openai_server.requests) < 5 and time.time() < deadline and child.poll() is None:
-        time.sleep(0.05)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert 5 <= len(openai_server.requests) < 12
+    received = kill_cli_after(openai_server, argv, Path(__file__).resolve().parents[3], requests=5, timeout=60)
+    assert 5 <= received < 12
 
     openai_server.default = ("text", "Rating: 4")
     assert main(argv) == 0

@@ -13,23 +13,27 @@ from align.cli import main
 from align.core.models import save_policy
 from tests.conftest import SMALL_WORLD
 from tests.data_builders.test_openai_expert import GOOD
-from tests.openai_server import openai_server_fixture  # noqa: F401  (provides the openai_server fixture)
+from tests.openai_server import kill_cli_after, openai_server_fixture  # noqa: F401  (the openai_server fixture)
 
 REPO = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture
-def argv(micro_model, tmp_path, cache_dir, openai_server) -> list[str]:
+def build_argv(config: str, micro_model, out, cache_dir, server, *extra) -> list[str]:
+    """`align build-data <config>` on the micro policy and the small world, its endpoint the fake server."""
     model, processor = micro_model
-    policy = save_policy(model, processor, tmp_path / "policy")
+    policy = save_policy(model, processor, out.parent / "policy")
     world = [f"world.{k}={getattr(SMALL_WORLD, k)}" for k in ("seed", "n_train", "n_val", "n_test")]
     return [
-        "build-data", str(REPO / "configs/toy/opa_dpo_data.yaml"), f"policy={policy}",
-        f"output_dir={tmp_path / 'out'}", f"cache_dir={cache_dir}", *world, "limit=6", "rollout.max_new_tokens=8",
-        "expert=openai",
-        f"openai.base_url={openai_server.base_url}", "openai.api_key_env=null", "openai.max_retries=0",
-        "concurrency=1",
+        "build-data", str(REPO / "configs/toy" / config), f"policy={policy}", f"output_dir={out}",
+        f"cache_dir={cache_dir}", *world, f"openai.base_url={server.base_url}", "openai.api_key_env=null",
+        "openai.max_retries=0", *extra,
     ]  # fmt: skip
+
+
+@pytest.fixture
+def argv(micro_model, tmp_path, cache_dir, openai_server) -> list[str]:
+    extra = ("limit=6", "rollout.max_new_tokens=8", "expert=openai", "concurrency=1")
+    return build_argv("opa_dpo_data.yaml", micro_model, tmp_path / "out", cache_dir, openai_server, *extra)
 
 
 def test_a_build_with_failed_rows_exits_1_and_a_healthy_rerun_recovers_them(openai_server, argv, tmp_path, capsys):
@@ -68,25 +72,12 @@ def test_a_build_killed_mid_expert_resumes_losing_nothing(openai_server, argv, t
     """kill -9 while expert requests are in flight; the rerun keeps every reply that came back before the kill,
     repeats at most `concurrency` paid requests, and ends with every row exactly once."""
     import collections
-    import signal
-    import subprocess
-    import sys
-    import time
 
     from datasets import load_from_disk
 
     argv = [a if not a.startswith("concurrency=") else "concurrency=2" for a in argv]
     openai_server.default = ("sleep", 0.4, ("json", GOOD))
-    script = f"import sys\nfrom align.cli import main\nsys.exit(main({argv!r}))\n"
-    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 120
-    while len(openai_server.requests) < 4 and time.time() < deadline and child.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.1)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert len(openai_server.requests) >= 4, "the build never reached the expert"
+    assert kill_cli_after(openai_server, argv, REPO, requests=4) >= 4, "the build never reached the expert"
 
     openai_server.default = ("json", GOOD)
     assert main(argv) == 0
@@ -96,18 +87,15 @@ def test_a_build_killed_mid_expert_resumes_losing_nothing(openai_server, argv, t
     assert len(asked) == 6 and sum(n - 1 for n in asked.values()) <= 2  # at most `concurrency` paid twice
 
 
+def rlaif_argv(micro_model, tmp_path, cache_dir, server, *extra) -> list[str]:
+    extra = ("samples=2", "labeler=openai", "concurrency=2", *extra)
+    return build_argv("rlaif_v_data.yaml", micro_model, tmp_path / "rlaif", cache_dir, server, *extra)
+
+
 def test_an_rlaif_v_build_whose_labeler_fails_says_so_and_a_rerun_checks_the_rest(
     openai_server, micro_model, tmp_path, cache_dir, capsys
 ):
-    model, processor = micro_model
-    policy = save_policy(model, processor, tmp_path / "policy")
-    world = [f"world.{k}={getattr(SMALL_WORLD, k)}" for k in ("seed", "n_train", "n_val", "n_test")]
-    argv = [
-        "build-data", str(REPO / "configs/toy/rlaif_v_data.yaml"), f"policy={policy}",
-        f"output_dir={tmp_path / 'rlaif'}", f"cache_dir={cache_dir}", *world, "limit=3", "samples=2",
-        "rollout.max_new_tokens=8", "labeler=openai", f"openai.base_url={openai_server.base_url}",
-        "openai.api_key_env=null", "openai.max_retries=0", "concurrency=2",
-    ]  # fmt: skip
+    argv = rlaif_argv(micro_model, tmp_path, cache_dir, openai_server, "limit=3", "rollout.max_new_tokens=8")
     openai_server.default = ("status", 503)
     assert main(argv) == 2  # nothing checked, so no pair: one error line, and the work so far is kept
     captured = capsys.readouterr()
@@ -131,30 +119,11 @@ def test_an_rlaif_v_build_whose_labeler_fails_says_so_and_a_rerun_checks_the_res
 def test_an_rlaif_v_build_killed_mid_labeling_resumes_losing_nothing(openai_server, micro_model, tmp_path, cache_dir):
     """kill -9 with labeler requests in flight: every answer that came back is kept (cached), the rerun repeats at
     most `concurrency` paid requests, and every response ends up checked exactly once."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    model, processor = micro_model
-    policy = save_policy(model, processor, tmp_path / "policy")
-    world = [f"world.{k}={getattr(SMALL_WORLD, k)}" for k in ("seed", "n_train", "n_val", "n_test")]
-    argv = [
-        "build-data", str(REPO / "configs/toy/rlaif_v_data.yaml"), f"policy={policy}",
-        f"output_dir={tmp_path / 'rlaif'}", f"cache_dir={cache_dir}", *world, "limit=4", "samples=2",
-        "rollout.max_new_tokens=16", "labeler=openai", f"openai.base_url={openai_server.base_url}",
-        "openai.api_key_env=null", "openai.max_retries=0", "concurrency=2", "--allow-failures",
-    ]  # fmt: skip
+    extra = ("limit=4", "rollout.max_new_tokens=16", "--allow-failures")
+    argv = rlaif_argv(micro_model, tmp_path, cache_dir, openai_server, *extra)
     answer = ("logprobs", [("Yes", -0.1), ("No", -2.5)])
     openai_server.default = ("sleep", 0.3, answer)
-    script = f"import sys\nfrom align.cli import main\nsys.exit(main({argv!r}))\n"
-    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 120
-    while len(openai_server.requests) < 4 and time.time() < deadline and child.poll() is None:
-        time.sleep(0.05)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    kill_cli_after(openai_server, argv, REPO, requests=4)
     before_kill = len(openai_server.requests)
     assert before_kill >= 4, "the build never reached the labeler"
 
