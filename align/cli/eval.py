@@ -1,86 +1,20 @@
-"""The `align` command: demo, build-data, train, eval, validate.
-
-align demo                                          # ToyWorld → SFT base → eval, under runs/demo
-align build-data configs/toy/toyworld.yaml
-align train configs/toy/sft_base.yaml optim.lr=3e-4
-align eval runs/demo/sft_base                       # every checkpoint of a run, or one checkpoint dir
-align eval score --benchmark pope --outputs answers.jsonl --split adversarial --data POPE/output/coco
-                                                    # score a benchmark's outputs that already exist
-align eval score --benchmark mmhal --outputs answers.json --data MMHal --judge-model gpt-4o
-align validate                                      # every YAML under configs/
-"""
+"""`align eval` (checkpoints or run directories) and `align eval score` (outputs that already exist)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 from pathlib import Path
 
-from align.config.loading import ConfigError, from_dict
-from align.config.registry import RECIPES, load_config
+from align.cli.run import failure_status
+from align.config.loading import from_dict
 from align.config.sections import BenchmarkSource, EvalConfig, GenerationConfig
-from data_builders.endpoint import EndpointFatalError, JudgeConfig
-from data_builders.summary import build_failures
+from data_builders.endpoint import JudgeConfig
 
 
-def _cmd_validate(args) -> int:
-    files = []
-    for p in args.paths or ["configs"]:
-        path = Path(p)
-        files += sorted(path.rglob("*.yaml")) if path.is_dir() else [path]
-    if not files:
-        raise ConfigError(f"no YAML files under {', '.join(args.paths or ['configs'])}")
-    for f in files:
-        first = f.read_text().splitlines()[:1]
-        if not first or not first[0].startswith("# align "):
-            raise ConfigError(
-                f"{f}: first line must be a comment with the command that runs it, e.g. '# align train {f}'"
-            )
-        load_config(f)
-        print(f"ok  {f}")
-    print(f"{len(files)} config files valid")
-    return 0
-
-
-def run_recipe(cfg):
-    """Import the recipe's entry point only now: checking a config never loads torch."""
-    module, func = RECIPES[cfg.recipe].entry.split(":")
-    return getattr(importlib.import_module(module), func)(cfg)
-
-
-def _failure_status(failures: dict[str, int], allowed: bool, what: str) -> int:
-    """The exit status of a run that may have failed items: 0 when none failed or the user allows partial
-    results, else 1 with a line that says what failed and what to do."""
-    if not failures:
-        return 0
-    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(failures.items()))
-    verdict = "--allow-failures: exit 0" if allowed else "rerun once the cause is fixed to retry them (exit 1)"
-    print(f"{sum(failures.values())} {what} failed ({reasons}); the rest is kept; {verdict}", file=sys.stderr)
-    return 0 if allowed else 1
-
-
-def _cmd_run(args, command: str) -> int:
-    cfg = load_config(args.config, args.overrides)
-    if RECIPES[cfg.recipe].command != command:
-        raise ConfigError(
-            f"{args.config}: recipe {cfg.recipe!r} runs with `align {RECIPES[cfg.recipe].command}`, "
-            f"not `align {command}`"
-        )
-    result = run_recipe(cfg)
-    if command == "build-data":
-        print(json.dumps(result, indent=2))
-        return _failure_status(build_failures(result), args.allow_failures, "items")
-    elif isinstance(result, dict) and "eval" in result:
-        from align.eval.runner import format_table
-
-        print(format_table({result["final"]: result["eval"]}))
-    return 0
-
-
-def _cmd_eval(args) -> int:
+def cmd_eval(args) -> int:
     from align.eval.runner import evaluate_checkpoint, format_table, resolve_checkpoints  # loads torch: not at the top
 
     sources = [_source(spec) for spec in args.source or []]
@@ -210,7 +144,7 @@ def _judge(bench, args):
     return bench, Judge(cfg)
 
 
-def _cmd_eval_score(args) -> int:
+def cmd_eval_score(args) -> int:
     from align.eval.benchmarks import format_metrics, get_benchmark, read_outputs, score_outputs
 
     bench, judge = _judge(get_benchmark(args.benchmark), args)
@@ -244,7 +178,7 @@ def _cmd_eval_score(args) -> int:
         for r in scored.records:
             f.write(json.dumps(r) + "\n")
     print(f"wrote {scores_path} and {samples_path.name}")
-    return _failure_status(dict(judge.failures) if judge is not None else {}, args.allow_failures, "judged samples")
+    return failure_status(dict(judge.failures) if judge is not None else {}, args.allow_failures, "judged samples")
 
 
 def build_score_parser() -> argparse.ArgumentParser:
@@ -292,53 +226,11 @@ def build_score_parser() -> argparse.ArgumentParser:
         "the project's own): mmhal with {image_contents} {question} {gt_answer} {response}; objhal_llm with "
         "{question} {answer}",
     )
-    p.set_defaults(func=_cmd_eval_score)
+    p.set_defaults(func=cmd_eval_score)
     return p
 
 
-def _cmd_demo(args) -> int:
-    from align.demo import run_demo
-
-    run_demo(args.workdir, seed=args.seed, overrides=args.overrides, base_only=args.base_only)
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="align", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("demo", help="run the embedded ToyWorld default end to end")
-    p.add_argument("--workdir", default="runs/demo", help="where everything is written (default runs/demo)")
-    p.add_argument("--seed", type=int, default=0, help="world and training seed")
-    p.add_argument("--base-only", action="store_true", help="stop after the base policy's eval (no OPA-DPO stages)")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        help="dotted overrides of the SFT config (optim.max_steps=300), or of a stage: opa_data.limit=200, "
-        "opa_dpo.optim.max_steps=50",
-    )
-    p.set_defaults(func=_cmd_demo)
-
-    for name, helptext in (("build-data", "build a dataset from a config"), ("train", "run a training recipe")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("config", help="YAML config file")
-        p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4")
-        p.add_argument(
-            "--allow-failures",
-            action="store_true",
-            help="exit 0 even when some items failed (expert, labeler): the finished ones are kept either way",
-        )
-        p.set_defaults(func=lambda a, c=name: _cmd_run(a, c))
-
-    _add_eval_parser(sub)
-
-    p = sub.add_parser("validate", help="check config files (default: every YAML under configs/)")
-    p.add_argument("paths", nargs="*", help="files or directories")
-    p.set_defaults(func=_cmd_validate)
-    return parser
-
-
-def _add_eval_parser(sub) -> None:
+def add_eval_parser(sub) -> None:
     p = sub.add_parser(
         "eval",
         help="hallucination eval of checkpoints or run directories; `align eval score` scores existing outputs",
@@ -372,23 +264,4 @@ def _add_eval_parser(sub) -> None:
         help="plot each metric against step to this file (default: <first run dir>/eval/metrics.png when run "
         "directories are evaluated and >= 2 checkpoints scored)",
     )
-    p.set_defaults(func=_cmd_eval)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:2] == ["eval", "score"]:  # a subcommand of eval, whose own positionals are checkpoint paths
-        args = build_score_parser().parse_args(argv[2:])
-    else:
-        args = build_parser().parse_args(argv)  # errors print one line; ALIGN_DEBUG=1 shows the traceback
-    try:
-        return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError, EndpointFatalError) as e:
-        if os.environ.get("ALIGN_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    p.set_defaults(func=cmd_eval)
