@@ -97,7 +97,7 @@ def run_checks(args, device: str, device_name: str, out: CsvOut) -> int:
         + [("ok", 4), ("s", 5)]
     )
     table.header()
-    failures = 0
+    failures, worst = 0, {}
     for case in check_cases(args.quick):
         t0 = time.time()
         errors = check_case(case, device)
@@ -105,6 +105,10 @@ def run_checks(args, device: str, device_name: str, out: CsvOut) -> int:
         # written as err <= tol, which NaN fails
         ok = all(e[0] <= tol_out and all(g <= tol_grad for g in e[1:]) for e in errors.values())
         failures += not ok
+        w = worst.setdefault(case.dtype, [0, 0.0, 0.0])
+        w[0] += 1
+        w[1] = max([w[1], *(e[0] for e in errors.values())])
+        w[2] = max([w[2], *(g for e in errors.values() for g in e[1:])])
         shape = [case.dtype, case.batch, f"{case.heads}:{case.kv_heads}", case.head_dim, case.seq_q, case.seq_k]
         cells = [fmt(e) for name in ("reference", "sdpa") for e in errors[name]]
         table.row([*shape, case.causal, key_layout(case), *cells, "ok" if ok else "FAIL", f"{time.time() - t0:.1f}"])
@@ -116,4 +120,13 @@ def run_checks(args, device: str, device_name: str, out: CsvOut) -> int:
                 for name, errs in errors.items()
             ]
         )
+    print_worst(worst)
     return failures
+
+
+def print_worst(worst: dict[str, list]) -> None:
+    """The README's summary: per dtype, the cases and the worst output and gradient errors against their bounds."""
+    print("\ndtype  cases  worst output error  worst dQ/dK/dV error  tolerance (output / grads)")
+    for dtype, (cases, out_err, grad_err) in worst.items():
+        tol_out, tol_grad = TOLERANCE[dtype]
+        print(f"{dtype:5}  {cases:5}  {out_err:18.1e}  {grad_err:20.1e}  {tol_out:.0e} / {tol_grad:.0e}")

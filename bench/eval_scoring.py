@@ -69,6 +69,9 @@ def main() -> int:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, as the target says
     rng = random.Random(args.seed)
     data = Path(args.data)
+    missing = [str(data / name) for name in ("chair", "pope", "amber") if not (data / name).is_dir()]
+    if missing:
+        parser.error(f"--data {data}: no {', '.join(missing)}; give the folder holding chair/, pope/ and amber/")
 
     chair_items = BENCHMARKS["chair"].load(data / "chair", None)
     vocab = load_vocabulary(Path(chair_items[0]["vocabulary"]))

@@ -48,7 +48,7 @@ class EndpointConfig:
     model: str = field(default="gpt-4o", metadata={"help": "model name sent with every request"})
     api_key_env: str | None = field(
         default="OPENAI_API_KEY",
-        metadata={"help": "name of the environment variable holding the API key; None = no key (local servers)"},
+        metadata={"help": "name of the environment variable holding the API key; null = no key (local servers)"},
     )
     timeout: float = field(default=120.0, metadata={"help": "seconds per HTTP attempt"})
     max_retries: int = field(
@@ -191,7 +191,8 @@ def build_client(cfg: EndpointConfig):
         if not api_key:
             raise ValueError(
                 f"environment variable {cfg.api_key_env} is not set: export {cfg.api_key_env}=<your key>, "
-                "or set api_key_env to None for a server that needs no key"
+                "or, for a server that needs no key, set api_key_env: null in the config "
+                "(--judge-api-key-env none on the align eval command line)"
             )
     return openai.OpenAI(api_key=api_key, base_url=cfg.base_url, timeout=cfg.timeout, max_retries=cfg.max_retries)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from align.eval.runner import table_columns
 
@@ -59,6 +60,8 @@ def plot_metrics(results: dict[str, dict], out_png: str | Path) -> dict[str, Lin
             ax.plot(steps, values, marker="o", label=run)
         ax.set_title(title)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))  # whole steps, few enough not to overlap
+        ax.ticklabel_format(axis="x", style="plain", useOffset=False)
         ax.grid(alpha=0.3)
         if len(lines) > 1:
             ax.legend(fontsize="small")
