@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from data_builders.progress import bar
 
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?\s*```$", re.DOTALL)
 
@@ -173,7 +173,7 @@ def map_requests(fn: Callable, items: list, concurrency: int, desc: str) -> list
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency))
     try:
         futures = {pool.submit(guarded, item): i for i, item in enumerate(items)}
-        for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc=desc, leave=False):
+        for future in bar(concurrent.futures.as_completed(futures), total=len(futures), desc=desc):
             results[futures[future]] = future.result()
     finally:
         pool.shutdown(cancel_futures=True)

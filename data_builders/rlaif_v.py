@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from data_builders.claims import (
     CheckRequest,
@@ -43,6 +42,7 @@ from data_builders.configs import RLAIFVDataConfig
 from data_builders.endpoint import Usage
 from data_builders.io import finish_build, read_jsonl
 from data_builders.openai_feedback import OpenAIDivider, divide_all
+from data_builders.progress import bar
 from data_builders.rollout import RolloutEngine, roll_out, rollout_prompts
 from data_builders.schema import PREFERENCE_FEATURES
 
@@ -126,7 +126,7 @@ def check_responses(
     done, failed = read_jsonl(path), collections.Counter()  # a line torn by a kill is checked again
     todo = [s for s in samples if s["id"] not in done]
     with path.open("a") as f:
-        for start in tqdm(range(0, len(todo), chunk), desc="feedback", leave=False):
+        for start in bar(range(0, len(todo), chunk), desc="feedback"):
             batch = todo[start : start + chunk]
             divided = divide_all(divider, [(s["prompt"], responses[s["id"]]) for s in batch], concurrency)
             claims: dict[str, list[Claim]] = {}

@@ -10,11 +10,10 @@ import collections
 from pathlib import Path
 from typing import Protocol
 
-from tqdm.auto import tqdm
-
 from data_builders.configs import RolloutSettings
 from data_builders.importers import MAX_SKIP_EXAMPLES, read_public_prompts
 from data_builders.io import append_jsonl, jsonl_rows, rewrite_jsonl
+from data_builders.progress import bar
 from data_builders.toyworld_data import toyworld_prompts
 
 
@@ -72,7 +71,7 @@ def roll_out(engine: RolloutEngine, prompts: list[dict], path: Path, settings: R
     done = _whole_batches(path, batches)
     todo = [k for k, batch in enumerate(batches) if any(p["id"] not in done for p in batch)]
     with path.open("a") as f:
-        for k in tqdm(todo, desc="rollout", leave=False):
+        for k in bar(todo, desc="rollout"):
             batch = batches[k]
             replies = engine.generate([p["image"] for p in batch], [p["prompt"] for p in batch], seed + k * size)
             rows = [{"id": p["id"], "response": reply} for p, reply in zip(batch, replies, strict=True)]

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, Image, Value, load_from_disk
-from tqdm.auto import tqdm
 
 from data_builders import toyworld as tw
 from data_builders.configs import OPADataConfig, RLAIFVDataConfig, ToyWorldDataConfig
+from data_builders.progress import bar
 
 DATA_VERSION = 3  # bump when generation changes, so stale caches are not reused
 SPLITS = ("train", "val", "test")
@@ -65,7 +65,7 @@ def _build_split(cfg: tw.WorldConfig, split: str, n: int) -> Dataset:
     freq = collections.Counter(o.name for _, objs in scenes for o in objs)
     popular = [c for c, _ in freq.most_common()] + [c for c in tw.CLASSES if c not in freq]
     rows = collections.defaultdict(list)
-    for i, (scene, objects) in enumerate(tqdm(scenes, desc=f"toyworld {split}", leave=False)):
+    for i, (scene, objects) in enumerate(bar(scenes, desc=f"toyworld {split}")):
         image = tw.render(objects, rng, cfg.noise, cfg.jitter)
         inject = split == "train" and rng.random() < cfg.inject_fraction
         text, injected = tw.caption(scene, objects, rng, cfg, inject=inject)

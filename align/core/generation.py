@@ -7,10 +7,10 @@ import io
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from align.config.sections import GenerationConfig
 from align.core.data import to_pil, user_prompt
+from data_builders.progress import bar
 
 
 @torch.no_grad()
@@ -33,7 +33,7 @@ def generate(
     tok = processor.tokenizer
     outputs: list[str] = []
     starts = range(0, len(prompts), cfg.batch_size)
-    for start in tqdm(starts, desc=desc, leave=False, disable=len(starts) < 2):
+    for start in bar(starts, desc=desc, disable=len(starts) < 2):
         batch_images = [to_pil(im, f"#{start + i}") for i, im in enumerate(images[start : start + cfg.batch_size])]
         texts = [user_prompt(processor, p) for p in prompts[start : start + cfg.batch_size]]
         enc = processor(images=batch_images, text=texts, padding=True, padding_side="left", return_tensors="pt")

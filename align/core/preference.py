@@ -12,8 +12,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from tqdm.auto import tqdm
-
 from align.config.recipes import DPORecipeConfig
 from align.core.data import (
     DataError,
@@ -30,6 +28,7 @@ from align.core.losses.dpo import ddpo_loss, weighted_logps
 from align.core.models import build_model
 from align.core.trainer import AlignTrainer, begin_run, train_and_save, training_arguments
 from data_builders.io import load_preference_dataset
+from data_builders.progress import bar
 from data_builders.spans import validate_spans
 
 VIEWS = ("chosen", "rejected")  # the collator's row v*B + b is side v of pair b
@@ -84,7 +83,7 @@ def encode_pair(processor, record: dict, cfg: DPORecipeConfig, n_image_tokens: i
 def encode_pairs(dataset, processor, cfg: DPORecipeConfig, n_image_tokens: int) -> tuple[list[dict], dict]:
     """Encode every pair that can train; the rest are counted by reason (SKIP_REASONS), never raised."""
     records, skipped, truncated, cache = [], Counter(), 0, {}
-    for record in tqdm(dataset, desc="encode pairs", leave=False):
+    for record in bar(dataset, desc="encode pairs"):
         reason = skip_reason(record, weighted=cfg.loss == "ddpo")
         encoded = None if reason else encode_pair(processor, record, cfg, n_image_tokens, cache)
         if encoded is None:
@@ -162,10 +161,13 @@ def build_dpo_trainer(cfg: DPORecipeConfig) -> tuple[DDPOTrainer, object, dict]:
 
 def train_dpo(cfg: DPORecipeConfig, prepare: Callable | None = None) -> dict:
     """A whole DPO run up to its saved `final/`: `prepare(trainer, cfg)` runs before training (the recipes attach the
-    checkpoint evals with it). Returns the run summary; evaluating the result is the caller's."""
+    checkpoint evals with it). Returns the run summary; evaluating the result is the caller's. A run already
+    finished with this config returns its stored summary with `"finished": True` and trains nothing."""
     run = cfg.run
     t0 = time.time()
-    begin_run(cfg)
+    finished = begin_run(cfg, tag=cfg.loss)
+    if finished is not None:
+        return {**finished, "finished": True}
     trainer, processor, counts = build_dpo_trainer(cfg)
     if prepare is not None:
         prepare(trainer, cfg)

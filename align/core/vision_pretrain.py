@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import torch
 from datasets import Dataset, Image
-from tqdm.auto import trange
 
 from align.core.data import to_pil
 from align.core.models import multimodal_projector, vision_tower
 from data_builders import toyworld as tw
+from data_builders.progress import bar
 from data_builders.toyworld_data import objects_from_json
 
 
@@ -78,7 +78,7 @@ def pretrain_vision(
     gen = torch.Generator().manual_seed(seed)
     ce = torch.nn.functional.cross_entropy
     model.train()
-    for _ in trange(steps, desc="vision pretrain", leave=False):
+    for _ in bar(range(steps), desc="vision pretrain"):
         idx = torch.randint(len(pixels), (min(batch_size, len(pixels)),), generator=gen)
         cls_logits, col_logits, pos_logits = heads(image_tokens(model, pixels[idx]))
         where = torch.arange(side * side).expand(len(idx), -1)

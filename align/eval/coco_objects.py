@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from data_builders.progress import bar
 
 INSTANCE_FILES = ("instances_train2014.json", "instances_val2014.json")
 CAPTION_FILES = ("captions_train2014.json", "captions_val2014.json")
@@ -147,14 +147,14 @@ def _add_instances(path: Path, data: dict, category_of: Mapping[str, str], found
     unknown = sorted(set(names.values()) - set(category_of))
     if unknown:
         raise ValueError(f"{path}: COCO categories missing from the vocabulary's synonym table: {unknown[:5]}")
-    for ann in tqdm(data["annotations"], desc=path.name, unit="ann", mininterval=1.0):
+    for ann in bar(data["annotations"], desc=path.name, unit="ann", mininterval=1.0):
         found.setdefault(ann["image_id"], set()).add(category_of[names[ann["category_id"]]])
 
 
 def _add_captions(
     path: Path, data: dict, caption_categories: Callable[[str], Iterable[str]], found: dict[int, set[str]]
 ) -> None:
-    for ann in tqdm(data["annotations"], desc=path.name, unit="caption", mininterval=1.0):
+    for ann in bar(data["annotations"], desc=path.name, unit="caption", mininterval=1.0):
         found.setdefault(ann["image_id"], set()).update(caption_categories(ann["caption"]))
 
 

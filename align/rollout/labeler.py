@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from align.core.data import to_pil, user_prompt
 from data_builders.claims import CheckRequest
+from data_builders.progress import bar
 from data_builders.toyworld import SHORT_ANSWER_SUFFIX
 
 
@@ -32,7 +32,7 @@ class PolicyLabeler:
         device = next(self.model.parameters()).device
         out: list[float | None] = []
         starts = range(0, len(requests), self.batch_size)
-        for start in tqdm(starts, desc="check", leave=False, disable=len(starts) < 2):
+        for start in bar(starts, desc="check", disable=len(starts) < 2):
             batch = requests[start : start + self.batch_size]
             images = [to_pil(r.image, r.id) for r in batch]
             texts = [user_prompt(self.processor, r.claim.question + SHORT_ANSWER_SUFFIX) for r in batch]
