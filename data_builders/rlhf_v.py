@@ -30,6 +30,7 @@ from datasets import Image
 
 from data_builders.configs import PreferenceDataConfig, PublicPreferenceConfig
 from data_builders.experts import ExpertReplyError
+from data_builders.hub import check_pretrained, hub_errors
 from data_builders.io import finish_build, load_opa_dataset
 from data_builders.preference_import import MAX_SKIP_EXAMPLES, SkipRow, import_preferences
 from data_builders.schema import PREFERENCE_FEATURES
@@ -127,7 +128,9 @@ def _load_tokenizer(policy: str):
     """The policy's tokenizer for the token-id diff. Never trust_remote_code: a config file must not run code."""
     from transformers import AutoTokenizer  # only here: spans "none"/"report" need no tokenizer
 
-    return AutoTokenizer.from_pretrained(policy, trust_remote_code=False)
+    check_pretrained(policy, "tokenizer (policy)")  # seconds, not a minute of hub retries, when it cannot be had
+    with hub_errors(policy, "tokenizer (policy)"):
+        return AutoTokenizer.from_pretrained(policy, trust_remote_code=False)
 
 
 def build_preference_data(cfg: PreferenceDataConfig) -> dict:

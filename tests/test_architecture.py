@@ -154,7 +154,18 @@ def test_config_names_match_the_eval_registry():
 
 @pytest.mark.parametrize(
     "argv",
-    [["validate"], ["--help"], ["train", "--help"], ["build-data", "--help"], ["eval", "--help"], ["demo", "--help"]],
+    [
+        ["validate"],
+        ["--help"],
+        ["train", "--help"],
+        ["build-data", "--help"],
+        ["eval", "--help"],
+        ["demo", "--help"],
+        ["train", "configs/toy/dpo.yaml", "optim.lr=3e-4", "--help"],  # the config's fields (align/cli/configs.py)
+        ["build-data", "configs/toy/toyworld.yaml", "-h"],
+        ["show", "configs/toy/opa_dpo.yaml"],
+        ["configs"],
+    ],
 )
 def test_config_and_help_import_no_torch(argv):
     script = (

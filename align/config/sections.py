@@ -8,6 +8,7 @@ import difflib
 from dataclasses import field
 from typing import Literal
 
+from align.config.loggers import normalize_report_to
 from data_builders.endpoint import JudgeConfig
 from data_builders.toyworld import WorldConfig
 
@@ -21,13 +22,28 @@ class RunConfig:
     logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
     save_steps: int = field(default=100, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept on disk."})
-    report_to: str = field(default="none", metadata={"help": "Trainer loggers: none, tensorboard, wandb, ..."})
+    report_to: str = field(
+        default="none",
+        metadata={
+            "help": "Trainer loggers: none, tensorboard, wandb, or a comma list (tensorboard,wandb); logs go to "
+            "output_dir/runs (tensorboard) or the wandb project in $WANDB_PROJECT. Needs the logger's package: "
+            "pip install 'align-vlm[tensorboard]' / 'align-vlm[wandb]' (checked before a run, not by validate)."
+        },
+    )
     eval_at_end: bool = field(default=True, metadata={"help": "Evaluate the final model."})
-    resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint in output_dir if any."})
+    existing: Literal["auto", "resume", "overwrite"] = field(
+        default="auto",
+        metadata={
+            "help": "What to do with a run already in output_dir (align/core/run_dir.py): auto = resume it (or "
+            "report it finished) when its config matches, refuse a changed config; resume = continue from its last "
+            "checkpoint under this config (--resume); overwrite = delete it and train afresh (--overwrite)."
+        },
+    )
 
     def __post_init__(self):
         if self.save_steps < 1 or self.logging_steps < 1:
             raise ValueError("save_steps and logging_steps must be >= 1")
+        self.report_to = normalize_report_to(self.report_to)  # an unknown logger fails here, naming the choices
 
 
 @dataclasses.dataclass

@@ -28,6 +28,7 @@ from transformers import (
 
 from align.config.sections import ModelConfig, TinyModelSpec
 from data_builders import toyworld
+from data_builders.hub import check_pretrained, hub_errors
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 # LLaVA-1.5's conversation format, so prompts look the same for the tiny model and llava-hf checkpoints.
@@ -142,16 +143,19 @@ def _load_pretrained(cfg: ModelConfig):
     if adapter.is_file():  # a LoRA directory: load its base, then the adapter on top, trainable
         base = json.loads(adapter.read_text())["base_model_name_or_path"]
         _check_source(base)
-        model = AutoModelForImageTextToText.from_pretrained(base, **kwargs)
+        check_pretrained(base, "base model")  # seconds, not a minute of hub retries, when it cannot be had
+        with hub_errors(base, "base model"):
+            model = AutoModelForImageTextToText.from_pretrained(base, **kwargs)
         model = PeftModel.from_pretrained(model, str(path), is_trainable=True)
-        proc_dir = path if (path / "processor_config.json").is_file() else base
+        proc_dir = str(path) if (path / "processor_config.json").is_file() else base
     else:
-        try:
-            model = AutoModelForImageTextToText.from_pretrained(str(path) if path.exists() else name, **kwargs)
-        except OSError as e:
-            raise FileNotFoundError(f"could not load model {name!r}: {e}") from e
-        proc_dir = str(path) if path.exists() else name
-    processor = AutoProcessor.from_pretrained(proc_dir, trust_remote_code=cfg.trust_remote_code)
+        source = str(path) if path.exists() else name
+        check_pretrained(source, "model")
+        with hub_errors(name, "model"):
+            model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+        proc_dir = source
+    with hub_errors(proc_dir, "processor"):
+        processor = AutoProcessor.from_pretrained(proc_dir, trust_remote_code=cfg.trust_remote_code)
     return model, processor
 
 
