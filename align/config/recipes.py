@@ -16,6 +16,50 @@ from data_builders.configs import RLAIFVDataConfig
 
 
 @dataclasses.dataclass
+class SFTDataConfig(DataConfig):
+    """SFT's data section: DataConfig (world, cache_dir, max_length; the world is also the ToyWorld eval's) plus
+    where the training rows come from. A subclass, not new DataConfig fields: only SFT reads user data, and every
+    other recipe keeps a data section that cannot name a source it would ignore. The path is checked when the
+    recipe runs, not here, so a shipped config can name a file the user makes (data_builders/sft_import.py)."""
+
+    source: Literal["toyworld", "llava_json", "hf"] = field(
+        default="toyworld",
+        metadata={
+            "help": "toyworld: captions + QA of data.world; llava_json: a LLaVA-format JSON list (id, image, "
+            "conversations); hf: a save_to_disk folder, .parquet, .jsonl or .json of {image, prompt, response}."
+        },
+    )
+    path: str | None = field(default=None, metadata={"help": "llava_json / hf: the file or folder to read."})
+    image_root: str | None = field(
+        default=None,
+        metadata={"help": "Folder that relative image paths are resolved against (null = the data file's folder)."},
+    )
+    prompt_field: str = field(default="prompt", metadata={"help": "hf: the column holding the prompt."})
+    response_field: str = field(default="response", metadata={"help": "hf: the column holding the reply."})
+    image_field: str = field(default="image", metadata={"help": "hf: the column holding image bytes or a path."})
+    limit: int | None = field(
+        default=None, metadata={"help": "llava_json / hf: read the first N items only (null = all)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.source == "toyworld":
+            if self.path is not None or self.image_root is not None:
+                raise ValueError("path / image_root: only read with source llava_json or hf, not toyworld")
+        elif not self.path:
+            raise ValueError(f"path: source {self.source} needs data.path (the file or folder to read)")
+        for name in ("prompt_field", "response_field", "image_field"):
+            if not getattr(self, name):
+                raise ValueError(f"{name}: must name a column")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit: must be >= 1 or null")
+
+    def shared(self) -> DataConfig:
+        """The DataConfig part (world, cache_dir, max_length): what the other recipes' data sections take."""
+        return DataConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataConfig)})
+
+
+@dataclasses.dataclass
 class SFTConfig:
     recipe: Literal["sft"] = field(default="sft", metadata={"help": "Selects this recipe."})
     run: RunConfig = field(
@@ -23,7 +67,9 @@ class SFTConfig:
         metadata={"help": "Run directory, seed, logging, checkpoints, resume."},
     )
     model: ModelConfig = field(default_factory=lambda: ModelConfig(finetune="full"), metadata={"help": "Policy."})
-    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training data."})
+    data: SFTDataConfig = field(
+        default_factory=SFTDataConfig, metadata={"help": "Training data: ToyWorld or the user's (data.source)."}
+    )
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(projector_lr=6e-5), metadata={"help": "Optimiser and schedule."}
     )
@@ -31,8 +77,8 @@ class SFTConfig:
     vision_pretrain_steps: int = field(
         default=500,
         metadata={
-            "help": "Tiny model only: first pretrain the vision tower and projector on per-patch ToyWorld labels "
-            "(0 = off; see align/vision_pretrain.py)."
+            "help": "Tiny model on ToyWorld data only: first pretrain the vision tower and projector on per-patch "
+            "ToyWorld labels (0 = off; skipped for user data, which has none; see align/core/vision_pretrain.py)."
         },
     )
     freeze_vision: bool = field(
@@ -40,6 +86,8 @@ class SFTConfig:
     )
 
     def __post_init__(self):
+        if type(self.data) is DataConfig:  # a plain data section (code, not YAML): ToyWorld, as before
+            self.data = SFTDataConfig(**{f.name: getattr(self.data, f.name) for f in dataclasses.fields(DataConfig)})
         if self.model.name_or_path is None and self.model.finetune == "lora":
             raise ValueError("model: the tiny model is built from scratch, so it needs finetune: full, not lora")
 

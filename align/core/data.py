@@ -1,5 +1,6 @@
-"""Turn `{id, image, prompt, response}` rows into training tensors without ever cutting image tokens, and the
-collators that batch them (SFT rows; every response and image view a preference record needs).
+"""Turn `{id, image, prompt, response}` rows (optionally with `context`, the earlier turns of a conversation) into
+training tensors without ever cutting image tokens, and the collators that batch them (SFT rows; every response
+and image view a preference record needs).
 
 Rules (a known failure of general trainers is truncating through the image tokens and then training on rows
 whose image no longer matches its text):
@@ -17,9 +18,9 @@ import io
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from align.core.masking import mask_blocks, mask_random
+from data_builders.progress import bar
 from data_builders.spans import span_token_weights
 
 
@@ -31,9 +32,16 @@ class ImageTokenMismatch(DataError):
     """The text of a row holds a different number of image tokens than the model makes image features."""
 
 
-def user_prompt(processor, prompt: str) -> str:
-    """The model's chat-formatted prompt with one image placeholder before the text, ending where the reply starts."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+def user_prompt(processor, prompt: str, context: list[dict] | None = None) -> str:
+    """The model's chat-formatted prompt with one image placeholder before the text, ending where the reply starts.
+    `context`: the earlier turns `[{prompt, response}]` of a multi-turn conversation, rendered before `prompt`;
+    the image placeholder then goes before the first turn's text."""
+    messages = []
+    for turn in [*(context or []), {"prompt": prompt, "response": None}]:
+        image = [] if messages else [{"type": "image"}]
+        messages.append({"role": "user", "content": [*image, {"type": "text", "text": turn["prompt"]}]})
+        if turn["response"] is not None:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": turn["response"]}]})
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
@@ -77,14 +85,18 @@ class EncodeStats:
 def encode_row(processor, row: dict, max_length: int, features_per_image: int, _prompt_cache=None) -> dict | None:
     """Tokenize one row. Returns `{id, input_ids, labels, image, truncated}`, or None if the prompt alone is too long.
 
-    The prompt's token ids depend on the image only through its size (how many image tokens the processor
-    expands `<image>` into), so they are memoised per (prompt, image size) when a cache dict is given.
+    A row may carry `context`, the earlier turns `[{prompt, response}]` of its conversation: they are prompt
+    tokens (not trained on; see `user_prompt`). The prompt's token ids depend on the image only through its size
+    (how many image tokens the processor expands `<image>` into), so they are memoised per (context, prompt,
+    image size) when a cache dict is given.
     """
     row_id = str(row.get("id", "?"))
     image = to_pil(row.get("image"), row_id)
-    key = (row["prompt"], image.size)
+    context = row.get("context") or []
+    key = (row["prompt"], image.size, tuple((turn["prompt"], turn["response"]) for turn in context))
     if _prompt_cache is None or key not in _prompt_cache:
-        enc = processor(images=[image], text=[user_prompt(processor, row["prompt"])], return_tensors=None)
+        text = user_prompt(processor, row["prompt"], context)
+        enc = processor(images=[image], text=[text], return_tensors=None)
         prompt_ids = list(enc["input_ids"][0])
         if _prompt_cache is not None:
             _prompt_cache[key] = prompt_ids
@@ -115,7 +127,7 @@ def encode_row(processor, row: dict, max_length: int, features_per_image: int, _
 def encode_dataset(dataset, processor, max_length: int, features_per_image: int, desc: str = "encode"):
     """Encode every row; returns (encoded rows, EncodeStats). Too-long rows are skipped and listed in the stats."""
     stats, out, cache = EncodeStats(), [], {}
-    for row in tqdm(dataset, desc=desc, leave=False):
+    for row in bar(dataset, desc=desc):
         stats.rows += 1
         enc = encode_row(processor, row, max_length, features_per_image, cache)
         if enc is None:

@@ -1,7 +1,13 @@
-"""Supervised fine-tuning of a LLaVA-type policy on ToyWorld captions + QA (the base policy of every toy run).
+"""Supervised fine-tuning of a LLaVA-type policy on ToyWorld captions + QA (the base policy of every toy run), or
+on the user's data: LLaVA-format conversations or an HF dataset of {image, prompt, response} (`data.source`).
 
     align train configs/toy/sft_base.yaml                      # CPU, ~3 minutes
     align train configs/toy/sft_base.yaml optim.max_steps=200  # dotted overrides
+    align train configs/toy/sft_llava_json.yaml data.path=my/llava.json
+
+On user data (data_builders/sft_import.py: bad items skipped and counted in train_summary.json's `data`), the
+tiny model's vision pretraining is skipped (it needs ToyWorld's patch labels), and so is the ToyWorld suite of the
+final eval (public benchmarks in eval.benchmarks still run; `align eval <run dir>` scores ToyWorld on request).
 
 Why not TRL's SFTTrainer: its vision collator truncates the joined sequence, which can cut image tokens and
 train on rows whose image no longer matches the text; here rows are encoded once up front (align/core/data.py) so
@@ -11,38 +17,76 @@ The loop itself is `transformers.Trainer` (checkpoints, resume, logging, acceler
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
-from transformers.trainer_utils import get_last_checkpoint
-
 from align.config.recipes import SFTConfig
+from align.config.sections import EvalConfig
 from align.core.data import RowsDataset, VisionSFTCollator, encode_dataset, image_seq_length
 from align.core.models import build_model, vision_tower
+from align.core.run_dir import last_checkpoint
 from align.core.trainer import AlignTrainer, begin_run, train_and_save, training_arguments, write_summary
 from align.core.vision_pretrain import pretrain_vision
 from align.eval.callback import attach_checkpoint_eval
 from align.eval.runner import evaluate_checkpoint
+from data_builders.sft_import import import_sft, skipped_line
 from data_builders.toyworld_data import build_toyworld, sft_rows
+
+
+def training_rows(cfg: SFTConfig):
+    """(rows, ToyWorld's train split or None, the import report or None): ToyWorld's SFT rows, or the user's data
+    (data.source llava_json / hf, read by data_builders/sft_import.py) with one line of what was kept."""
+    if cfg.data.source == "toyworld":
+        train = build_toyworld(cfg.data.world, cfg.data.cache_dir)["train"]
+        return sft_rows(train, seed=cfg.run.seed), train, None
+    d = cfg.data
+    fields = (d.prompt_field, d.response_field, d.image_field)
+    rows, report = import_sft(d.path, d.source, d.image_root, fields, d.limit)
+    print(
+        f"[sft] data: {d.source} {d.path}: {report['items_kept']}/{report['items_read']} items kept -> "
+        f"{report['rows']} rows, {skipped_line(report)}; details in train_summary.json (data)"
+    )
+    return rows, None, report
+
+
+def run_eval(cfg: SFTConfig) -> EvalConfig | None:
+    """What the final model (and, with eval.at_checkpoints, each checkpoint) is scored on: cfg.eval, less the
+    ToyWorld suite when training on user data (its world has nothing to do with that data; `align eval <run dir>`
+    still scores it on request); None when nothing is left."""
+    if cfg.data.source == "toyworld" or "toyworld" not in cfg.eval.benchmarks:
+        return cfg.eval
+    others = [name for name in cfg.eval.benchmarks if name != "toyworld"]
+    if cfg.run.eval_at_end or cfg.eval.at_checkpoints:
+        then = f"scoring {', '.join(others)}" if others else "add public ones with eval.benchmarks + eval.sources"
+        print(
+            f"[sft] ToyWorld eval skipped: the training data is {cfg.data.source}, not ToyWorld "
+            f"(`align eval {cfg.run.output_dir}` still scores it); {then}"
+        )
+    return dataclasses.replace(cfg.eval, benchmarks=others) if others else None
 
 
 def main(cfg: SFTConfig) -> dict:
     run = cfg.run
     t0 = time.time()
-    out = begin_run(cfg)
+    finished = begin_run(cfg, tag="sft")
+    if finished is not None:  # trained to its end with this config: its summary, nothing redone
+        return finished
 
-    data = build_toyworld(cfg.data.world, cfg.data.cache_dir)
+    rows, toy_train, imported = training_rows(cfg)
     model, processor = build_model(cfg.model, seed=run.seed)
-    resuming = run.resume and get_last_checkpoint(str(out)) is not None
+    resuming = last_checkpoint(run.output_dir) is not None
     vision = None
-    if cfg.model.name_or_path is None and cfg.vision_pretrain_steps > 0 and not resuming:
-        vision = pretrain_vision(model, processor, data["train"], cfg.vision_pretrain_steps, seed=run.seed)
+    pretrain = cfg.model.name_or_path is None and cfg.vision_pretrain_steps > 0 and not resuming
+    if pretrain and toy_train is None:
+        print(f"[sft] vision pretraining skipped: {cfg.data.source} data has no ToyWorld per-patch labels")
+    elif pretrain:
+        vision = pretrain_vision(model, processor, toy_train, cfg.vision_pretrain_steps, seed=run.seed)
         print(
             f"[sft] vision tower + projector pretrained: patch class acc {vision['class_acc']:.3f}, colour acc "
             f"{vision['color_acc']:.3f}, position acc {vision['position_acc']:.3f}"
         )
     if cfg.freeze_vision:
         vision_tower(model).requires_grad_(False)
-    rows = sft_rows(data["train"], seed=run.seed)
     encoded, stats = encode_dataset(rows, processor, cfg.data.max_length, image_seq_length(model.config))
     print(f"[sft] {stats.summary()}")
 
@@ -54,12 +98,15 @@ def main(cfg: SFTConfig) -> dict:
         processing_class=processor,
         projector_lr=cfg.optim.projector_lr,
     )
-    attach_checkpoint_eval(trainer, cfg)
+    eval_cfg = run_eval(cfg)
+    if eval_cfg is not None:
+        attach_checkpoint_eval(trainer, dataclasses.replace(cfg, eval=eval_cfg))
     result, final = train_and_save(trainer, run, processor, cfg, tag="sft", merge=False)  # LoRA: the adapter
     summary = {
         "final": str(final),
         "train": result.metrics,
         "vision_pretrain": vision,
+        "data": imported or {"source": "toyworld"},
         "encode": {
             "rows": stats.rows,
             "kept": stats.kept,
@@ -69,6 +116,6 @@ def main(cfg: SFTConfig) -> dict:
         "loss_history": [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h],
         "seconds": round(time.time() - t0, 1),
     }
-    if run.eval_at_end:
-        summary["eval"] = evaluate_checkpoint(final, cfg.eval, model=trainer.model, processor=processor)
+    if run.eval_at_end and eval_cfg is not None:
+        summary["eval"] = evaluate_checkpoint(final, eval_cfg, model=trainer.model, processor=processor)
     return write_summary(run, summary)
