@@ -4,7 +4,9 @@
 Everything goes under `--workdir` (default runs/demo): `sft_base/`, `opa_data/`, `opa_dpo/` (with `opa/`),
 `dpo_offpolicy/`; `report.json` is the base policy's eval in the eval schema with per-stage timings in `meta`, and
 `comparison.json` maps each model to its eval. Overrides go to the SFT config, or with a prefix to a stage:
-`opa_data.limit=200`, `opa_dpo.optim.max_steps=50`. Rerunning resumes every stage.
+`opa_data.limit=200`, `opa_dpo.optim.max_steps=50`. Rerunning resumes every stage, and a finished stage says
+"already finished" and does nothing (the evals are cached per checkpoint); `mode` (`--overwrite` / `--resume`) goes
+to every stage, and a stage whose config changed is refused without one (align/core/run_dir.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from align.config.loading import apply_overrides, from_dict
 from align.config.recipes import OPADPOConfig, SFTConfig
+from align.core.run_dir import start_build
 from align.eval.runner import evaluate_checkpoint, format_table
 from align.recipes import opa_dpo as opa_dpo_recipe
 from align.recipes import sft as sft_recipe
@@ -65,12 +68,19 @@ def opa_demo_configs(workdir: str | Path, sft: SFTConfig, groups: dict[str, list
     common = {
         "dataset": str(Path(data_cfg.output_dir) / "dataset"),
         "model": {"name_or_path": base},
-        "data": dataclasses.asdict(sft.data),
+        "data": dataclasses.asdict(sft.data.shared()),
         "eval": dataclasses.asdict(sft.eval),
     }
 
     def run(name: str) -> dict:
-        return {"run": {"output_dir": str(workdir / name), "seed": sft.run.seed, "eval_at_end": False}}
+        return {
+            "run": {
+                "output_dir": str(workdir / name),
+                "seed": sft.run.seed,
+                "eval_at_end": False,
+                "existing": sft.run.existing,
+            }
+        }
 
     opa = from_dict(OPADPOConfig, apply_overrides({**common, **run("opa_dpo")}, groups["opa_dpo"]))
     offpolicy = from_dict(
@@ -85,7 +95,7 @@ def run_alignment(workdir: Path, sft: SFTConfig, groups: dict[str, list[str]], t
     t = time.time()
     how_many = "a caption per training image" if data_cfg.limit is None else f"{data_cfg.limit} captions"
     print(f"[4/6] OPA-DPO data: the base policy samples {how_many}, the oracle corrects them")
-    data = build_opa_data(data_cfg)
+    data = start_build(data_cfg, sft.run.existing, tag="opa_data") or build_opa_data(data_cfg)
     print(f"      {data['rows_out']}/{data['rows_in']} rows kept, sentence scores {data['corrected_sentences']}")
     timings["opa_data"] = round(time.time() - t, 1)
     t = time.time()
@@ -102,13 +112,18 @@ def run_alignment(workdir: Path, sft: SFTConfig, groups: dict[str, list[str]], t
 
 
 def run_demo(
-    workdir: str | Path = "runs/demo", seed: int = 0, overrides: list[str] | None = None, base_only: bool = False
+    workdir: str | Path = "runs/demo",
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    base_only: bool = False,
+    mode: str = "auto",
 ) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     groups = split_overrides(overrides)
     cfg = demo_config(workdir, seed, groups["sft"])
-    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, eval_at_end=False))
+    existing = mode if mode != "auto" else cfg.run.existing  # a run.existing override stands unless a flag is given
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, eval_at_end=False, existing=existing))
     n = 3 if base_only else 6
     timings = {}
 

@@ -113,7 +113,7 @@ def split_run(output_dir, kw: dict, **defaults) -> tuple[RunConfig, dict]:
 
 
 def micro_sft_config(output_dir, cache_dir, steps: int = 30, vision_pretrain_steps: int = 5, **kw):
-    """A micro SFT config; run fields (eval_at_end=..., resume=...) go to its run section."""
+    """A micro SFT config; run fields (eval_at_end=..., existing=...) go to its run section."""
     from align.config.recipes import SFTConfig
 
     run, kw = split_run(output_dir, kw, logging_steps=5, save_steps=max(steps // 2, 1))

@@ -8,7 +8,11 @@ import sys
 from pathlib import Path
 
 from align.config.loading import ConfigError
+from align.config.loggers import check_logger_packages
 from align.config.registry import RECIPES, load_config
+from align.core import console
+from align.core.console import BUILD_LOG, DEMO_LOG, TRAIN_LOG
+from align.core.run_dir import start_build, with_mode
 from data_builders.summary import build_failures
 
 
@@ -34,7 +38,16 @@ def cmd_validate(args) -> int:
 def run_recipe(cfg):
     """Import the recipe's entry point only now: checking a config never loads torch."""
     module, func = RECIPES[cfg.recipe].entry.split(":")
-    return getattr(importlib.import_module(module), func)(cfg)
+    with console.session(run_log(cfg), title=f"align {RECIPES[cfg.recipe].command} ({cfg.recipe})"):
+        return getattr(importlib.import_module(module), func)(cfg)
+
+
+def run_log(cfg) -> Path | None:
+    """Where a run's full log goes: a training run, `run.output_dir/train.log`; a build, `output_dir/build.log`
+    (a build without an output directory, ToyWorld's cache: none)."""
+    run = getattr(cfg, "run", None)
+    out = run.output_dir if run is not None else getattr(cfg, "output_dir", None)
+    return Path(out) / (TRAIN_LOG if run is not None else BUILD_LOG) if out else None
 
 
 def failure_status(failures: dict[str, int], allowed: bool, what: str) -> int:
@@ -48,6 +61,26 @@ def failure_status(failures: dict[str, int], allowed: bool, what: str) -> int:
     return 0 if allowed else 1
 
 
+def add_existing_flags(parser, what: str) -> None:
+    """`--overwrite` / `--resume`: what to do with a run (or build) already in the output dir (align/core/run_dir.py).
+    Without either, a run with the same config resumes or reports itself finished, and a changed one is refused."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"start {what} afresh: delete the old checkpoints, final/ and summaries first",
+    )
+    group.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue {what} from its last checkpoint under this config even if it changed (e.g. more steps)",
+    )
+
+
+def existing_mode(args) -> str:
+    return "overwrite" if getattr(args, "overwrite", False) else "resume" if getattr(args, "resume", False) else "auto"
+
+
 def cmd_run(args, command: str) -> int:
     cfg = load_config(args.config, args.overrides)
     if RECIPES[cfg.recipe].command != command:
@@ -55,7 +88,12 @@ def cmd_run(args, command: str) -> int:
             f"{args.config}: recipe {cfg.recipe!r} runs with `align {RECIPES[cfg.recipe].command}`, "
             f"not `align {command}`"
         )
-    result = run_recipe(cfg)
+    check_logger_packages(cfg)  # one line now, not a RuntimeError once the model has loaded
+    mode = existing_mode(args)
+    if mode != "auto":  # into every run section (else run.existing as configured): recipes act on it
+        cfg = with_mode(cfg, mode)
+    finished = start_build(cfg, mode) if command == "build-data" else None
+    result = finished if finished is not None else run_recipe(cfg)
     if command == "build-data":
         print(json.dumps(result, indent=2))
         return failure_status(build_failures(result), args.allow_failures, "items")
@@ -66,8 +104,11 @@ def cmd_run(args, command: str) -> int:
     return 0
 
 
+@console.logged(lambda args: Path(args.workdir) / DEMO_LOG, title="align demo")
 def cmd_demo(args) -> int:
     from align.demo import run_demo
 
-    run_demo(args.workdir, seed=args.seed, overrides=args.overrides, base_only=args.base_only)
+    run_demo(
+        args.workdir, seed=args.seed, overrides=args.overrides, base_only=args.base_only, mode=existing_mode(args)
+    )
     return 0

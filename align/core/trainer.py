@@ -5,11 +5,13 @@ so `class MyGRPO(StepMetricsMixin, ProjectorLRMixin, trl.GRPOTrainer)` takes the
     ProjectorLRMixin   the multimodal projector in its own optimizer group (LLaVA's mm_projector_lr)
     StepMetricsMixin   loss terms and rewards computed in `compute_loss`, logged with the step's loss
     ReferenceMixin     the DPO family's reference: a frozen copy (full fine-tune) or the adapter-free policy (LoRA)
-    AlignTrainer       all four on `Trainer`: what the recipes use
+    ConsoleMixin       compact metric lines on the console, the full log in output_dir/train.log
+    AlignTrainer       all five on `Trainer`: what the recipes use
 
+`begin_run` / `start_run` decide whether a run trains fresh, resumes or is already finished (align/core/run_dir.py);
 `training_arguments` maps the run and optimiser sections onto `TrainingArguments`; `train_and_save` trains (resuming
 from the last checkpoint; its `train_loss` covers every step of the run, `whole_run_loss`), merges a LoRA policy
-into its base and saves `final/` with its config.
+into its base and saves `final/` with its config; `write_summary` then marks the run finished.
 """
 
 from __future__ import annotations
@@ -20,15 +22,27 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainerState, TrainingArguments, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import TrainOutput, get_last_checkpoint
+from transformers.trainer_utils import TrainOutput
 from transformers.utils import SAFE_WEIGHTS_NAME
 
-from align.config.loading import save_config
+from align.config.loading import to_dict
 from align.config.sections import OptimConfig, RunConfig
+from align.core import console
+from align.core.console import TRAIN_LOG
+from align.core.console_callback import use_console_callback
 from align.core.logprobs import response_logps
 from align.core.models import multimodal_projector, save_policy
+from align.core.run_dir import (
+    CONFIG_FILE,
+    FINISHED,
+    SUMMARY_FILE,
+    clear_run,
+    last_checkpoint,
+    run_state,
+    save_run_config,
+)
 
 
 class LlavaResumeMixin:
@@ -102,18 +116,53 @@ class ReferenceMixin:
             return response_logps(model, inputs, width)[0]
 
 
-class AlignTrainer(LlavaResumeMixin, ProjectorLRMixin, StepMetricsMixin, ReferenceMixin, Trainer):
+class ConsoleMixin:
+    """The console of align/core/console_callback.py (compact metric lines, one bar on a terminal) instead of
+    Trainer's bar and dicts, and the whole of `train` logged to `output_dir/train.log` (on the main process).
+    `log_tag` (train_and_save sets it) names the run in its lines."""
+
+    log_tag: str | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.console_callback = use_console_callback(self)
+
+    def train(self, *args, **kwargs):
+        if self.console_callback is not None and self.log_tag:
+            self.console_callback.tag = self.log_tag
+        log_file = Path(self.args.output_dir) / TRAIN_LOG if self.args.process_index == 0 else None
+        with console.session(log_file, libraries=True, title=f"train {self.log_tag or ''}"):
+            return super().train(*args, **kwargs)
+
+
+class AlignTrainer(LlavaResumeMixin, ProjectorLRMixin, StepMetricsMixin, ReferenceMixin, ConsoleMixin, Trainer):
     """`Trainer` with the mixins above; recipes subclass it only to define `compute_loss`."""
 
 
-def begin_run(cfg) -> Path:
-    """The start of every training recipe: the run directory, the config that made it, the global seed (LoRA init
-    and data order draw from it). Returns the run directory."""
-    out = Path(cfg.run.output_dir)
+def begin_run(cfg, tag: str = "train") -> dict | None:
+    """The start of every training recipe (`start_run` with the whole config). Returns the stored summary when the
+    run is already finished, else None."""
+    return start_run(cfg.run, to_dict(cfg), tag)
+
+
+def start_run(run: RunConfig, config: dict, tag: str = "train") -> dict | None:
+    """Decide from `run.output_dir` and `run.existing` what this run does (align/core/run_dir.py): finished, return
+    the stored summary (train_summary.json) and touch nothing; otherwise (after `--overwrite` deleted the old run)
+    write the config that makes the run, set the global seed (LoRA init and data order draw from it), return None.
+    A changed config in `auto` mode raises ConfigError naming the keys."""
+    out = Path(run.output_dir)
+    state = run_state(out, config, run.existing)
+    if state.state == FINISHED:
+        print(f"[{tag}] already finished: {out / 'final'} (pass --overwrite to train again)")
+        return json.loads((out / SUMMARY_FILE).read_text())
+    if run.existing == "overwrite" and (removed := clear_run(out)):
+        print(f"[{tag}] --overwrite: removed {', '.join(removed)} from {out}")
+    if state.changes:
+        print(f"[{tag}] --resume under a changed config: {'; '.join(state.changes)}")
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "align_config.yaml")
-    set_seed(cfg.run.seed)
-    return out
+    save_run_config(config, out / CONFIG_FILE)
+    set_seed(run.seed)
+    return None
 
 
 def training_arguments(run: RunConfig, optim: OptimConfig, dtype: str = "float32", **overrides) -> TrainingArguments:
@@ -130,32 +179,48 @@ def training_arguments(run: RunConfig, optim: OptimConfig, dtype: str = "float32
         logging_steps=run.logging_steps,
         save_steps=run.save_steps,
         save_total_limit=run.save_total_limit,
-        report_to=run.report_to,
+        report_to=run.report_to.split(","),  # "none" or "tensorboard,wandb" (normalized by RunConfig)
         seed=run.seed,
         data_seed=run.seed,
         remove_unused_columns=False,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
         bf16=dtype == "bfloat16",
+        disable_tqdm=not console.verbose(),  # ConsoleMixin's lines instead (Trainer's bar under --verbose)
     )
     return TrainingArguments(**{**kwargs, **overrides})
 
 
 def train_and_save(trainer: Trainer, run: RunConfig, processor, cfg=None, tag: str = "train", merge: bool = True):
-    """Train (from the last checkpoint in the run directory when `run.resume`), then save the policy to
-    `output_dir/final` with `cfg` beside it: a LoRA model merged into its base (`merge`), or as its adapter alone.
-    Returns (TrainOutput, final)."""
-    last = get_last_checkpoint(run.output_dir) if run.resume and Path(run.output_dir).is_dir() else None
+    """Train (from the last checkpoint in the run directory, if any: `start_run` has cleared it unless the run is
+    to be resumed), then save the policy to `output_dir/final` with `cfg` (a config dataclass or dict) beside it: a
+    LoRA model merged into its base (`merge`), or as its adapter alone. Returns (TrainOutput, final)."""
+    last = last_checkpoint(run.output_dir)
+    trainer.log_tag = tag  # the run's name in its console lines (ConsoleMixin)
     if last:
         print(f"[{tag}] resuming from {last}")
-    state = Path(last) / TRAINER_STATE_NAME if last else None
-    before = json.loads(state.read_text()) if state and state.is_file() else None  # read now: rotation may delete it
-    result = whole_run_loss(trainer.train(resume_from_checkpoint=last), before)
+    state = last / TRAINER_STATE_NAME if last else None
+    before = json.loads(state.read_text()) if state else None  # read now: rotation may delete it
+    if before and before["global_step"] >= trainer.args.max_steps:
+        result = restore_last_step(trainer, last, before)
+    else:
+        result = whole_run_loss(trainer.train(resume_from_checkpoint=str(last) if last else None), before)
     model = trainer.model.merge_and_unload() if merge and isinstance(trainer.model, PeftModel) else trainer.model
     final = save_policy(model, processor, Path(run.output_dir) / "final")
     if cfg is not None:
-        save_config(cfg, final / "align_config.yaml")
+        save_run_config(cfg if isinstance(cfg, dict) else to_dict(cfg), final / CONFIG_FILE)
     return result, final
+
+
+def restore_last_step(trainer: Trainer, last: Path, state: dict) -> TrainOutput:
+    """A run whose last checkpoint already reached max_steps (stopped after it, before its summary; or resumed under
+    a config with no more steps): load that checkpoint's weights and trainer state, train nothing (Trainer would
+    train one step past max_steps). `train_loss` is the mean of the losses logged up to it."""
+    trainer._load_from_checkpoint(str(last))
+    trainer.state = TrainerState.load_from_json(str(last / TRAINER_STATE_NAME))
+    total, logged = logged_loss(state)
+    loss = total / logged if logged else None
+    return TrainOutput(state["global_step"], loss, {"train_loss": loss, "restored_from": str(last)})
 
 
 def whole_run_loss(result: TrainOutput, resumed_state: dict | None) -> TrainOutput:
@@ -166,17 +231,25 @@ def whole_run_loss(result: TrainOutput, resumed_state: dict | None) -> TrainOutp
     loss and are left out). `train_loss_resumed_steps` keeps Trainer's figure."""
     if resumed_state is None or result.metrics.get("train_loss") is None:
         return result
-    done, before, logged = resumed_state["global_step"], 0.0, 0
-    for entry in resumed_state["log_history"]:
-        if "loss" in entry and entry["step"] <= done:
-            before += entry["loss"] * (entry["step"] - logged)
-            logged = entry["step"]
+    done = resumed_state["global_step"]
+    before, logged = logged_loss(resumed_state)
     resumed = result.global_step - done
     loss = (before + result.metrics["train_loss"] * resumed) / max(logged + resumed, 1)
     metrics = {**result.metrics, "train_loss": loss, "train_loss_resumed_steps": result.metrics["train_loss"]}
     return TrainOutput(result.global_step, loss, metrics)
 
 
+def logged_loss(state: dict) -> tuple[float, int]:
+    """(sum of the loss over the steps up to the state's global step that a logged loss covers, those steps)."""
+    total, logged = 0.0, 0
+    for entry in state["log_history"]:
+        if "loss" in entry and entry["step"] <= state["global_step"]:
+            total += entry["loss"] * (entry["step"] - logged)
+            logged = entry["step"]
+    return total, logged
+
+
 def write_summary(run: RunConfig, summary: dict) -> dict:
-    (Path(run.output_dir) / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    """train_summary.json: with final/ it marks the run finished (align/core/run_dir.py), so it is written last."""
+    (Path(run.output_dir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary

@@ -33,7 +33,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from align.config.sections import DataConfig, EvalConfig, check_benchmarks
 from align.eval.plots import collect_step_evals, plot_metrics
-from align.eval.runner import eval_settings, evaluate_checkpoint
+from align.eval.runner import eval_settings, evaluate_checkpoint, weights_fingerprint
 
 TRAINER_STATE = "trainer_state.json"
 
@@ -101,7 +101,8 @@ class HallucinationEvalCallback(TrainerCallback):
             return control
         checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         with preserved_rng(), eval_mode(model):
-            # force: a checkpoint dir rewritten by a fresh run may still hold the old run's eval_results.json
+            # force: every save is new weights (a re-saved dir also changes the weights fingerprint the cache keys
+            # on; forcing spares relying on mtime resolution between a save and the next)
             results = evaluate_checkpoint(
                 checkpoint, self.eval_cfg, model=model, processor=processing_class, force=True, data_cfg=self.data_cfg
             )
@@ -118,6 +119,7 @@ class HallucinationEvalCallback(TrainerCallback):
             "checkpoint": str(checkpoint),
             "generation": dataclasses.asdict(self.eval_cfg.generation),
             "eval_settings": eval_settings(self.eval_cfg),
+            "weights": weights_fingerprint(checkpoint),  # the checkpoint's files these numbers scored
             "results": results,
         }
         out.write_text(json.dumps(record, indent=2))

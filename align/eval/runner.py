@@ -3,9 +3,10 @@
 Each checkpoint gets `eval_results.json` (schema `{benchmark: {metric: value}, "meta": {...}}`) and
 `eval_generations.jsonl` beside it. A benchmark already scored on a checkpoint with the same settings is not
 redone unless `force=True`, so a killed sweep resumes where it stopped, and scoring a new benchmark keeps the
-others' numbers. "Same settings" leaves out the fields that only say *when* to evaluate (`at_checkpoints`,
-`checkpoint_limit`), so results a training run's checkpoint evals wrote are reused by `align eval` with the same
-`--limit`.
+others' numbers; a checkpoint whose weight files changed since (re-saved: `weights_fingerprint`, their sizes
+and modification times) is scored again. "Same settings" leaves out the fields that only say *when* to evaluate
+(`at_checkpoints`, `checkpoint_limit`), so results a training run's checkpoint evals wrote are reused by
+`align eval` with the same `--limit`.
 
 `EVAL_SUITES` maps each name `EvalConfig.benchmarks` may hold to the function that generates and scores it; a new
 generation benchmark is one entry there.
@@ -84,13 +85,16 @@ def resolve_checkpoints(path: str | Path) -> list[Path]:
 
 
 def run_data_config(checkpoint: Path) -> DataConfig:
-    """The data section of the run that wrote this checkpoint (align_config.yaml here or in a parent)."""
+    """The data section of the run that wrote this checkpoint (align_config.yaml here or in a parent): its
+    DataConfig fields (an SFT run's section also says where its training rows came from)."""
     for d in [checkpoint, *checkpoint.resolve().parents][:3]:
         f = d / "align_config.yaml"
         if f.is_file():
             raw = yaml.safe_load(f.read_text()) or {}
             if "data" in raw:
-                return from_dict(DataConfig, raw["data"], prefix="data.")
+                known = {field.name for field in dataclasses.fields(DataConfig)}
+                data = {k: v for k, v in (raw["data"] or {}).items() if k in known}
+                return from_dict(DataConfig, data, prefix="data.")
     return DataConfig(world=WorldConfig())
 
 
@@ -121,6 +125,16 @@ def benchmark_settings(eval_cfg: EvalConfig, name: str) -> dict:
     }
 
 
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "adapter_model.bin")
+
+
+def weights_fingerprint(checkpoint: Path) -> dict[str, list[int]]:
+    """{weight file: [size, mtime_ns]} of a checkpoint (single, sharded or adapter files): cheap (no hashing of
+    many GB) and changed by any re-save, so cached results are tied to the weights that produced them."""
+    files = sorted({p for pattern in WEIGHT_FILES for p in checkpoint.glob(pattern) if p.is_file()})
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
+
+
 def _read_results(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -131,22 +145,24 @@ def evaluate_checkpoint(
     """Score one checkpoint (loading it unless a live model is given) and write the JSON beside it.
 
     Each benchmark's numbers are kept in `eval_results.json` with the settings that produced them
-    (`meta.benchmarks`); a benchmark already scored with the same settings is reused unless `force`, others are
-    scored, and the file keeps every benchmark ever scored there. The return value holds the requested ones.
+    (`meta.benchmarks`) and the fingerprint of the weights they scored; a benchmark already scored with the same
+    settings on the same weight files is reused unless `force`, others are scored, and the file keeps every
+    benchmark ever scored there. The return value holds the requested ones.
     """
     checkpoint = Path(checkpoint)
     out = checkpoint / RESULTS_FILE
     stored = _read_results(out)
     entries = stored.get("meta", {}).get("benchmarks", {})
     wanted = {name: benchmark_settings(eval_cfg, name) for name in eval_cfg.benchmarks}
-    todo = [n for n in wanted if force or entries.get(n, {}).get("settings") != wanted[n]]
+    weights = weights_fingerprint(checkpoint)
+    todo = [n for n in wanted if force or _stale(entries.get(n, {}), wanted[n], weights)]
     if todo:
         scored, generations = _score_benchmarks(checkpoint, eval_cfg, todo, model, processor, data_cfg)
         for name, (scores, meta) in scored.items():
             for key in entries.get(name, {}).get("keys", []):
                 stored.pop(key, None)
             stored.update(scores)
-            entries[name] = {"settings": wanted[name], "keys": list(scores), "meta": meta}
+            entries[name] = {"settings": wanted[name], "weights": weights, "keys": list(scores), "meta": meta}
         _write_generations(checkpoint / "eval_generations.jsonl", generations, set(todo))
     head = {
         "checkpoint": str(checkpoint),
@@ -156,6 +172,12 @@ def evaluate_checkpoint(
     if todo:
         out.write_text(json.dumps(_results_view(stored, entries, list(entries), head), indent=2))
     return _results_view(stored, entries, list(wanted), head)
+
+
+def _stale(entry: dict, settings: dict, weights: dict) -> bool:
+    """A cached benchmark entry scored other settings or other weights (an entry from before weights were recorded
+    counts as other weights)."""
+    return entry.get("settings") != settings or entry.get("weights") != weights
 
 
 def _results_view(stored: dict, entries: dict, names: list[str], head: dict) -> dict:

@@ -27,6 +27,8 @@ from align.eval.runner import evaluate_checkpoint
 
 def main(cfg: DPORecipeConfig) -> dict:
     summary = train_dpo(cfg, prepare=attach_checkpoint_eval)
+    if summary.pop("finished", False):  # already trained and evaluated: nothing is rewritten
+        return summary
     if cfg.run.eval_at_end:
         summary["eval"] = evaluate_checkpoint(summary["final"], cfg.eval, data_cfg=cfg.data)
     return write_summary(cfg.run, summary)

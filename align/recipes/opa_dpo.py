@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from align.config.loading import to_dict
 from align.config.recipes import OPADPOConfig
 from align.config.sections import OptimConfig
 from align.core.data import (
@@ -43,7 +44,7 @@ from align.core.logprobs import response_logps
 from align.core.losses.dpo import dpo_pair_loss, policy_rewards
 from align.core.losses.opa_dpo import anchor_loss, opa_dpo_loss
 from align.core.models import build_model
-from align.core.trainer import AlignTrainer, begin_run, train_and_save, training_arguments, write_summary
+from align.core.trainer import AlignTrainer, begin_run, start_run, train_and_save, training_arguments, write_summary
 from align.eval.callback import attach_checkpoint_eval
 from align.eval.runner import evaluate_checkpoint
 from data_builders.io import load_opa_dataset
@@ -69,9 +70,9 @@ def opa_step(cfg: OPADPOConfig, dataset) -> Path:
     """SFT of the base policy (LoRA, merged into it; or every weight) on the reference answers and the revisions
     (or, as an ablation, the references alone); saved to `output_dir/opa/final`."""
     run = dataclasses.replace(cfg.run, output_dir=str(Path(cfg.run.output_dir) / "opa"))
-    final = Path(run.output_dir) / "final"
-    if (final / "config.json").is_file():
-        return final
+    finished = start_run(run, opa_step_config(cfg, run), tag="opa")
+    if finished is not None:
+        return Path(finished["final"])
     model, processor = build_model(cfg.model, run.seed)
     rows = opa_rows(dataset, cfg.opa.answers)
     encoded, stats = encode_dataset(rows, processor, cfg.data.max_length, image_seq_length(model.config))
@@ -90,7 +91,16 @@ def opa_step(cfg: OPADPOConfig, dataset) -> Path:
         data_collator=VisionSFTCollator(processor),
         processing_class=processor,
     )
-    return train_and_save(trainer, run, processor, tag="opa")[1]
+    result, final = train_and_save(trainer, run, processor, opa_step_config(cfg, run), tag="opa")
+    write_summary(run, {"final": str(final), "train": result.metrics, "rows": stats.kept})
+    return final
+
+
+def opa_step_config(cfg: OPADPOConfig, run) -> dict:
+    """What the OPA step's result depends on (its run dir holds it as align_config.yaml): a change to the DPO
+    stage alone keeps the finished OPA step."""
+    keep = ("recipe", "dataset", "model", "data", "opa")
+    return {**{k: v for k, v in to_dict(cfg).items() if k in keep}, "run": dataclasses.asdict(run)}
 
 
 # ---------------------------------------------------------------- preference data
@@ -242,7 +252,9 @@ def build_trainer(cfg: OPADPOConfig, dataset, start: Path) -> tuple[OPADPOTraine
 def main(cfg: OPADPOConfig) -> dict:
     run = cfg.run
     t0 = time.time()
-    begin_run(cfg)
+    finished = begin_run(cfg, tag="opa-dpo")
+    if finished is not None:  # trained to its end with this config: its summary, nothing redone
+        return finished
     dataset = load_opa_dataset(cfg.dataset)
     if cfg.baseline == "offpolicy" and "offpolicy" not in dataset.column_names:
         raise ValueError(f"{cfg.dataset}: no 'offpolicy' column; rebuild the data with this version of align")

@@ -7,7 +7,8 @@ Round r (r = 0, 1, ...), in `output_dir/round-r/`:
 2. train/  DPO (align/core/preference.py; loss from `train`) with a fresh LoRA on the current policy, whose
            adapter-free weights are the reference (RLAIF-V: each iteration's reference is the model it starts from);
 3. the merged `train/final` becomes the next round's policy, and is evaluated when `train.eval_at_end`.
-A killed run resumes: finished rounds are skipped, a round's data build and training resume on their own.
+A killed run resumes: finished rounds are reported finished, a round's data build and training resume on their own;
+a changed config is refused unless `--resume` (go on under it, e.g. more rounds) or `--overwrite` (every round anew).
 `rounds.json` lists each round's data summary, training loss and eval; `rounds.md` is the table.
 """
 
@@ -15,12 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
-from align.config.loading import save_config
+from align.config.loading import save_config, to_dict
 from align.config.recipes import DPORecipeConfig, RLAIFVConfig
 from align.core.preference import train_dpo
+from align.core.run_dir import CONFIG_FILE, saved_config_changes
 from align.core.trainer import write_summary
 from align.eval.callback import attach_checkpoint_eval
 from align.eval.runner import evaluate_checkpoint
@@ -44,11 +47,8 @@ def run_round(cfg: RLAIFVConfig, r: int, policy: str) -> dict:
     if not (Path(data_cfg.output_dir) / "dataset" / "dataset_info.json").is_file():
         print(f"[rlaif_v] round {r}: sampling and checking with {policy}")
         build_rlaif_v_data(data_cfg)
-    train_summary = Path(train_cfg.run.output_dir) / "train_summary.json"
-    if not train_summary.is_file():
-        print(f"[rlaif_v] round {r}: DPO on {data_cfg.output_dir}/dataset")
-        train_round(train_cfg)
-    trained = json.loads(train_summary.read_text())
+    print(f"[rlaif_v] round {r}: DPO on {data_cfg.output_dir}/dataset")
+    trained = train_round(train_cfg)  # a finished round says so and returns its stored summary
     return {
         "round": r,
         "start": policy,
@@ -62,6 +62,8 @@ def run_round(cfg: RLAIFVConfig, r: int, policy: str) -> dict:
 def train_round(cfg: DPORecipeConfig) -> dict:
     """One round's DPO: a fresh LoRA on the round's start policy, evaluated at the end."""
     summary = train_dpo(cfg, prepare=attach_checkpoint_eval)
+    if summary.pop("finished", False):  # already trained and evaluated: nothing is rewritten
+        return summary
     if cfg.run.eval_at_end:
         summary["eval"] = evaluate_checkpoint(summary["final"], cfg.eval, data_cfg=cfg.data)
     return write_summary(cfg.run, summary)
@@ -82,10 +84,22 @@ def format_rounds(start_eval: dict | None, rounds: list[dict]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def main(cfg: RLAIFVConfig) -> dict:
-    out = Path(cfg.output_dir)
+def begin_rounds(cfg: RLAIFVConfig) -> Path:
+    """The output_dir of the loop under `train.run.existing`: `overwrite` deletes every round (its data was sampled
+    by the old policies); `auto` refuses a config that differs from the saved one; `resume` goes on under it."""
+    out, mode = Path(cfg.output_dir), cfg.train.run.existing
+    if mode == "overwrite":
+        for old in [*out.glob("round-*"), out / "rounds.json", out / "rounds.md"]:
+            shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+    elif changes := saved_config_changes(out, to_dict(cfg), mode, missing_ok=True):
+        print(f"[rlaif_v] --resume under a changed config: {'; '.join(changes)}")
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "align_config.yaml")
+    save_config(cfg, out / CONFIG_FILE)
+    return out
+
+
+def main(cfg: RLAIFVConfig) -> dict:
+    out = begin_rounds(cfg)
     t0 = time.time()
     start_eval = None
     if cfg.eval_start and cfg.train.run.eval_at_end:

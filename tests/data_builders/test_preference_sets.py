@@ -120,6 +120,6 @@ def test_cli_runs_the_shipped_config(rlhf_v_file, policy, tmp_path, capsys):
     assert (summary["spans"], summary["gamma"], summary["rows_out"]) == ("diff", G, 1)
     (row,) = _rows(summary["dataset"])
     assert _texts(row["chosen"], row["chosen_spans"]) == ["knife"]
-    missing = [f"path={tmp_path / 'missing.parquet'}", f"output_dir={tmp_path}", f"policy={policy}"]
+    missing = [f"path={tmp_path / 'missing.parquet'}", f"output_dir={tmp_path / 'other'}", f"policy={policy}"]
     assert cli(["build-data", config, *missing]) == 2
     assert "missing.parquet' does not exist" in capsys.readouterr().err

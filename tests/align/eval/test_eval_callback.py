@@ -44,7 +44,7 @@ def rows(small_world, policy) -> list[dict]:
 def lora_cfg(out, policy, cache_dir, at_checkpoints: bool) -> DPORecipeConfig:
     sampling = GenerationConfig(max_new_tokens=6, do_sample=True, batch_size=16)
     return DPORecipeConfig(
-        run=RunConfig(output_dir=str(out), logging_steps=1, save_steps=2, eval_at_end=False, resume=False),
+        run=RunConfig(output_dir=str(out), logging_steps=1, save_steps=2, eval_at_end=False),
         model=ModelConfig(name_or_path=policy, lora_r=4, lora_alpha=8, lora_dropout=0.3),
         data=DataConfig(world=SMALL_WORLD, cache_dir=str(cache_dir)),
         optim=OptimConfig(lr=1e-2, warmup_steps=0, max_steps=4, batch_size=4),

@@ -168,10 +168,9 @@ def test_build_data_cli_writes_pairs_and_a_summary(pref_data, tmp_path, capsys):
     assert summary["rows_out"] + sum(summary["skipped"].values()) == summary["rows_in"]
     assert load_from_disk(str(tmp_path / "dataset")).features == PREFERENCE_FEATURES
     policy = pref_data[0]  # spans: diff loads the policy's tokenizer from its checkpoint
-    assert (
-        cli(["build-data", config, f"opa_dataset={opa}", f"output_dir={tmp_path}", "spans=diff", f"policy={policy}"])
-        == 0
-    )
+    diff = ["build-data", config, f"opa_dataset={opa}", f"output_dir={tmp_path}", "spans=diff", f"policy={policy}"]
+    assert cli(diff) == 2 and "spans: report -> diff" in capsys.readouterr().err  # another build on that dir
+    assert cli([*diff, "--overwrite"]) == 0
     pairs = load_from_disk(str(tmp_path / "dataset"))
     assert json.loads(pairs[0]["meta"])["spans"] == "diff" and any(p["chosen_spans"] for p in pairs)
 

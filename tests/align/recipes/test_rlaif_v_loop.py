@@ -4,6 +4,7 @@ is the softmax over its yes/no tokens; the shipped config runs through the CLI."
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -16,6 +17,7 @@ import torch
 from datasets import load_from_disk
 
 from align.cli import main as cli
+from align.config.loading import ConfigError
 from align.config.recipes import DPORecipeConfig, RLAIFVConfig
 from align.config.sections import DataConfig, EvalConfig, GenerationConfig, ModelConfig, OptimConfig, RunConfig
 from align.core.data import user_prompt
@@ -78,6 +80,8 @@ def test_two_rounds_each_on_the_latest_policy_and_resume(micro_opa_data, tmp_pat
     stamp = train_summary.stat().st_mtime_ns
     again = main(cfg)  # everything done: nothing is sampled or trained again
     assert train_summary.stat().st_mtime_ns == stamp and again["final"] == summary["final"]
+    with pytest.raises(ConfigError, match="rounds: 2 -> 3"):  # a changed loop is refused before any work
+        main(dataclasses.replace(cfg, rounds=3))
 
 
 def test_policy_labeler_is_the_softmax_over_yes_and_no(micro_opa_data):

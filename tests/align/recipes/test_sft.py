@@ -35,7 +35,7 @@ def test_sft_resumes_from_last_checkpoint(tmp_path, cache_dir):
     out = tmp_path / "run"
     main(micro_sft_config(out, cache_dir, steps=10, eval_at_end=False))
     first = json.loads((out / "train_summary.json").read_text())["loss_history"]
-    summary = main(micro_sft_config(out, cache_dir, steps=20, eval_at_end=False))
+    summary = main(micro_sft_config(out, cache_dir, steps=20, eval_at_end=False, existing="resume"))  # --resume
     history = summary["loss_history"]
     assert history[: len(first)] == first  # the earlier steps were restored, not redone
     assert history[-1][0] == 20 and summary["train"]["train_runtime"] > 0
