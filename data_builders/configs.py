@@ -31,6 +31,13 @@ class ToyWorldDataConfig:
             "so `align eval --source pope data=<dir>/pope images=<dir>/images` runs on ToyWorld."
         },
     )
+    export_llava_dir: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Also write the train split as LLaVA-format SFT data here (llava.json + images/), the input of "
+            "configs/toy/sft_llava_json.yaml."
+        },
+    )
 
 
 @dataclasses.dataclass

@@ -209,6 +209,8 @@ def build_from_config(cfg: ToyWorldDataConfig) -> dict:
     (path / "summary.json").write_text(json.dumps(summary, indent=2))
     if cfg.export_dir:
         summary["exported"] = export_pope_files(data["test"], Path(cfg.export_dir))
+    if cfg.export_llava_dir:
+        summary["exported_llava"] = str(export_toyworld_llava(cfg.export_llava_dir, cfg.world, cfg.cache_dir))
     return summary
 
 
@@ -231,3 +233,38 @@ def export_pope_files(split: Dataset, out: Path) -> dict:
         path.write_text("".join(json.dumps(x) + "\n" for x in lines))
         files[name] = len(lines)
     return {"dir": str(out), "images": len(raw), "pope_questions": files}
+
+
+def export_toyworld_llava(
+    out_dir: str | Path,
+    world: tw.WorldConfig | None = None,
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+    turns: int = 3,
+) -> Path:
+    """Write ToyWorld's training split (the rows of the ToyWorld SFT: caption, questions) as LLaVA-format data,
+    `<out_dir>/llava.json` and `<out_dir>/images/*.png`: a ready input for source llava_json. Each image's rows
+    become conversations of up to `turns` human/gpt pairs (short enough for the tiny model's max_length), the
+    first human turn of each holding `<image>`. Returns the JSON file."""
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows = sft_rows(build_toyworld(world or tw.WorldConfig(), cache_dir)["train"], seed=seed)
+    by_image: dict[str, list[dict]] = {}
+    for row in rows.cast_column("image", Image(decode=False)):
+        image_id = row["id"].split("/")[0]
+        if image_id not in by_image:
+            (out / "images" / f"{image_id}.png").write_bytes(row["image"]["bytes"])
+            by_image[image_id] = []
+        by_image[image_id].append(row)
+    items = []
+    for image_id, image_rows in by_image.items():
+        for start in range(0, len(image_rows), turns):
+            conversation = []
+            for row in image_rows[start : start + turns]:
+                prompt = row["prompt"] if conversation else f"<image>\n{row['prompt']}"
+                conversation += [{"from": "human", "value": prompt}, {"from": "gpt", "value": row["response"]}]
+            item_id = f"{image_id}-{start // turns}"
+            items.append({"id": item_id, "image": f"images/{image_id}.png", "conversations": conversation})
+    path = out / "llava.json"
+    path.write_text(json.dumps(items, indent=1))
+    return path

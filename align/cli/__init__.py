@@ -82,11 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args = build_parser().parse_args(argv)  # errors print one line; ALIGN_DEBUG=1 shows the traceback
     libraries = getattr(args, "command", None) not in ("validate", "show", "configs", "help")  # no ML library
-    with console.session(verbose=verbose, libraries=libraries):  # the short console (align/core/console.py)
-        try:
-            return args.func(args)
-        except (ConfigError, FileNotFoundError, ValueError, EndpointFatalError) as e:
-            if os.environ.get("ALIGN_DEBUG"):
-                raise
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    try:
+        with console.session(verbose=verbose, libraries=libraries):  # the short console (align/core/console.py)
+            try:
+                return args.func(args)
+            except (ConfigError, FileNotFoundError, ValueError, EndpointFatalError) as e:
+                if os.environ.get("ALIGN_DEBUG"):
+                    raise
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+    except BrokenPipeError:  # `align show ... | head`: the reader left; stop quietly, as other Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail again
+        return 141

@@ -226,6 +226,11 @@ def step_logs(parts: dict, rewards: dict) -> dict[str, float]:
 # ---------------------------------------------------------------- the recipe
 
 
+def stage_tag(cfg: OPADPOConfig) -> str:
+    """The DPO stage's name in console lines: the off-policy baseline is not OPA-DPO."""
+    return "dpo-offpolicy" if cfg.baseline == "offpolicy" else "opa-dpo"
+
+
 def build_trainer(cfg: OPADPOConfig, dataset, start: Path) -> tuple[OPADPOTrainer, object, int]:
     """The DPO stage on `start` (the OPA policy, or the base policy for the baseline): (trainer, processor,
     records encoded)."""
@@ -233,7 +238,7 @@ def build_trainer(cfg: OPADPOConfig, dataset, start: Path) -> tuple[OPADPOTraine
     n_img = image_seq_length(model.config)
     cache: dict = {}
     records = [r for r in (encode_record(processor, row, cfg, n_img, cache) for row in dataset) if r is not None]
-    print(f"[opa-dpo] {len(records)}/{len(dataset)} records encoded (starting from {start})")
+    print(f"[{stage_tag(cfg)}] {len(records)}/{len(dataset)} records encoded (starting from {start})")
     views = ("reference", "rollout") if cfg.baseline == "offpolicy" else VIEWS
     patch_size = model.config.vision_config.patch_size
     trainer = OPADPOTrainer(
@@ -252,7 +257,7 @@ def build_trainer(cfg: OPADPOConfig, dataset, start: Path) -> tuple[OPADPOTraine
 def main(cfg: OPADPOConfig) -> dict:
     run = cfg.run
     t0 = time.time()
-    finished = begin_run(cfg, tag="opa-dpo")
+    finished = begin_run(cfg, tag=stage_tag(cfg))
     if finished is not None:  # trained to its end with this config: its summary, nothing redone
         return finished
     dataset = load_opa_dataset(cfg.dataset)
@@ -261,7 +266,7 @@ def main(cfg: OPADPOConfig) -> dict:
     start = opa_step(cfg, dataset) if cfg.opa.steps > 0 and cfg.baseline == "none" else Path(cfg.model.name_or_path)
     trainer, processor, n_records = build_trainer(cfg, dataset, start)
     attach_checkpoint_eval(trainer, cfg)
-    result, final = train_and_save(trainer, run, processor, cfg, tag="opa-dpo")
+    result, final = train_and_save(trainer, run, processor, cfg, tag=stage_tag(cfg))
     summary = {
         "final": str(final),
         "start": str(start),

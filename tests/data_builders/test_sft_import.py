@@ -14,12 +14,12 @@ from data_builders.preference_import import SkipRow
 from data_builders.sft_import import (
     SKIP_REASONS,
     conversation_rows,
-    export_toyworld_llava,
     import_sft,
     llava_pairs,
     skipped_line,
 )
 from data_builders.toyworld import WorldConfig
+from data_builders.toyworld_data import export_toyworld_llava
 
 TINY_WORLD = WorldConfig(seed=3, n_train=3, n_val=1, n_test=1)
 

@@ -18,8 +18,8 @@ from align.config.registry import load_config
 from align.config.sections import DataConfig
 from align.core.data import encode_row
 from align.eval.runner import run_data_config
-from data_builders.sft_import import export_toyworld_llava
 from data_builders.toyworld import WorldConfig
+from data_builders.toyworld_data import export_toyworld_llava
 from tests.align.test_cli import MICRO
 
 REPO = Path(__file__).resolve().parents[3]
