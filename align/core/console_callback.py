@@ -41,8 +41,13 @@ def metric_line(tag: str, step: int, max_steps: int, logs: dict, rate: float | N
         parts.append(f"lr {float(logs['learning_rate']):.1e}")
     parts += [f"{label} {float(logs[key]):{fmt}}" for key, label, fmt in EXTRA_METRICS if key in logs]
     if rate:
-        parts.append(f"{rate:.1f} it/s")
+        parts.append(speed(rate))
     return "  ".join(parts)
+
+
+def speed(rate: float) -> str:
+    """Steps per second, or seconds per step when a step takes longer than one (the Triton interpreter: 30 s)."""
+    return f"{rate:.1f} it/s" if rate >= 1 else f"{1 / rate:.1f} s/it" if rate > 0 else "- it/s"
 
 
 class ConsoleCallback(TrainerCallback):
@@ -72,7 +77,7 @@ class ConsoleCallback(TrainerCallback):
             ran, runtime = step - self.first, float(logs["train_runtime"])
             loss = f", mean loss {float(logs['train_loss']):.3f}" if logs.get("train_loss") is not None else ""
             took = f"{runtime:.1f}s" if runtime < 10 else f"{runtime:.0f}s"
-            self.emit(f"[{self.tag}] done: {ran} steps in {took} ({ran / max(runtime, 1e-9):.1f} it/s){loss}")
+            self.emit(f"[{self.tag}] done: {ran} steps in {took} ({speed(ran / max(runtime, 1e-9))}){loss}")
         elif "loss" in logs and (step % self.every == 0 or step == state.max_steps):
             rate = (step - self.mark[0]) / max(now - self.mark[1], 1e-9)
             self.mark = (step, now)

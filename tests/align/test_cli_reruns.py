@@ -74,7 +74,12 @@ def test_demo_twice_trains_nothing_the_second_time(tmp_path, cache_dir, capsys):
 
     assert main(argv) == 0
     out = capsys.readouterr().out
-    stages = (("sft", "sft_base"), ("opa_data", "opa_data"), ("opa-dpo", "opa_dpo"), ("opa-dpo", "dpo_offpolicy"))
+    stages = (
+        ("sft", "sft_base"),
+        ("opa_data", "opa_data"),
+        ("opa-dpo", "opa_dpo"),
+        ("dpo-offpolicy", "dpo_offpolicy"),
+    )
     for tag, run in stages:
         assert f"[{tag}] already finished: {workdir / run}" in out, tag
     assert "resuming" not in out

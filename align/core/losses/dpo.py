@@ -150,5 +150,3 @@ def ddpo_loss(
     if sft_weight:
         loss = loss + sft_weight * -weighted_logps(pol_w, mask_w, weights_w, average=True).mean()
     return loss, beta * h_w.detach(), beta * h_l.detach()
-
-

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from align.cli import main
 from align.core import console
-from align.core.console_callback import compact_every, metric_line
+from align.core.console_callback import compact_every, metric_line, speed
 from tests.align.test_cli import MICRO, REPO
 
 GRADIENT_CHECKPOINTING = "`is_gradient_checkpointing` is deprecated and will be removed in v6. Use ..."
@@ -110,3 +110,7 @@ def test_metric_lines_are_few_and_compact():
     logs = {"loss": 1.23449, "learning_rate": 5.9e-4, "rewards/accuracy": 0.75, "grad_norm": 3.0}
     line = metric_line("dpo", 300, 1500, logs, 12.34)
     assert line == "[dpo] step 300/1500  loss 1.234  lr 5.9e-04  acc 0.75  12.3 it/s"
+
+
+def test_slow_steps_read_as_seconds_per_step():
+    assert speed(12.34) == "12.3 it/s" and speed(1 / 34.5) == "34.5 s/it" and speed(0.0) == "- it/s"

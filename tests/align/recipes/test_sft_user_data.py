@@ -24,7 +24,16 @@ from tests.align.test_cli import MICRO
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIG = str(REPO / "configs/toy/sft_llava_json.yaml")
-FAST = ["optim.max_steps=4", "optim.warmup_steps=1", "optim.batch_size=4", "run.save_steps=2", "run.logging_steps=1"]
+# the shipped config fine-tunes the demo's base policy; tests build the micro model in-process instead
+FROM_SCRATCH = ["model.name_or_path=null", "model.finetune=full", "freeze_vision=false"]
+FAST = [
+    *FROM_SCRATCH,
+    "optim.max_steps=4",
+    "optim.warmup_steps=1",
+    "optim.batch_size=4",
+    "run.save_steps=2",
+    "run.logging_steps=1",
+]
 WORLD = WorldConfig(seed=5, n_train=6, n_val=1, n_test=1)
 
 
