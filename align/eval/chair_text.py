@@ -1,4 +1,4 @@
-"""CHAIR's caption → COCO object mentions, as OPERA's `chair.py` finds them, with no NLTK data download.
+"""CHAIR's caption → COCO object mentions, as OPERA's `chair.py` finds them, with NLTK's data or without it.
 
 The reference (shikiw/OPERA `chair.py`, itself Maxlinn/CHAIR-metric-standalone's port of LisaAnne/Hallucination):
 lower-case; `nltk.word_tokenize`; `nltk.pos_tag`; `WordNetLemmatizer().lemmatize(token, pos)` with the tag's
@@ -7,28 +7,32 @@ merged pair taking both tokens; drop every 'seat' if 'toilet' is there; keep the
 mapped to its category by `inverse_synonym_dict`, repeats kept. Len counts the tokens after merging.
 
 Here the tokens are the same: `NLTKWordTokenizer` per sentence with nltk 3.8.1's quote and punctuation rules
-(OPERA's pin; nltk >= 3.9 also splits an opening single quote and en/em dashes off a word, which would make 'dog'
+(OPERA's pin; nltk >= 3.9 also splits an opening single quote and en/em dashes off a word, which would make 'dog
 and dog—cat mentions), the sentences from an *untrained* `PunktSentenceTokenizer` (`word_tokenize` needs the
-punkt model download). Every token is lemmatised as a noun by WordNet's noun morphology, reproduced below only as
-far as CHAIR can see it: which candidate lemmas are WordNet nouns is known for the vocabulary words only, so the
-result is exact whenever it matters, i.e. whenever WordNet's lemma or this one is a vocabulary word (checked
-against `WordNetLemmatizer` by tests/align/eval/test_benchmarks_chair.py, when WordNet data is installed).
+punkt model, which is not installed here). Lemmas, two ways (`align.eval.tagging` says which ran):
+- reference (NLTK's perceptron tagger and WordNet on NLTK's data path): the reference's steps exactly, tags from
+  nltk's tagger, lemmas from WordNet with nltk 3.8.1's morphy (`reference_lemmas`). Checked caption by caption
+  against OPERA's `chair.py` on six of OPERA's public caption sets (tests/align/eval/test_benchmarks_chair.py);
+- fallback (no NLTK data): every token lemmatised as a noun by WordNet's noun morphology, reproduced below only
+  as far as CHAIR can see it: which candidate lemmas are WordNet nouns is known for the vocabulary words only,
+  so the noun lemma is exact whenever it matters, i.e. whenever WordNet's lemma or this one is a vocabulary word.
 Reference quirks kept on purpose: 'men' stays 'men' (a WordNet noun, as short as 'man'), 'vases' → 'vas',
 'sports' → 'sport' (so 'sports ball' never merges, 'ball' still counts), plurals of words WordNet lacks stay
 plural ('bikers', 'smartphones', 'pitbulls' are not mentions), 'motor bike' merges into a word the vocabulary
-only has as ' motor bike' (its synonym list is split on ', ', so it and ' cheesecake' never match).
+only has as ' motor bike' (its synonym list is split on ', ', so it and ' cheesecake' never match), and the
+tagger's own readings: 'geese' in 'two geese' is JJ, hence no goose; 'seated' is VBN, hence seat → chair.
 
 Deviations from the reference, each changing a result only in the case named:
-1. No POS tagger (nltk's averaged-perceptron model is a download no PyPI package ships), so tokens OPERA's tagger
-   calls verbs or adjectives get the noun lemma. OPERA counts verb forms whose verb lemma is a vocabulary word
-   ('skiing' → ski → skis, 'skateboarding', 'snowboarding', 'seated' → seat → chair, 'tied' → tie, 'batting' →
-   bat, 'taxiing' → taxi → car); here they are not mentions. A plural the tagger mislabels as a verb ('cars'
-   as VBZ stays 'cars' there) is missed there and counted here, and 'parking'/'potted' tagged VBG/VBN become
-   park/pot there, which breaks 'parking meter'/'potted plant'.
+1. Fallback only: no POS tagger, so tokens OPERA's tagger calls verbs or adjectives get the noun lemma. OPERA
+   counts verb forms whose verb lemma is a vocabulary word ('skiing' → ski → skis, 'skateboarding',
+   'snowboarding', 'seated' → seat → chair, 'tied' → tie, 'batting' → bat, 'taxiing' → taxi → car); the
+   fallback does not. A plural the tagger mislabels ('cars' as VBZ stays 'cars' there, 'geese' as JJ) is missed
+   there and counted here, and 'parking'/'potted' tagged VBG/VBN become park/pot there, which breaks 'parking
+   meter'/'potted plant'. On OPERA's caption sets this moves CHAIR_s by up to 2.8 points (README, "Scorer
+   fidelity"); 3.8.1's morphy on non-words ('dogss' → dog there) is not reproduced either.
 2. The untrained Punkt knows no abbreviations: 'e.g.' or 'mr.' end a sentence and lose their period to a
-   separate token. Len grows by one for each; no mention changes (no vocabulary word is an abbreviation).
-3. OPERA pinned nltk 3.8.1, whose morphy re-applied its rules when nothing matched: the non-word 'dogss' → dog
-   there, unchanged here (nltk >= 3.9 does the same as here).
+   separate token. Len grows by one for each; no mention changes (no vocabulary word is an abbreviation), though
+   the tagger sees one more token there.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from pathlib import Path
 
 from nltk.tokenize.destructive import NLTKWordTokenizer
 from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+from align.eval import tagging
 
 VOCABULARY_FILE = "chair_vocabulary.json"
 
@@ -216,6 +222,16 @@ class Vocabulary:
         return frozenset(pair.split(" ", 1)[0] for pair in self.double_words)
 
     @functools.cached_property
+    def words_that_count(self) -> frozenset[str]:
+        """The lemmas that can change a caption's mentions or merges: vocabulary words and double-word parts."""
+        return self.objects | {p for pair in self.double_words for p in pair.split()}
+
+    @functools.cached_property
+    def tagged_lemmas(self) -> dict[str, str | tuple[str, ...]]:
+        """Memo of `_lemma_or_options(token, self.words_that_count)`, filled by `reference_lemmas`."""
+        return {}
+
+    @functools.cached_property
     def lemmas(self) -> dict[str, str]:
         """Memo of `noun_lemma(token, self.lexicon)`, filled by `caption_words`."""
         return {}
@@ -284,14 +300,50 @@ class CaptionWords:
     mentions: list[tuple[str, str]]  # (vocabulary word, category) in caption order, repeats kept
 
 
-def caption_words(caption: str, vocab: Vocabulary) -> CaptionWords:
-    """The caption's tokens and its vocabulary mentions, OPERA's `caption_to_words`."""
-    lemmas, lexicon = vocab.lemmas, vocab.lexicon
-    if len(lemmas) > 1 << 16:  # bounded, as noun_lemma's own cache
-        lemmas.clear()
-    lemmatised = [lemmas.get(t) or lemmas.setdefault(t, noun_lemma(t, lexicon)) for t in tokenize(caption)]
+def caption_words(caption: str, vocab: Vocabulary, tagged: bool = True) -> CaptionWords:
+    """The caption's tokens and its vocabulary mentions, OPERA's `caption_to_words` (`tagged`: each token
+    lemmatised with its POS tag's WordNet POS, as OPERA's CHAIR; else as a noun, as Object HalBench's rule-based
+    path). The reference's own tagger and WordNet run where installed (`reference_lemmas`), else `noun_lemma`."""
+    tokens = tokenize(caption)
+    if tagging.wordnet_installed() and (not tagged or tagging.nltk_tagger() is not None):
+        lemmatised = reference_lemmas(tokens, vocab, tagged)
+    else:
+        lemmas, lexicon = vocab.lemmas, vocab.lexicon
+        if len(lemmas) > 1 << 16:  # bounded, as noun_lemma's own cache
+            lemmas.clear()
+        lemmatised = [lemmas.get(t) or lemmas.setdefault(t, noun_lemma(t, lexicon)) for t in tokens]
     merged = _merge(lemmatised, vocab.double_words, vocab.double_firsts)
     words = merged
     if "toilet" in words and "seat" in words:  # "the seat of the toilet" is no chair
         words = [w for w in words if w != "seat"]
     return CaptionWords(merged, [(w, vocab.category[w]) for w in words if w in vocab.objects])
+
+
+def reference_lemmas(tokens: list[str], vocab: Vocabulary, tagged: bool = True) -> list[str]:
+    """`WordNetLemmatizer().lemmatize(token, pos)`, pos from `nltk.pos_tag(tokens)` when `tagged`, else noun.
+    Only the tokens whose lemma depends on the POS and can then be a vocabulary word or a double-word part are
+    tagged (`tagging.tags_at`): the others' lemma cannot change a mention or a merge, so they keep their noun
+    lemma, which is their reference lemma unless they are read otherwise than as a noun there."""
+    if not tagged:
+        return [tagging.wordnet_lemma(t) for t in tokens]
+    memo = vocab.tagged_lemmas
+    if len(memo) > 1 << 16:
+        memo.clear()
+    known = [memo.get(t) or memo.setdefault(t, _lemma_or_options(t, vocab.words_that_count)) for t in tokens]
+    ambiguous = [i for i, k in enumerate(known) if isinstance(k, tuple)]
+    if not ambiguous:
+        return known
+    tags = tagging.tags_at(tokens, ambiguous)
+    for i in ambiguous:
+        known[i] = known[i][POS_INDEX[tagging.wordnet_pos(tags[i])]]
+    return known
+
+
+POS_INDEX = {pos: k for k, pos in enumerate(tagging.WORDNET_POS)}
+
+
+def _lemma_or_options(token: str, relevant: frozenset[str]) -> str | tuple[str, ...]:
+    """The token's lemma when its POS cannot change a mention or a merge, else its lemma for each POS."""
+    options = tagging.lemma_options(token)
+    n, v, a, r = options
+    return options if not n == v == a == r and relevant.intersection(options) else n

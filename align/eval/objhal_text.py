@@ -10,9 +10,10 @@ token or phrase is ever empty, so this changes nothing).
 
 Rule-based path: `nltk.word_tokenize(caption.lower())`, `WordNetLemmatizer().lemmatize(w)` (noun, no tagger),
 double words merged left to right, every 'seat' dropped when 'toilet' is there, vocabulary words kept, repeats
-included. That is `chair_text.caption_words` with this vocabulary, exactly (the WordNet facts it needs hold for
-this vocabulary too; tests/align/eval/test_benchmarks_objhal.py checks them against `WordNetLemmatizer`), with
-`chair_text`'s tokenizer deviation 2 (an abbreviation such as 'e.g.' ends a sentence: no mention changes).
+included. That is `chair_text.caption_words(..., tagged=False)` with this vocabulary: WordNet's own lemmas where
+WordNet is installed, else `noun_lemma`, exact for this vocabulary too (the WordNet facts it needs hold here;
+tests/align/eval/test_benchmarks_objhal.py checks them against `WordNetLemmatizer`), with `chair_text`'s
+tokenizer deviation 2 (an abbreviation such as 'e.g.' ends a sentence: no mention changes).
 
 LLM path: the judge model lists the visible objects an answer names (`PROMPT`: this project's wording of the
 reference's instructions, sent as one system message as the reference does). Reply parsing as the reference: the
@@ -25,11 +26,12 @@ player' is dropped, not read as 'player').
 Deviations in the LLM path, each changing a result only in the case named:
 1. spaCy's `en_core_web_trf` (not on PyPI) tags and lemmatises there. Here the tokens are `chair_text.tokenize`'s
    (nltk's word tokens, lower-cased), the lemmas WordNet noun lemmas (`chair_text.noun_lemma`, exact for the
-   vocabulary words), the tags `align.eval.tagging.pos_tag` (nltk's perceptron when installed, else textblob's
-   Pattern tagger; `tagger_name()` goes into the metrics). A phrase whose nouns the taggers tag differently
-   differs, as does a word spaCy lemmatises otherwise than WordNet ('glasses' → glass here). Lower-casing means
-   a capitalised name the reference's spaCy keeps as a proper noun ('Dog') counts here as 'dog', and the one
-   mixed-case term, 'iPhone', never matches (as in the rule-based path of both).
+   vocabulary words), the tags `align.eval.tagging.pattern_tag` (textblob's Pattern tagger whatever NLTK data is
+   installed: on bare noun phrases it is closer to spaCy than nltk's perceptron, which tags 'a puppy' JJ). A
+   phrase whose nouns the taggers tag differently differs, as does a word spaCy lemmatises otherwise than
+   WordNet ('glasses' → glass here). Lower-casing means a capitalised name the reference's spaCy keeps as a
+   proper noun ('Dog') counts here as 'dog', and the one mixed-case term, 'iPhone', never matches (as in the
+   rule-based path of both).
 2. A reply whose last line is a bare `[]` (what the prompt asks for when nothing is visible) is read as an empty
    list. The reference's parser rejects it (no '["'), asks again up to 100 times, then stops the whole run on an
    assertion, so it never scores such an answer.
@@ -186,7 +188,7 @@ def refine_phrases(phrases: list[str], vocab: Vocabulary) -> list[str]:
         if hits:
             refined += hits
             continue
-        tags = [tag for _, tag in tagging.pos_tag(tokens)]
+        tags = [tag for _, tag in tagging.pattern_tag(tokens)]
         refined += noun_runs(tags, lemmas)
     return list(dict.fromkeys(refined))
 

@@ -32,18 +32,21 @@ Deviations, each changing a result only in the case named (all offline, nothing 
    association matches count, which raises CHAIR and Hal and lowers Cover and Cog against the reference. Any
    `similarity(a, b) -> float` can be plugged in (`amber.make_benchmark`); the metrics name the choice
    (`similarity`: "en_core_web_lg", "none" or the name given).
-2. POS tags come from `align.eval.tagging`: nltk's perceptron when its model is installed, else textblob's
-   Pattern tagger, which tags some nouns differently (a plural before a verb read as a verb); the metrics name
-   it (`tagger`).
+2. POS tags and lemmas: with NLTK's tagger and WordNet installed, nltk's own (`align.eval.tagging`: the tags of
+   the tokens whose noun lemma is in H, which are the only ones that can change a result, and WordNet's lemmas
+   with nltk 3.8.1's morphy, current at AMBER's release). Its readings are part of the protocol then: nltk's
+   perceptron tags 'puppy' JJ wherever it stands, so that H word never counts. Without the tagger, textblob's
+   Pattern tagger, which tags some nouns differently (a plural before a verb read as a verb, 'puppy' NN); the
+   metrics name both (`tagger`, `lemmatizer`, and `reference`: yes only with both NLTK models).
 3. Tokens: `chair_text.nltk_tokens`, nltk's word tokenizer with nltk 3.8.1's rules (AMBER pins no version; 3.8.1
    was current at its release; nltk >= 3.9 also splits an opening single quote and en/em dashes off a word) on
    sentences from an untrained Punkt (the trained one is a download). It knows no abbreviations, so 'Mr.' or
    'e.g.' lose their period to a token of their own: no H word (none is an abbreviation) changes, but the tagger
    sees one more token there.
-4. Lemmas: `chair_text.noun_lemma` with WordNet 3.0's facts as far as H needs them (NOT_IN_WORDNET and
-   OUTSIDE_WINNERS below, noun exceptions in chair_text), exact for AMBER's relation.json (checked against
-   `WordNetLemmatizer` by tests/align/eval/test_benchmarks_amber.py when WordNet data is installed); a word added
-   to relation.json gets the regular rules. nltk 3.8.1 re-applied the rules to non-words ('dogss' → dog), not here.
+4. Lemmas without WordNet: `chair_text.noun_lemma` with WordNet 3.0's facts as far as H needs them
+   (NOT_IN_WORDNET and OUTSIDE_WINNERS below, noun exceptions in chair_text), exact for AMBER's relation.json
+   (checked against `WordNetLemmatizer` by tests/align/eval/test_benchmarks_amber.py); a word added to
+   relation.json gets the regular rules, and 3.8.1's morphy on non-words ('dogss' → dog) is not reproduced.
 5. Rates are exact fractions in [0, 1]; the reference prints percentages rounded to 0.1 from counters whose
    denominators start at 0.001, and prints Hal as 100 minus the share of responses without a hallucination.
 6. A truth or hallu object missing from relation.json's keys is an error naming the id when the data is loaded
@@ -132,9 +135,14 @@ def unknown_objects(annotation: dict, vocab: Vocabulary) -> list[str]:
 
 def extract_nouns(text: str, vocab: Vocabulary) -> list[str]:
     """The response's NN* tokens as noun lemmas, those in H only, in order, repeats kept."""
-    tagged = tagging.pos_tag(nltk_tokens(text))
-    lemmas = (noun_lemma(token, vocab.lexicon) for token, tag in tagged if tag.startswith("NN"))
-    return [w for w in lemmas if w in vocab.words]
+    tokens = nltk_tokens(text)
+    if tagging.wordnet_installed():
+        lemmas = [tagging.wordnet_lemma(t) for t in tokens]
+    else:
+        lemmas = [noun_lemma(t, vocab.lexicon) for t in tokens]
+    in_h = [i for i, lemma in enumerate(lemmas) if lemma in vocab.words]  # only their tags can change a result
+    tags = tagging.tags_at(tokens, in_h) if in_h else {}
+    return [lemmas[i] for i in in_h if tags[i].startswith("NN")]
 
 
 def matching_list(objects: list[str], vocab: Vocabulary) -> tuple[list[str], list[int]]:
@@ -208,7 +216,7 @@ def aggregate(records: list[dict], similarity_name: str = "none") -> dict:
         "n": len(records),
         "nouns": nouns,
         "hallucinated_nouns": hallucinated,
-        "tagger": tagging.tagger_name(),
+        **tagging.notes(),
         "similarity": similarity_name,
     }
 

@@ -11,8 +11,8 @@ Data (`--data DIR`, or the ground-truth file itself with the vocabulary beside i
   mention, as OPERA's evaluator builds them (its `chair.pkl`); or, when that file is absent, the COCO 2014
   annotation files (`instances_*2014.json`, `captions_*2014.json`, in DIR or DIR/annotations), from which
   `align.eval.coco_objects` builds the same sets with this module's caption rules (cached after the first run).
-  Built here, the caption part has this module's tokens (no POS tagger, see `chair_text`), so a few images
-  differ from OPERA's own file; prefer that file when you have it.
+  Built here, the caption part is OPERA's when NLTK's tagger and WordNet are installed (but for deviation 2 in
+  `chair_text`), else a few images differ from OPERA's own file; prefer that file when you have it.
 
 Items: with no split, every ground-truth image, each marked `optional`: the outputs pick the images, so an image
 without a caption is not missing (see `score_outputs`). `split="opera500"` gives OPERA's 500 images instead, in its
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from align.eval import tagging
 from align.eval.benchmarks.base import Benchmark
 from align.eval.chair_text import VOCABULARY_FILE, Vocabulary, caption_words, load_vocabulary
 from align.eval.coco_objects import (
@@ -101,7 +102,9 @@ def ground_truth(data: Path) -> tuple[GroundTruth, Path]:
             f"captions_*2014.json), and {VOCABULARY_FILE}, in the --data directory"
         )
     vocab = load_vocabulary(vocab_path)
-    rules = "opera-chair-v1:" + vocabulary_fingerprint(vocab.objects, vocab.category, vocab.double_words)
+    rules = f"opera-chair-v2-{tagging.text_mode()}:" + vocabulary_fingerprint(
+        vocab.objects, vocab.category, vocab.double_words
+    )
     return build_image_objects(files, vocab.category, lambda c: caption_categories(c, vocab), rules), vocab_path
 
 
@@ -153,7 +156,7 @@ def aggregate(records: list[dict]) -> dict:
         "mentions": mentions,
         "hallucinated_mentions": hallucinated,
     }
-    return {"overall": overall}
+    return {"overall": overall, **tagging.notes(fallback_tagger="none (every word read as a noun)")}
 
 
 BENCHMARK = Benchmark(

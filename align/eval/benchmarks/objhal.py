@@ -73,7 +73,9 @@ def ground_truth(root: Path, objects_file: Path | None, vocab: Vocabulary) -> Gr
     """The annotation files in `root` when there, else the precomputed file (see the module docstring)."""
     files = [] if objects_file is not None else annotation_files(root)
     if files:
-        rules = "objhal-rules-v1:" + vocabulary_fingerprint(vocab.objects, vocab.category, vocab.double_words)
+        rules = f"objhal-rules-v2-{tagging.text_mode(tagger=False)}:" + vocabulary_fingerprint(
+            vocab.objects, vocab.category, vocab.double_words
+        )
         return build_image_objects(files, vocab.category, lambda c: caption_categories(c, vocab), rules)
     path = objects_file or root / OBJECTS_FILE
     if not path.is_file():
@@ -86,7 +88,7 @@ def ground_truth(root: Path, objects_file: Path | None, vocab: Vocabulary) -> Gr
 
 def caption_categories(caption: str, vocab: Vocabulary) -> set[str]:
     """The categories a COCO reference caption adds to its image's ground truth (the rule-based path)."""
-    return {category for _, category in caption_words(caption, vocab).mentions}
+    return {category for _, category in caption_words(caption, vocab, tagged=False).mentions}
 
 
 def read_questions(path: Path) -> list[tuple[int, str, str | None]]:
@@ -151,7 +153,7 @@ def _counts(item: dict, answer: str, mentions: list[tuple[str, str]] | None) -> 
 def score(item: dict, output: str) -> dict:
     """Rule-based: the answer's vocabulary words, as the reference's `caption_to_words` finds them."""
     answer = answer_text(output)
-    mentions = caption_words(answer, load_vocabulary(item["vocabulary"])).mentions
+    mentions = caption_words(answer, load_vocabulary(item["vocabulary"]), tagged=False).mentions
     return {
         "extractor": "rules",
         **_counts(item, answer, mentions),
@@ -181,7 +183,7 @@ def score_llm(item: dict, output: str, judge, template: str = PROMPT, version: s
         "judge_prompt": version,
         "judge_cached": reply.cached if reply else None,
         "judge_reply": reply.text if reply else None,
-        "tagger": tagging.tagger_name(),
+        "tagger": "textblob-pattern",
         "ground_truth_source": item["ground_truth_source"],
     }
 
@@ -214,6 +216,8 @@ def aggregate(records: list[dict]) -> dict:
     scored = [r for r in records if r.get("failure") is None]
     out = {"overall": _overall(scored), "extractor": one_or_mixed(r["extractor"] for r in records)}
     out["ground_truth"] = one_or_mixed(r["ground_truth_source"] for r in records)
+    if any(r["extractor"] == "rules" for r in records):  # the LLM path's phrase cleanup is spaCy's there: no exact run
+        out.update(tagging.notes(tagger=False))
     if any(r["extractor"] == "llm" for r in records):
         out["extraction_errors"] = len(records) - len(scored)
         out["unparsed"] = sum(r.get("failure") == "unparsed reply" for r in records)
