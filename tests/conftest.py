@@ -163,3 +163,29 @@ def assert_full_finetune_moves_every_weight(trainer) -> None:
     parts = {part for name in moved for part in name.split(".")}
     assert {"language_model", "vision_tower", "multi_modal_projector", "lm_head"} <= parts
     assert all(torch.equal(p, ref_start[n]) for n, p in reference.named_parameters())
+
+
+# The two ways the scorers' text processing runs: with NLTK's tagger and WordNet (the reference's own) and
+# without them (the fallback), so that tests of behaviour both share run in both.
+def without_nltk_data(monkeypatch) -> None:
+    """As on a machine where neither NLTK model is installed."""
+    from align.eval import tagging
+
+    monkeypatch.setattr(tagging, "nltk_tagger", lambda: None)
+    monkeypatch.setattr(tagging, "wordnet_installed", lambda: False)
+
+
+@pytest.fixture(params=["reference", "fallback"])
+def nltk_mode(request, monkeypatch) -> str:
+    from tests.shared_data import require_nltk_data
+
+    if request.param == "reference":
+        require_nltk_data()
+    else:
+        without_nltk_data(monkeypatch)
+    return request.param
+
+
+@pytest.fixture
+def no_nltk_data(monkeypatch) -> None:
+    without_nltk_data(monkeypatch)

@@ -4,7 +4,6 @@ generative (every rule of the reference's noun loop by hand, the similarity hook
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from align.eval.benchmarks.amber_generative import (
     load_vocabulary,
 )
 from align.eval.chair_text import NOUN_EXCEPTIONS, NOUN_RULES, noun_lemma
+from tests.shared_data import benchmark_dir, require_nltk_data
 
 AMBER = BENCHMARKS["amber"]
 # id: (type, truth, output); ids 1-2 are generative descriptions, as ids 1-1004 are in the real data
@@ -35,10 +35,10 @@ CASES = {
     10: ("relation", "no", "No"),  # right
 }
 OUTPUTS = {str(i): out for i, (_, _, out) in CASES.items()}
-# a small relation.json: H = keys and values; 'puppy' is both an object and the association word of 'dog'
+# a small relation.json: H = keys and values; 'hound' is both an object and the association word of 'dog'
 RELATION = {
-    "dog": ["puppy"],
-    "puppy": [],
+    "dog": ["hound"],
+    "hound": [],
     "grass": ["lawn"],
     "sky": [],
     "cat": ["kitten"],
@@ -52,22 +52,14 @@ SAFE_WORDS = ["camera", "light"]
 VOCAB = Vocabulary.from_tables(RELATION, SAFE_WORDS)
 # id: (truth, hallu, description)
 GENERATIVE = {
-    1: (["dog", "grass"], ["cat", "car"], "A dog and a puppy sit on the lawn. There is a camera, a cat and a bus."),
+    1: (["dog", "grass"], ["cat", "car"], "A dog and a hound sit on the lawn. There is a camera, a cat and a bus."),
     2: (["sky"], ["bird"], "The sky is clear."),
 }
 GEN_OUTPUTS = {str(i): text for i, (_, _, text) in GENERATIVE.items()}
 
 
-def shared_benchmarks() -> Path | None:
-    """The public annotation files, when this machine has them: $ALIGN_BENCHMARKS, else ../shared/benchmarks."""
-    here = Path(__file__).resolve()
-    env = os.environ.get("ALIGN_BENCHMARKS")
-    for d in (
-        [Path(env)] if env else [here.parents[3] / "shared" / "benchmarks", here.parents[4] / "shared" / "benchmarks"]
-    ):
-        if (d / "amber").is_dir():
-            return d
-    return None
+def shared_benchmarks() -> Path:
+    return benchmark_dir("amber", "annotations.json").parent
 
 
 def write_amber(data: Path) -> Path:
@@ -169,8 +161,6 @@ def test_one_dimension_scores_only_its_bucket(tmp_path):
 
 def test_real_annotations():
     root = shared_benchmarks()
-    if root is None:
-        pytest.skip("the AMBER annotation files are not on this machine (../shared/benchmarks/amber)")
     items = load(root / "amber")
     assert len(items) == 14216 and all(int(it["id"]) > 1004 for it in items)
     sizes = {s: len(load(root / "amber", s)) for s in ("existence", "attribute", "relation")}
@@ -194,7 +184,7 @@ def test_global_safe_word_counts_as_a_noun_but_is_never_hallucinated():
 
 
 def test_association_word_covers_its_truth_object():
-    r = judged(["lawn", "puppy"], ["dog", "grass"], ["cat"])
+    r = judged(["lawn", "hound"], ["dog", "grass"], ["cat"])
     assert r["covered"] == ["dog", "grass"] and r["hallucinated"] == [] and r["truth_objects"] == 2
 
 
@@ -205,8 +195,8 @@ def test_hallu_word_counts_for_cog_and_as_a_hallucination():
 
 
 def test_first_entry_decides_which_object_a_word_marks():
-    # safe list: assoc(puppy)=[] + assoc(dog)=['puppy'] + ['puppy', 'dog']: 'puppy' is first dog's association word
-    assert judged(["puppy"], ["puppy", "dog"], [])["covered"] == ["dog"]
+    # safe list: assoc(hound)=[] + assoc(dog)=['hound'] + ['hound', 'dog']: 'hound' is first dog's association word
+    assert judged(["hound"], ["hound", "dog"], [])["covered"] == ["dog"]
     # a truth object listed twice counts twice in Cover's denominator but is covered once
     r = judged(["dog", "dog"], ["dog", "dog"], [])
     assert r["covered"] == ["dog"] and r["truth_objects"] == 2
@@ -220,11 +210,19 @@ def test_repeated_noun_counts_each_time():
     assert r["hallucinated"] == ["bus", "bus"] and len(r["nouns"]) == 4 and r["covered"] == ["dog"]
 
 
-def test_nouns_keep_case_lemmatise_plurals_and_repeat():
+def test_nouns_keep_case_lemmatise_plurals_and_repeat(nltk_mode):
     # 'Dogs' (sentence-initial) is its own lemma and no H word: the reference matches case-sensitively
     assert extract_nouns("Dogs lie on the grass near two dogs and a dog.", VOCAB) == ["grass", "dog", "dog"]
-    assert extract_nouns("A dog and a puppy sit on the lawn under the sky.", VOCAB) == ["dog", "puppy", "lawn", "sky"]
+    assert extract_nouns("A dog and a hound sit on the lawn under the sky.", VOCAB) == ["dog", "hound", "lawn", "sky"]
     assert extract_nouns("", VOCAB) == []
+
+
+def test_tagger_readings_are_the_references(nltk_mode):
+    """nltk's perceptron tags 'puppy' JJ wherever it stands, so AMBER's own scorer never counts that H word;
+    the fallback's Pattern tagger reads it as a noun. 'Puppies' (NNS) counts in both."""
+    vocab = Vocabulary.from_tables({"dog": ["puppy"], "puppy": []}, [])
+    nouns = extract_nouns("A puppy and two puppies sit by a dog.", vocab)
+    assert nouns == (["puppy", "dog"] if nltk_mode == "reference" else ["puppy", "puppy", "dog"])
 
 
 def table_similarity(table: dict[tuple[str, str], float]):
@@ -237,7 +235,7 @@ def table_similarity(table: dict[tuple[str, str], float]):
 
 
 def test_similarity_step_as_the_reference_runs_it():
-    # ha = [kitten, truck, cat, car], safe = [puppy, lawn, dog, grass]
+    # ha = [kitten, truck, cat, car], safe = [hound, lawn, dog, grass]
     sim = table_similarity({("bus", "truck"): 0.9, ("cat", "lawn"): 0.81, ("van", "truck"): 0.8})
     r = judged(["bus", "cat", "van"], ["dog", "grass"], ["cat", "car"], sim)
     # bus ~ truck marks car (Cog) and is still hallucinated; cat marks cat, then ~ lawn covers grass and is not
@@ -246,7 +244,7 @@ def test_similarity_step_as_the_reference_runs_it():
     assert r["hallucinated"] == ["bus", "van"]
     assert judged(["bus", "cat", "van"], ["dog", "grass"], ["cat", "car"])["hallucinated"] == ["bus", "cat", "van"]
     # the first similar word wins, and a global safe word never reaches the step
-    sim = table_similarity({("bus", "puppy"): 0.95, ("bus", "grass"): 0.99, ("camera", "dog"): 0.99})
+    sim = table_similarity({("bus", "hound"): 0.95, ("bus", "grass"): 0.99, ("camera", "dog"): 0.99})
     assert judged(["bus", "camera"], ["dog", "grass"], [], sim)["covered"] == ["dog"]
 
 
@@ -295,10 +293,10 @@ def test_generative_data_errors_name_the_problem(tmp_path):
         load(data, "all")
 
 
-def test_generative_metrics_by_hand(tmp_path):
+def test_generative_metrics_by_hand(tmp_path, nltk_mode):
     data = write_amber(tmp_path / "data")
     m = score_outputs(make_benchmark(None), load(data, "generative"), GEN_OUTPUTS).metrics
-    # id 1: dog, puppy (→ dog), lawn (→ grass), camera (safe), cat (hallu: Cog and hallucinated), bus (hallucinated)
+    # id 1: dog, hound (→ dog), lawn (→ grass), camera (safe), cat (hallu: Cog and hallucinated), bus (hallucinated)
     # id 2: sky (covered)
     assert list(m) == ["generative"]
     g = m["generative"]
@@ -366,8 +364,6 @@ def test_module_benchmark_through_score_outputs(tmp_path):
 
 def real_vocabulary() -> Vocabulary:
     root = shared_benchmarks()
-    if root is None:
-        pytest.skip("the AMBER annotation files are not on this machine (../shared/benchmarks/amber)")
     return load_vocabulary(root / "amber")
 
 
@@ -399,14 +395,10 @@ def test_real_vocabulary_keeps_wordnets_quirks():
 
 
 def test_noun_lemmas_match_wordnet_wherever_amber_can_see():
-    """Needs WordNet data (e.g. Debian's wordnet-base copied to $NLTK_DATA/corpora/wordnet); skipped without."""
-    from nltk.corpus import wordnet
+    """The fallback's noun lemmas against WordNet's own (needs WordNet: make test puts ../shared's on NLTK's path)."""
     from nltk.stem import WordNetLemmatizer
 
-    try:
-        wordnet.ensure_loaded()
-    except LookupError:
-        pytest.skip("no WordNet data for nltk on this machine")
+    require_nltk_data(tagger=False)
     vocab, wnl = real_vocabulary(), WordNetLemmatizer()
     # H's words, every form from which a rule or an exception reaches one, their plurals and capitalised forms
     forms = set(vocab.words) | set(vocab.lexicon) | set(NOUN_EXCEPTIONS)

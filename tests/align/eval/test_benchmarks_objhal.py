@@ -4,12 +4,10 @@ the LLM path through the real judge client against a local server, loading, and 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from align.eval import tagging
 from align.eval.benchmarks import format_metrics, score_outputs
 from align.eval.benchmarks.objhal import BENCHMARK as OBJHAL
 from align.eval.benchmarks.objhal import DEFAULT_PROMPT, LLM_BENCHMARK, aggregate, load
@@ -17,6 +15,7 @@ from align.eval.chair_text import NOUN_EXCEPTIONS, NOUN_RULES, Vocabulary, capti
 from align.eval.judge import Judge, JudgeConfig
 from align.eval.objhal_text import PROMPT_VERSION, load_vocabulary, parse_object_list, parse_synonyms
 from tests.openai_server import openai_server_fixture  # noqa: F401  (provides the openai_server fixture)
+from tests.shared_data import benchmark_dir, benchmarks_root, require_nltk_data
 
 # a few categories of synonyms_refine.txt with its refined additions (brother, pedestrian, coffee table, remote
 # control), plus the reference's parsing quirks: ', ' splits, terms stripped, a later category wins
@@ -292,7 +291,7 @@ def test_llm_extraction_end_to_end(openai_server, tmp_path):
         "length": (13 + 12 + 13 + 3) / 4, "n": 4, "coco_responses": 3, "mentions": 8, "hallucinated_mentions": 2,
     }  # fmt: skip
     assert (m["extraction_errors"], m["unparsed"], m["extractor"]) == (2, 1, "llm")
-    assert (m["judge_model"], m["judge_prompt"], m["tagger"]) == ("judge-x", PROMPT_VERSION, tagging.tagger_name())
+    assert (m["judge_model"], m["judge_prompt"], m["tagger"]) == ("judge-x", PROMPT_VERSION, "textblob-pattern")
 
     # rerun: every answered request comes from the cache (the unparsed reply too); only the failed one is asked
     openai_server.default = lambda body: ("text", '["dog", "ball"]')
@@ -323,12 +322,7 @@ def test_llm_with_a_user_prompt(openai_server, tmp_path):
 
 
 def shared_benchmarks() -> Path | None:
-    here = Path(__file__).resolve()
-    env = os.environ.get("ALIGN_BENCHMARKS")
-    roots = (
-        [Path(env)] if env else [here.parents[3] / "shared" / "benchmarks", here.parents[4] / "shared" / "benchmarks"]
-    )
-    return next((r for r in roots if r.is_dir()), None)
+    return benchmarks_root()
 
 
 def refined_vocabulary() -> Vocabulary:
@@ -337,9 +331,7 @@ def refined_vocabulary() -> Vocabulary:
     root = shared_benchmarks()
     if root is not None and (root / "objhal" / "synonyms_refine.txt").is_file():
         return load_vocabulary(root / "objhal" / "synonyms_refine.txt")
-    if root is None or not (root / "chair" / "chair_vocabulary.json").is_file():
-        pytest.skip("neither synonyms_refine.txt nor CHAIR's vocabulary is on this machine (../shared/benchmarks)")
-    opera = json.loads((root / "chair" / "chair_vocabulary.json").read_text())
+    opera = json.loads((benchmark_dir("chair", "chair_vocabulary.json") / "chair_vocabulary.json").read_text())
     lines: dict[str, list[str]] = {}
     for word, category in opera["inverse_synonym_dict"].items():
         if word.strip():
@@ -354,14 +346,10 @@ def refined_vocabulary() -> Vocabulary:
 
 @pytest.mark.parametrize("which", ["fixture", "refined"])
 def test_noun_lemmas_match_wordnet(which):
-    """Needs WordNet data (e.g. Debian's wordnet-base copied to $NLTK_DATA/corpora/wordnet); skipped without."""
-    from nltk.corpus import wordnet
+    """The fallback's noun lemmas against WordNet's own (needs WordNet: make test puts ../shared's on NLTK's path)."""
     from nltk.stem import WordNetLemmatizer
 
-    try:
-        wordnet.ensure_loaded()
-    except LookupError:
-        pytest.skip("no WordNet data for nltk on this machine")
+    require_nltk_data(tagger=False)
     vocab, wnl = (VOCAB if which == "fixture" else refined_vocabulary()), WordNetLemmatizer()
     # the words, their double-word parts, every form a rule or an exception takes to one of them, plain plurals
     forms = set(vocab.lexicon) | set(NOUN_EXCEPTIONS) | {"brethren"}

@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from align.eval.benchmarks import BENCHMARKS, score_outputs
 from align.eval.benchmarks.pope import PROMPT_SUFFIX, load, score
+from tests.shared_data import benchmark_dir
 
 POPE = BENCHMARKS["pope"]
 LABELS = ["yes", "no", "yes", "no"]
 
 
-def shared_benchmarks() -> Path | None:
-    """The public annotation files, when this machine has them: $ALIGN_BENCHMARKS, else ../shared/benchmarks."""
-    here = Path(__file__).resolve()
-    env = os.environ.get("ALIGN_BENCHMARKS")
-    for d in (
-        [Path(env)] if env else [here.parents[3] / "shared" / "benchmarks", here.parents[4] / "shared" / "benchmarks"]
-    ):
-        if (d / "pope").is_dir():
-            return d
-    return None
+def shared_benchmarks() -> Path:
+    return benchmark_dir("pope", "coco_pope_adversarial.json").parent
 
 
 def write_pope(root: Path, splits=("adversarial", "random")) -> Path:
@@ -125,8 +117,6 @@ def test_missing_outputs_raise_unless_allowed(tmp_path):
 
 def test_real_question_files():
     root = shared_benchmarks()
-    if root is None:
-        pytest.skip("the POPE question files are not on this machine (../shared/benchmarks/pope)")
     counts = {s: len(load(root / "pope", s)) for s in ("adversarial", "popular", "random")}
     assert counts == {"adversarial": 3000, "popular": 3000, "random": 2910}
     adversarial = load(root / "pope", "adversarial")

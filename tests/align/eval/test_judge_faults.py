@@ -20,8 +20,13 @@ BROKEN = {
     "not JSON": ("raw", '{"id": "x", "choices": [ this is not json'),
     "no message": (
         "payload",
-        {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-         "choices": [{"index": 0, "finish_reason": "stop"}]},
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop"}],
+        },
     ),  # fmt: skip
 }
 
