@@ -5,6 +5,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The tests run the benchmark scorers' reference path with NLTK's tagger and WordNet from ../shared when it is
+# there (CI always has it); a NLTK_DATA of your own wins. Users install the same data with NLTK's downloader.
+SHARED_NLTK := $(wildcard $(abspath ..)/shared/nltk_data)
+ifeq ($(origin NLTK_DATA),undefined)
+ifneq ($(SHARED_NLTK),)
+export NLTK_DATA := $(SHARED_NLTK)
+endif
+endif
 
 .PHONY: setup demo test test-slow lint bench clean
 
