@@ -131,9 +131,13 @@ class DPORecipeConfig:
         default_factory=preference_optim,
         metadata={"help": "Optimiser and schedule (batch_size counts pairs)."},
     )
-    loss: Literal["dpo", "ddpo"] = field(
+    loss: Literal["dpo", "ddpo", "sft"] = field(
         default="dpo",
-        metadata={"help": "dpo: sigmoid DPO, spans ignored; ddpo: RLHF-V's token-weighted DPO from the spans."},
+        metadata={
+            "help": "dpo: sigmoid DPO, spans ignored; ddpo: RLHF-V's token-weighted DPO from the spans; sft: the "
+            "SFT-on-chosen baseline, mean token NLL of the chosen answers of the same pairs (no rejected, no "
+            "reference)."
+        },
     )
     beta: float = field(default=0.1, metadata={"help": "DPO temperature β."})
     gamma: float | None = field(

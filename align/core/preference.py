@@ -104,7 +104,8 @@ def encode_pairs(dataset, processor, cfg: DPORecipeConfig, n_image_tokens: int) 
 
 
 class DDPOTrainer(AlignTrainer):
-    """Loss `ddpo_loss` (plain sequence DPO when loss: dpo) against the reference (ReferenceMixin)."""
+    """Loss `ddpo_loss` (plain sequence DPO when loss: dpo) against the reference (ReferenceMixin); loss: sft is
+    the SFT-on-chosen baseline (the rejected rows are encoded too, so both read the same batches, and ignored)."""
 
     def __init__(self, *args, dpo_cfg: DPORecipeConfig, **kwargs):
         super().__init__(*args, **kwargs)
@@ -113,9 +114,14 @@ class DDPOTrainer(AlignTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         c = self.dpo_cfg
         pol, mask = response_logps(model, inputs, inputs["token_weights"].shape[1])
-        ref = self.reference_logps(model, inputs, pol.shape[1])
         n = len(pol) // len(VIEWS)
         ch, rj = slice(0, n), slice(n, 2 * n)  # chosen rows, rejected rows
+        if c.loss == "sft":  # the baseline: what the chosen answers teach without a preference
+            loss = -weighted_logps(pol[ch], mask[ch], None, average=True).mean()
+            if self.logs_this_step(model):
+                self.stash_step_logs({"sft": float(loss.detach())})
+            return loss
+        ref = self.reference_logps(model, inputs, pol.shape[1])
         weights = inputs["token_weights"] if c.loss == "ddpo" else None
         w_ch, w_rj = (None, None) if weights is None else (weights[ch], weights[rj])
         loss, r_w, r_l = ddpo_loss(

@@ -281,3 +281,22 @@ def test_config_needs_a_start_policy():
         DPORecipeConfig(model=ModelConfig(name_or_path=None))
     with pytest.raises(ValueError, match="gamma"):
         DPORecipeConfig(gamma=0.0)
+
+
+def test_sft_on_chosen_trains_on_the_chosen_side_only(pref_data, tmp_path):
+    """The SFT-on-chosen baseline: the same pairs and batches as DPO, the chosen answers' mean token NLL as the loss,
+    so any rejected text gives the same run, and every LoRA weight moves."""
+    policy, _, dataset, _ = pref_data
+    rows = [dict(r) for r in load_from_disk(dataset).cast_column("image", Image(decode=False))]
+    other = [
+        {**r, "rejected": "there is nothing.", "rejected_spans": []} if r["id"] not in ("empty", "same") else r
+        for r in rows
+    ]
+    other_path = str(tmp_path / "other_rejected")
+    Dataset.from_list(other, features=PREFERENCE_FEATURES).save_to_disk(other_path)
+    runs = [main(dpo_config(tmp_path, policy, d, name, loss="sft")) for d, name in ((dataset, "a"), (other_path, "b"))]
+    logs = [[h for h in r["log_history"] if "sft" in h] for r in runs]
+    assert len(logs[0]) == 3 and all("pair" not in h and "rewards/chosen" not in h for h in logs[0])
+    assert [h["sft"] for h in logs[0]] == pytest.approx([h["sft"] for h in logs[1]], abs=1e-6)
+    assert [h["loss"] for h in logs[0]] == pytest.approx([h["sft"] for h in logs[0]], abs=1e-4)
+    assert_every_lora_weight_moved(policy, runs[0]["final"])
