@@ -20,13 +20,14 @@ import argparse
 import json
 import lzma
 import os
-import platform
 import random
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from machine import machine_info  # noqa: E402  (this script's folder is on sys.path)
 
 from align.eval import tagging  # noqa: E402
 from align.eval.benchmarks import BENCHMARKS, score_outputs  # noqa: E402
@@ -46,22 +47,7 @@ def synthetic_captions(words: list[str], n: int, rng: random.Random) -> list[str
 
 def setup() -> dict:
     """What the figures depend on: the scorers' text processing, package versions, the CPU."""
-    from importlib.metadata import version
-
-    return {
-        "text": tagging.notes(),
-        "versions": {p: version(p) for p in ("nltk", "textblob", "torch")},
-        "python": platform.python_version(),
-        "cpu": cpu_name(),
-    }
-
-
-def cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+    return {"text": tagging.notes(), **machine_info(("nltk", "textblob", "torch"))}
 
 
 def time_scoring(name: str, items: list[dict], outputs: dict[str, str], split: str | None, quiet=False) -> dict:

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import machine_info  # noqa: E402  (this script's folder is on sys.path)
+
 MODELS = ("base", "opa_step", "opa_dpo", "offpolicy_dpo", "reference_only_step")
 METRICS = [("chair_s", "CHAIR_s"), ("chair_i", "CHAIR_i"), ("recall", "recall"), ("length", "length")]
 
@@ -103,7 +105,7 @@ def main() -> None:
     table += f"alignment stages took {[r['seconds'] for r in runs]} s\n"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "opa_dpo.json").write_text(json.dumps({"runs": runs}, indent=2))
+    (out / "opa_dpo.json").write_text(json.dumps({"runs": runs, "machine": machine_info()}, indent=2))
     (out / "opa_dpo.md").write_text(table)
     print(table)
 

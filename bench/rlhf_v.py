@@ -24,6 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from machine import machine_info  # noqa: E402  (this script's folder is on sys.path)
+
 MODELS = ("base", "dpo", "ddpo", "rlaif_v", "rlaif_v_self")
 METRICS = [
     ("toyworld_chair", "chair_s", "CHAIR_s"),
@@ -129,7 +131,9 @@ def main() -> None:
     text = table(runs) + f"\n\n{settings}\n"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "rlhf_v.json").write_text(json.dumps({"runs": runs, "settings": settings}, indent=2))
+    (out / "rlhf_v.json").write_text(
+        json.dumps({"runs": runs, "settings": settings, "machine": machine_info()}, indent=2)
+    )
     (out / "rlhf_v.md").write_text(text)
     print(text)
 
