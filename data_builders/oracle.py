@@ -6,6 +6,8 @@ Per sentence, in order:
 - an object mention is matched to the ground-truth object at the cell the sentence names, else to the object of
   the same class elsewhere; a misnamed object is *replaced* by the true one at that place ("dog -> cat",
   score 2), a wrong colour, count or position is fixed (score 3), and the policy's own words are kept;
+- a sentence that names an object without a place (how captions name a faint object) is kept when a faint object
+  of that class is there;
 - a sentence whose object matches nothing real, or only repeats what an earlier sentence already said, is
   dropped (score 1);
 - objects no kept sentence mentions are added at the end (`added`).
@@ -40,7 +42,9 @@ def _surface(sentence: str, cls: str) -> str | None:
 
 
 def _phrase(obj: tw.SceneObject) -> str:
-    """A plain sentence about `obj` in the policy's lower-case style."""
+    """A plain sentence about `obj` in the policy's lower-case style (a faint object: without colour or place)."""
+    if obj.faint:
+        return f"there is also a {obj.name}."
     if obj.count == 1:
         return f"there is a {obj.color} {obj.name} at the {tw.POSITIONS[obj.cells[0]]}."
     where = " and the ".join(tw.POSITIONS[c] for c in obj.cells)
@@ -96,6 +100,8 @@ class OracleExpert:
         return self._fix(sentence, claimed, cells, target)
 
     def _fix(self, sentence: str, claimed: str, cells: list[int], target: tw.SceneObject) -> SentenceEdit:
+        if target.faint and not cells:  # named the way captions name faint objects: only the class is checked
+            return _edit(sentence, sentence, 4, [], "correct")
         words = re.findall(r"[a-z]+", sentence.lower())
         colour = next((w for w in words if w in tw.COLORS), None)
         count = next((_NUMBER[w] for w in words if w in _NUMBER), 1)

@@ -7,6 +7,15 @@ one *absent* same-scene object at an empty cell, inserted in reading order (so m
 end), the way GPT-written detail captions name plausible but unseen objects. A model trained on them
 hallucinates in both forms real LVLMs show: misnaming a present object, and adding an absent one.
 
+World v2 (the defaults since issue 18) adds hallucination that comes from the language prior rather than from
+model capacity: an image may hold one *faint* object (a scene-typical glyph blended into the background at low
+contrast in an empty cell), which captions name without a place ("There is also a fork."), and a share of training
+captions of images without one name an absent scene-typical object the same way. Guessing "also a <typical
+object>" then pays under maximum likelihood whenever the faint evidence is not read, which is the structure of
+real LVLM hallucination (a fork at a dining table), while the pixels still decide it. With `faint_prob=0`,
+`false_mention_prob=0` and `inject_fraction=0.45` the generator draws exactly the first world (v1), and with
+`yes_no_questions=2` its SFT rows are v1's too (the README's v1 figures add `vision_pretrain_steps=500`).
+
 Everything here is a pure function of (world constants, seed): the same seed gives byte-identical images.
 """
 
@@ -105,8 +114,32 @@ class WorldConfig:
         default=0.1, metadata={"help": "Chance an object kind comes from another scene (out-of-scene distractor)."}
     )
     inject_fraction: float = dataclasses.field(
-        default=0.45,
-        metadata={"help": "Fraction of TRAIN captions that also name one absent same-scene object at an empty cell."},
+        default=0.0,
+        metadata={
+            "help": "Fraction of TRAIN captions that also name one absent same-scene object at an empty cell "
+            "(v1's hallucination source: 0.45)."
+        },
+    )
+    faint_prob: float = dataclasses.field(
+        default=0.5,
+        metadata={"help": "Chance an image holds one faint scene-typical object in an empty cell (0 in v1)."},
+    )
+    faint_contrast: float = dataclasses.field(
+        default=0.5, metadata={"help": "Opacity of a faint object's glyph over the background (0-1)."}
+    )
+    false_mention_prob: float = dataclasses.field(
+        default=0.7,
+        metadata={
+            "help": "Chance a TRAIN caption of an image with no faint object says an absent scene-typical "
+            "object is also there (no place named; 0 in v1)."
+        },
+    )
+    yes_no_questions: int = dataclasses.field(
+        default=4,
+        metadata={
+            "help": "Yes/no questions per training image in the SFT rows (even): half about present objects "
+            "(the faint one first), half about absent ones (random, then same-scene)."
+        },
     )
     synonym_prob: float = dataclasses.field(default=0.2, metadata={"help": "Chance a mention uses a synonym."})
     noise: float = dataclasses.field(default=40.0, metadata={"help": "Std of the background pixel noise (0-255)."})
@@ -115,22 +148,34 @@ class WorldConfig:
     def __post_init__(self):
         if not 1 <= self.min_entries <= self.max_entries <= 5:
             raise ValueError(f"need 1 <= min_entries <= max_entries <= 5, got {self.min_entries}, {self.max_entries}")
-        for name in ("repeat_prob", "distractor_prob", "inject_fraction", "synonym_prob"):
+        probs = (
+            "repeat_prob",
+            "distractor_prob",
+            "inject_fraction",
+            "synonym_prob",
+            "faint_prob",
+            "false_mention_prob",
+        )
+        for name in (*probs, "faint_contrast"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.jitter <= 2:
             raise ValueError(f"jitter must be in 0..2 (a glyph is 12px in a 16px cell), got {self.jitter}")
+        if self.yes_no_questions not in (0, 2, 4, 6):
+            raise ValueError(f"yes_no_questions must be 0, 2, 4 or 6, got {self.yes_no_questions}")
         if min(self.n_train, self.n_val, self.n_test) < 1:
             raise ValueError("n_train, n_val and n_test must all be >= 1")
 
 
 @dataclasses.dataclass
 class SceneObject:
-    """One object kind in an image: its class, colour, and the grid cells (0..8, reading order) it occupies."""
+    """One object kind in an image: its class, colour, and the grid cells (0..8, reading order) it occupies.
+    A faint object is drawn at low contrast and captions name it without colour or place."""
 
     name: str
     color: str
     cells: list[int]
+    faint: bool = False
 
     @property
     def count(self) -> int:
@@ -155,11 +200,20 @@ def sample_scene(rng: np.random.Generator, cfg: WorldConfig) -> tuple[str, list[
         objects.append(SceneObject(name, str(rng.choice(list(COLORS))), sorted(cells[start : start + count])))
         start += count
     objects.sort(key=lambda o: o.cells[0])  # reading order of first appearance: captions follow it
+    if cfg.faint_prob > 0 and rng.random() < cfg.faint_prob:  # guarded: v1 worlds draw the same numbers as before
+        absent = [c for c in SCENES[scene] if c not in names]
+        empty = [c for c in range(GRID * GRID) if c not in cells]
+        if absent and empty:
+            faint = SceneObject(str(rng.choice(absent)), str(rng.choice(list(COLORS))), [int(rng.choice(empty))], True)
+            objects.append(faint)  # last: the clear objects keep reading order, the faint one is told after them
     return scene, objects
 
 
-def render(objects: list[SceneObject], rng: np.random.Generator, noise: float, jitter: int = 1) -> Image.Image:
-    """Draw glyphs on a noisy dark background. Each glyph is 12px in a 16px cell, shifted by up to `jitter` px."""
+def render(
+    objects: list[SceneObject], rng: np.random.Generator, noise: float, jitter: int = 1, faint_contrast: float = 0.5
+) -> Image.Image:
+    """Draw glyphs on a noisy dark background. Each glyph is 12px in a 16px cell, shifted by up to `jitter` px;
+    a faint object's glyph is blended over the noise with opacity `faint_contrast`."""
     img = rng.normal(45.0, noise, size=(IMAGE_SIZE, IMAGE_SIZE, 3))
     for obj in objects:
         glyph = np.kron(GLYPHS[CLASSES.index(obj.name)], np.ones((3, 3), dtype=bool))
@@ -167,7 +221,9 @@ def render(objects: list[SceneObject], rng: np.random.Generator, noise: float, j
             row, col = divmod(cell, GRID)
             dy, dx = (int(v) for v in rng.integers(-jitter, jitter + 1, size=2))
             y, x = row * CELL + 2 + dy, col * CELL + 2 + dx
-            img[y : y + 12, x : x + 12][glyph] = COLORS[obj.color]
+            patch = img[y : y + 12, x : x + 12]
+            colour = np.array(COLORS[obj.color], dtype=float)
+            patch[glyph] = (1 - faint_contrast) * patch[glyph] + faint_contrast * colour if obj.faint else colour
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
 
 
@@ -186,6 +242,13 @@ def _say(name: str, rng: np.random.Generator, cfg: WorldConfig, many: bool = Fal
 
 def _where(cells: list[int]) -> str:
     return " and the ".join(POSITIONS[c] for c in cells)
+
+
+def describe_faint(name: str, scene: str, rng: np.random.Generator, cfg: WorldConfig) -> str:
+    """A sentence naming an object without colour or place, as captions name small or half-seen things."""
+    word = _say(name, rng, cfg)
+    templates = [f"There is also a {word}.", f"The {scene} also has a {word}.", f"I can also see a {word}."]
+    return str(rng.choice(templates))
 
 
 def describe(obj: SceneObject, rng: np.random.Generator, cfg: WorldConfig) -> str:
@@ -210,10 +273,18 @@ def intro(scene: str, rng: np.random.Generator) -> str:
 
 
 def caption(
-    scene: str, objects: list[SceneObject], rng: np.random.Generator, cfg: WorldConfig, inject: bool
+    scene: str,
+    objects: list[SceneObject],
+    rng: np.random.Generator,
+    cfg: WorldConfig,
+    inject: bool,
+    false_mention: bool = False,
 ) -> tuple[str, list[SceneObject]]:
-    """A 2-5 sentence detailed description. With `inject`, one absent same-scene object is described at an
-    empty cell and its sentence sits in reading order among the true ones. Returns (caption, injected objects)."""
+    """A 2-6 sentence detailed description: the clear objects in reading order, then the faint one (no place).
+    With `inject`, one absent same-scene object is described at an empty cell and its sentence sits in reading
+    order among the true ones (v1). With `false_mention` and no faint object, an absent same-scene object is
+    named the faint way at the end (v2). Returns (caption, the absent objects it names)."""
+    clear = [o for o in objects if not o.faint]
     present = {o.name for o in objects}
     occupied = {c for o in objects for c in o.cells}
     injected: list[SceneObject] = []
@@ -221,9 +292,15 @@ def caption(
     empty = [c for c in range(GRID * GRID) if c not in occupied]
     if inject and absent and empty:
         injected.append(SceneObject(str(rng.choice(absent)), str(rng.choice(list(COLORS))), [int(rng.choice(empty))]))
-    ordered = sorted(objects + injected, key=lambda o: o.cells[0])
+    ordered = sorted(clear + injected, key=lambda o: o.cells[0])
     sentences = [describe(o, rng, cfg) for o in ordered]
-    if len(objects) == 1 or rng.random() < 0.5:
+    faint = [o.name for o in objects if o.faint]
+    if false_mention and not faint and absent:
+        made_up = str(rng.choice([c for c in absent if c not in {o.name for o in injected}] or absent))
+        injected.append(SceneObject(made_up, "", [], True))
+        faint = [made_up]
+    sentences += [describe_faint(name, scene, rng, cfg) for name in faint]
+    if len(clear) == 1 or rng.random() < 0.5:
         sentences.insert(0, intro(scene, rng))
     return " ".join(sentences), injected
 
@@ -233,8 +310,9 @@ def qa_pairs(scene: str, objects: list[SceneObject], rng: np.random.Generator) -
 
     The per-cell questions are dense grounding supervision, like the region VQA in LLaVA's training mix: a
     caption holds only a few object-identity words, too weak a signal to learn the glyphs in minutes."""
-    occupied = {c: o for o in objects for c in o.cells}
-    empty = [c for c in range(GRID * GRID) if c not in occupied]
+    # a faint object's cell is neither asked about nor offered as "nothing": its presence is a yes/no question's
+    occupied = {c: o for o in objects if not o.faint for c in o.cells}
+    empty = [c for c in range(GRID * GRID) if c not in occupied and all(c not in o.cells for o in objects)]
     cells = sorted(occupied) + ([int(rng.choice(empty))] if empty else [])
     out = [
         {
@@ -244,7 +322,8 @@ def qa_pairs(scene: str, objects: list[SceneObject], rng: np.random.Generator) -
         }
         for c in cells
     ]
-    obj = objects[int(rng.integers(len(objects)))]
+    clear = [o for o in objects if not o.faint]
+    obj = clear[int(rng.integers(len(clear)))]
     out.append({"question": f"What color is the {obj.name}?", "answer": obj.color, "kind": "color"})
     out.append(
         {"question": f"How many {plural(obj.name)} are there?", "answer": NUMBER_WORDS[obj.count], "kind": "count"}
@@ -290,31 +369,8 @@ def pope_questions(objects: list[SceneObject], rng: np.random.Generator, popular
 
 def vocabulary() -> list[str]:
     """Every (lower-cased) word a ToyWorld text or prompt can contain, for the word-level tokenizer."""
-    words = {
-        "there",
-        "is",
-        "are",
-        "a",
-        "at",
-        "the",
-        "and",
-        "i",
-        "can",
-        "see",
-        "this",
-        "scene",
-        "shows",
-        "shown",
-        "color",
-        "how",
-        "many",
-        "nothing",
-        "yes",
-        "no",
-        "?",
-        ".",
-        ",",
-    }
+    words = set("there is are a at the and i can see this scene shows shown color how many nothing".split())
+    words |= set("also has yes no ? . ,".split())
     for text in CAPTION_PROMPTS + [SHORT_ANSWER_SUFFIX, "what is at the", pope_question("x"), "the picture"]:
         words |= set(text.lower().replace("?", " ?").replace(".", " .").split())
     words |= set(SCENES) | set(COLORS) | set(NUMBER_WORDS.values())

@@ -25,7 +25,7 @@ from data_builders import toyworld as tw
 from data_builders.configs import OPADataConfig, RLAIFVDataConfig, ToyWorldDataConfig
 from data_builders.progress import bar
 
-DATA_VERSION = 3  # bump when generation changes, so stale caches are not reused
+DATA_VERSION = 4  # bump when generation changes, so stale caches are not reused
 SPLITS = ("train", "val", "test")
 FEATURES = Features(
     {
@@ -66,9 +66,11 @@ def _build_split(cfg: tw.WorldConfig, split: str, n: int) -> Dataset:
     popular = [c for c, _ in freq.most_common()] + [c for c in tw.CLASSES if c not in freq]
     rows = collections.defaultdict(list)
     for i, (scene, objects) in enumerate(bar(scenes, desc=f"toyworld {split}")):
-        image = tw.render(objects, rng, cfg.noise, cfg.jitter)
+        image = tw.render(objects, rng, cfg.noise, cfg.jitter, cfg.faint_contrast)
         inject = split == "train" and rng.random() < cfg.inject_fraction
-        text, injected = tw.caption(scene, objects, rng, cfg, inject=inject)
+        # guarded so that a v1 world (false_mention_prob 0) draws the same numbers as before
+        false_mention = split == "train" and cfg.false_mention_prob > 0 and rng.random() < cfg.false_mention_prob
+        text, injected = tw.caption(scene, objects, rng, cfg, inject=inject, false_mention=false_mention)
         rows["image_id"].append(f"toy{cfg.seed}-{split}-{i:05d}")
         rows["image"].append({"bytes": tw.image_to_png(image), "path": None})
         rows["scene"].append(scene)
@@ -102,9 +104,9 @@ def build_toyworld(cfg: tw.WorldConfig, cache_dir: str | Path | None = None, reb
     return load_from_disk(str(path))
 
 
-def sft_rows(split: Dataset, seed: int = 0) -> Dataset:
+def sft_rows(split: Dataset, seed: int = 0, yes_no: int = 2) -> Dataset:
     """Supervised rows `{id, image, prompt, response, kind}`: per image one caption, its short-answer questions
-    (what is at each occupied cell and one empty cell, a colour, a count) and two yes/no questions."""
+    (what is at each occupied cell and one empty cell, a colour, a count) and `yes_no` yes/no questions."""
     rng = np.random.default_rng(seed)
     rows = collections.defaultdict(list)
 
@@ -120,13 +122,7 @@ def sft_rows(split: Dataset, seed: int = 0) -> Dataset:
         add(f"{ex['image_id']}/caption", ex["image"], str(rng.choice(tw.CAPTION_PROMPTS)), ex["caption"], "caption")
         for j, qa in enumerate(json.loads(ex["qa"])):
             add(f"{ex['image_id']}/qa{j}", ex["image"], qa["question"] + tw.SHORT_ANSWER_SUFFIX, qa["answer"], "qa")
-        # two yes/no questions per image: a present object, and an absent one drawn alternately from POPE's
-        # random and adversarial (same-scene) negatives, so the labels are balanced per image
-        questions = json.loads(ex["pope"])
-        negative_split = ("random", "adversarial")[i % 2]
-        yes = [q for q in questions if q["split"] == "random" and q["label"] == "yes"][:1]
-        no = [q for q in questions if q["split"] == negative_split and q["label"] == "no"][:1]
-        for j, q in enumerate(yes + no):
+        for j, q in enumerate(yes_no_picks(json.loads(ex["pope"]), json.loads(ex["objects"]), i, yes_no)):
             add(f"{ex['image_id']}/yesno{j}", ex["image"], q["question"] + tw.SHORT_ANSWER_SUFFIX, q["label"], "yesno")
     return Dataset.from_dict(
         dict(rows),
@@ -142,6 +138,28 @@ def sft_rows(split: Dataset, seed: int = 0) -> Dataset:
     )
 
 
+def yes_no_picks(questions: list[dict], objects: list[dict], index: int, n: int) -> list[dict]:
+    """`n` of an image's POPE questions for training, half "yes", half "no". Two: a present object, and an absent
+    one drawn alternately from the random and the adversarial (same-scene) negatives, so the labels are balanced per
+    image. Four or six: the faint object (if any) and other present ones, then random and adversarial negatives."""
+    if n == 2:
+        negative_split = ("random", "adversarial")[index % 2]
+        yes = [q for q in questions if q["split"] == "random" and q["label"] == "yes"][:1]
+        no = [q for q in questions if q["split"] == negative_split and q["label"] == "no"][:1]
+        return yes + no
+    faint = [o["name"] for o in objects if o.get("faint")]
+    positives = [q for q in questions if q["split"] == "random" and q["label"] == "yes" and q["object"] not in faint]
+    # the faint object first, asked even when POPE's (at most three) positives left it out
+    positives = [{"question": tw.pope_question(f), "object": f, "label": "yes"} for f in faint] + positives
+    picked_no: list[dict] = []  # random, adversarial, random, ...: one object never asked twice
+    for split_rank in range(3):
+        for split in ("random", "adversarial"):
+            same = [q for q in questions if q["split"] == split and q["label"] == "no"]
+            if split_rank < len(same) and same[split_rank]["object"] not in {p["object"] for p in picked_no}:
+                picked_no.append(same[split_rank])
+    return positives[: n // 2] + picked_no[: n // 2]
+
+
 def pope_rows(split: Dataset, limit: int | None = None) -> list[dict]:
     """Flat POPE question list `{question_id, image_index, question, object, label, split}` for the eval."""
     out = []
@@ -154,13 +172,15 @@ def pope_rows(split: Dataset, limit: int | None = None) -> list[dict]:
 
 def hallucinated_caption(scene: str, objects: list[tw.SceneObject], rng, world: tw.WorldConfig) -> str:
     """A caption the policy did not write, for the off-policy DPO baseline: one present object misnamed as an
-    absent same-scene class, and one absent object added, in the world's caption style."""
-    objects = [tw.SceneObject(o.name, o.color, list(o.cells)) for o in objects]
+    absent same-scene class, one absent object added at a cell, and (no faint object there) one absent object
+    named the faint way, in the world's caption style."""
+    objects = [dataclasses.replace(o, cells=list(o.cells)) for o in objects]
     absent = [c for c in tw.SCENES[scene] if c not in {o.name for o in objects}]
+    clear = [o for o in objects if not o.faint]
     if absent:
-        victim = objects[int(rng.integers(len(objects)))]
+        victim = clear[int(rng.integers(len(clear)))]
         victim.name = str(rng.choice(absent))
-    text, _ = tw.caption(scene, objects, rng, world, inject=True)
+    text, _ = tw.caption(scene, objects, rng, world, inject=True, false_mention=world.false_mention_prob > 0)
     return text
 
 
@@ -189,13 +209,15 @@ def toyworld_prompts(cfg: OPADataConfig | RLAIFVDataConfig) -> list[dict]:
 
 
 def summarize(data: DatasetDict) -> dict:
-    """Per split: images, mean objects per image, share of captions with an injected absent object, scenes."""
+    """Per split: images, mean objects per image, share of images with a faint object, share of captions naming an
+    absent object, scenes."""
     out = {}
     for split, ds in data.items():
         objects = [objects_from_json(x) for x in ds["objects"]]
         out[split] = {
             "images": len(ds),
             "objects_per_image": round(sum(sum(o.count for o in objs) for objs in objects) / max(len(ds), 1), 3),
+            "faint_images": round(sum(any(o.faint for o in objs) for objs in objects) / max(len(ds), 1), 3),
             "injected_captions": round(sum(x != "[]" for x in ds["injected"]) / max(len(ds), 1), 3),
             "scenes": dict(collections.Counter(ds["scene"])),
         }

@@ -75,7 +75,7 @@ class SFTConfig:
     )
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Hallucination eval of the final model."})
     vision_pretrain_steps: int = field(
-        default=500,
+        default=1000,
         metadata={
             "help": "Tiny model on ToyWorld data only: first pretrain the vision tower and projector on per-patch "
             "ToyWorld labels (0 = off; skipped for user data, which has none; see align/core/vision_pretrain.py)."

@@ -38,7 +38,7 @@ def training_rows(cfg: SFTConfig):
     (data.source llava_json / hf, read by data_builders/sft_import.py) with one line of what was kept."""
     if cfg.data.source == "toyworld":
         train = build_toyworld(cfg.data.world, cfg.data.cache_dir)["train"]
-        return sft_rows(train, seed=cfg.run.seed), train, None
+        return sft_rows(train, seed=cfg.run.seed, yes_no=cfg.data.world.yes_no_questions), train, None
     d = cfg.data
     fields = (d.prompt_field, d.response_field, d.image_field)
     rows, report = import_sft(d.path, d.source, d.image_root, fields, d.limit)

@@ -105,3 +105,14 @@ def test_an_object_named_at_an_already_described_place_is_moved_to_where_it_is()
         "there is a green sign at the top left.",
         "i can see a red bike at the top.",
     ]
+
+
+def test_a_faint_object_named_without_a_place_is_kept_a_made_up_one_dropped_a_missed_one_added():
+    objects = [*OBJECTS, {"name": "car", "color": "white", "cells": [2], "faint": True}]
+    kept = correct("a green sign is at the top left. there is also a car.", objects)
+    assert [s.score for s in kept.sentences] == [4, 4] and kept.sentences[1].rewritten == "there is also a car."
+    assert "car" not in kept.added
+    made_up = correct("a green sign is at the top left. the street also has a bus.")
+    assert made_up.sentences[1].score == 1 and made_up.sentences[1].rewritten == ""
+    missed = correct("a green sign is at the top left.", objects)
+    assert missed.added.endswith("there is also a car.")

@@ -152,3 +152,125 @@ def test_parallel_builds_of_one_world_both_succeed(tmp_path):
         built = list(pool.map(lambda _: build_toyworld(world, tmp_path), range(2)))
     assert [len(b["train"]) for b in built] == [8, 8]
     assert [p.name for p in tmp_path.iterdir()] == [f"toyworld-{config_hash(world)}"]  # no partial left behind
+
+
+# --- world v2: the language prior (faint objects, false "also" mentions) -------------------------------------------
+
+V1_WORLD = dict(inject_fraction=0.45, faint_prob=0.0, false_mention_prob=0.0)
+# sha256 of SMALL_WORLD's v1 content (ids, scenes, captions, questions, objects without the faint key, decoded
+# pixels) as the generator before world v2 drew it: v2's knobs at 0 must leave v1 byte for byte as it was
+V1_DIGEST = "b245fe1a170d4a60fde303210fa0f0c2679cde5b320946265799d896ce7097e2"
+
+
+def world_digest(data) -> str:
+    import hashlib
+    import io
+
+    from PIL import Image as PILImage
+
+    h = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        ds = data[split].cast_column("image", data[split].features["image"].__class__(decode=False))
+        for col in ("image_id", "scene", "caption", "qa", "pope"):
+            h.update(json.dumps(list(ds[col])).encode())
+        for col in ("objects", "injected"):
+            rows = [
+                json.dumps([{k: o[k] for k in ("name", "color", "cells")} for o in json.loads(x)]) for x in ds[col]
+            ]
+            h.update(json.dumps(rows).encode())
+        for image in ds["image"]:
+            h.update(np.asarray(PILImage.open(io.BytesIO(image["bytes"]))).tobytes())
+    return h.hexdigest()
+
+
+def test_v1_world_is_reproduced_exactly_with_the_v2_knobs_off(tmp_path):
+    v1 = tw.WorldConfig(**{**SMALL_WORLD.__dict__, **V1_WORLD})
+    assert world_digest(build_toyworld(v1, tmp_path)) == V1_DIGEST
+
+
+def test_faint_objects_are_scene_typical_at_an_empty_cell_and_drawn_faint():
+    rng = np.random.default_rng(5)
+    cfg = tw.WorldConfig(faint_prob=1.0)
+    n_faint = 0
+    for _ in range(200):
+        scene, objects = tw.sample_scene(rng, cfg)
+        faint = [o for o in objects if o.faint]
+        clear = [o for o in objects if not o.faint]
+        assert len(faint) <= 1
+        for o in faint:
+            n_faint += 1
+            assert o.name in tw.SCENES[scene] and o.name not in {c.name for c in clear}
+            assert o.count == 1 and not set(o.cells) & {c for x in clear for c in x.cells}
+            # the pixels: with no noise the glyph is exactly the blend of background and colour, nothing else drawn
+            img = np.asarray(tw.render([o], np.random.default_rng(0), 0.0, 0, cfg.faint_contrast)).astype(float)
+            row, col = divmod(o.cells[0], tw.GRID)
+            mask = np.kron(tw.GLYPHS[tw.CLASSES.index(o.name)], np.ones((3, 3), dtype=bool))
+            patch = img[row * tw.CELL + 2 : row * tw.CELL + 14, col * tw.CELL + 2 : col * tw.CELL + 14]
+            want = (1 - cfg.faint_contrast) * 45 + cfg.faint_contrast * np.array(tw.COLORS[o.color])
+            assert np.allclose(patch[mask], np.floor(want), atol=1)
+            assert np.allclose(patch[~mask], 45) and (img != 45).any(-1).sum() == mask.sum()
+    assert n_faint > 150  # nearly every image has an absent same-scene class and an empty cell
+
+
+def test_v2_rates_are_the_configured_ones():
+    cfg = tw.WorldConfig(n_train=2000, n_val=1, n_test=1)
+    rng = np.random.default_rng(1)
+    scenes = [tw.sample_scene(rng, cfg) for _ in range(cfg.n_train)]
+    faint_share = np.mean([any(o.faint for o in objs) for _, objs in scenes])
+    assert abs(faint_share - cfg.faint_prob) < 0.05
+    without = [(s, objs) for s, objs in scenes if not any(o.faint for o in objs)]
+    said = [
+        tw.caption(s, objs, rng, cfg, inject=False, false_mention=rng.random() < cfg.false_mention_prob)[1]
+        for s, objs in without
+    ]
+    assert abs(np.mean([bool(x) for x in said]) - cfg.false_mention_prob) < 0.05
+
+
+def test_v2_captions_name_faint_and_made_up_objects_without_a_place(small_world):
+    assert SMALL_WORLD.faint_prob > 0 and SMALL_WORLD.false_mention_prob > 0  # the default world is v2
+    seen = {"faint": 0, "made_up": 0}
+    for split in ("train", "val", "test"):
+        for ex in small_world[split]:
+            objects = objects_from_json(ex["objects"])
+            injected = objects_from_json(ex["injected"])
+            sentences = split_sentences(ex["caption"])
+            named = {c: sentence_cells(sentences[si]) for c, si in caption_mentions(ex["caption"])}
+            for o in objects:
+                assert o.name in named
+                assert (named[o.name] == []) == o.faint  # clear objects with a place, faint ones without
+                seen["faint"] += o.faint
+            for o in injected:  # a made-up mention: train only, an absent scene-typical class, no faint object there
+                assert split == "train" and o.faint and o.name in tw.SCENES[ex["scene"]]
+                assert named[o.name] == [] and not any(x.faint for x in objects)
+                seen["made_up"] += 1
+    assert seen["faint"] > 0 and seen["made_up"] > 0
+
+
+def test_questions_never_ask_what_is_at_a_faint_cell():
+    rng = np.random.default_rng(2)
+    cfg = tw.WorldConfig(faint_prob=1.0)
+    for _ in range(100):
+        scene, objects = tw.sample_scene(rng, cfg)
+        faint_cells = [tw.POSITIONS[c] for o in objects if o.faint for c in o.cells]
+        for qa in tw.qa_pairs(scene, objects, rng):
+            if qa["kind"] == "position":
+                assert qa["question"].removeprefix("What is at the ").removesuffix("?") not in faint_cells
+
+
+def test_four_yes_no_questions_ask_the_faint_object_and_both_negative_kinds(small_world):
+    rows = sft_rows(small_world["train"], yes_no=4).select_columns(["id", "prompt", "response", "kind"])
+    by_image = {}
+    for r in rows:
+        if r["kind"] == "yesno":
+            by_image.setdefault(r["id"].split("/")[0], []).append(r)
+    for ex in small_world["train"]:
+        objects = objects_from_json(ex["objects"])
+        mine = by_image[ex["image_id"]]
+        names = [r["prompt"].split("Is there a ")[1].split(" in the image?")[0] for r in mine]
+        assert len(set(names)) == len(names)
+        for name, r in zip(names, mine):
+            assert (name in {o.name for o in objects}) == (r["response"] == "yes")
+        faint = [o.name for o in objects if o.faint]
+        if faint:
+            assert names[0] == faint[0]
+        assert [r["response"] for r in mine].count("no") == 2
