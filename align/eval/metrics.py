@@ -22,16 +22,19 @@ def chair(
     ground_truth: Sequence[set[str]],
     occupied: Sequence[set[int]] | None = None,
     synonyms: Mapping[str, str] = SYNONYMS,
+    typical: Sequence[set[str]] | None = None,
 ) -> dict[str, float]:
     """CHAIR_s, CHAIR_i, recall and length over captions, with ground-truth class sets per caption.
 
     With `occupied` (grid cells holding an object, per caption), each hallucinated mention is also classed as a
     *substitution* (its sentence places it at an occupied cell: a present object misnamed) or an *addition*
     (an empty or unnamed cell: an absent object made up), reported as shares of hallucinated mentions.
+    With `typical` (the classes typical of each caption's scene), `prior_share` is the share of hallucinated
+    mentions that name an absent object typical of the scene: the hallucination the language prior suggests.
     """
     if len(captions) != len(ground_truth):
         raise ValueError(f"{len(captions)} captions but {len(ground_truth)} ground-truth sets")
-    n_mentions = n_halluc = n_halluc_caps = n_correct = n_gt = n_words = n_subst = 0
+    n_mentions = n_halluc = n_halluc_caps = n_correct = n_gt = n_words = n_subst = n_prior = 0
     for i, (cap, gt) in enumerate(zip(captions, ground_truth)):
         mentions = caption_mentions(cap, synonyms)
         sentences = split_sentences(cap.lower())
@@ -44,6 +47,8 @@ def chair(
         n_words += len(cap.split())
         if occupied is not None:
             n_subst += sum(any(cell in occupied[i] for cell in sentence_cells(sentences[si])) for _, si in bad)
+        if typical is not None:
+            n_prior += sum(c in typical[i] for c, _ in bad)
     n = max(len(captions), 1)
     out = {
         "chair_s": n_halluc_caps / n,
@@ -57,6 +62,8 @@ def chair(
     if occupied is not None:
         out["substitution_share"] = n_subst / n_halluc if n_halluc else 0.0
         out["addition_share"] = (n_halluc - n_subst) / n_halluc if n_halluc else 0.0
+    if typical is not None:
+        out["prior_share"] = n_prior / n_halluc if n_halluc else 0.0
     return out
 
 

@@ -38,7 +38,7 @@ TABLE_COLUMNS = [
     ("toyworld_chair", "chair_i", "CHAIR_i"),
     ("toyworld_chair", "recall", "recall"),
     ("toyworld_chair", "length", "len"),
-    ("toyworld_chair", "addition_share", "add%"),
+    ("toyworld_chair", "prior_share", "prior%"),
     ("toyworld_pope", "f1_mean", "POPE F1"),
     ("toyworld_pope_adversarial", "f1", "F1 adv"),
     ("toyworld_pope", "yes_ratio_mean", "yes"),

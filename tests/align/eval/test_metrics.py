@@ -36,6 +36,18 @@ def test_chair_classifies_misnamed_present_object_as_substitution():
     assert m["chair_i"] == 1.0 and m["substitution_share"] == 1.0
 
 
+def test_chair_prior_share_counts_absent_objects_typical_of_the_scene():
+    captions = [
+        "There is a red cup at the top left. There is also a fork.",  # fork: absent, typical of the kitchen
+        "There is a red cup at the top left. There is also a dog.",  # dog: absent, not a kitchen object
+        "A car is at the top. There is also a bus. The street also has a sign.",  # bus, sign: typical, absent
+    ]
+    kitchen, street = {"cup", "fork", "knife"}, {"car", "bus", "sign"}
+    m = chair(captions, [{"cup"}, {"cup"}, {"car"}], typical=[kitchen, kitchen, street])
+    assert m["hallucinated_mentions"] == 4 and m["prior_share"] == pytest.approx(3 / 4)
+    assert "prior_share" not in chair(captions, [{"cup"}, {"cup"}, {"car"}])
+
+
 def test_chair_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="2 captions but 1"):
         chair(["a", "b"], [set()])
