@@ -20,6 +20,7 @@ from align.config.loading import apply_overrides, from_dict
 from align.config.recipes import OPADPOConfig, SFTConfig
 from align.core.run_dir import start_build
 from align.eval.runner import evaluate_checkpoint, format_table
+from align.eval.table import text_table
 from align.recipes import opa_dpo as opa_dpo_recipe
 from align.recipes import sft as sft_recipe
 from align.rollout.builds import build_opa_data
@@ -27,6 +28,15 @@ from data_builders.configs import OPADataConfig
 from data_builders.toyworld_data import build_toyworld, summarize
 
 STAGE_PREFIXES = ("opa_data", "opa_dpo")
+# `python bench/demo.py` results committed with the code: what the same demo gave over seeds, for reading this run
+EXPECTED = Path(__file__).resolve().parents[1] / "bench" / "measured"
+EXPECTED_COLUMNS = [
+    ("toyworld_chair.chair_s", "CHAIR_s"),
+    ("toyworld_chair.chair_i", "CHAIR_i"),
+    ("toyworld_chair.recall", "recall"),
+    ("toyworld_chair.prior_share", "prior%"),
+    ("toyworld_pope_adversarial.f1", "F1 adv"),
+]
 
 
 def split_overrides(overrides: list[str] | None) -> dict[str, list[str]]:
@@ -89,6 +99,28 @@ def opa_demo_configs(workdir: str | Path, sft: SFTConfig, groups: dict[str, list
     return data_cfg, opa, offpolicy
 
 
+def expected_table(path: Path, names: list[str]) -> str | None:
+    """The committed bench figures (mean ± std over seeds) for the models of this run, as a table; None if absent.
+    One seed's figures move from machine to machine: the spread over seeds says how far."""
+    if not path.is_file():
+        return None
+    bench = json.loads(path.read_text())
+    models = bench.get("models", {})
+    rows = []
+    for name in (n for n in names if n in models):
+        cells = [name]
+        for key, _ in EXPECTED_COLUMNS:
+            m = models[name].get(key)
+            cells.append("-" if m is None else f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}")
+        rows.append(cells)
+    if not rows:
+        return None
+    seeds = " ".join(str(s) for s in bench.get("seeds", []))
+    where = bench.get("machine", {}).get("cpu", "another machine")
+    head = f"\nexpected (mean ± std over seeds {seeds}, {path.relative_to(EXPECTED.parents[1])}, on {where}):"
+    return head + "\n" + text_table(["checkpoint"] + [label for _, label in EXPECTED_COLUMNS], rows)
+
+
 def run_alignment(workdir: Path, sft: SFTConfig, groups: dict[str, list[str]], timings: dict) -> dict[str, dict]:
     """OPA-DPO data → OPA step + OPA-DPO → off-policy DPO baseline; returns each model's eval."""
     data_cfg, opa_cfg, offpolicy_cfg = opa_demo_configs(workdir, sft, groups)
@@ -133,6 +165,7 @@ def run_demo(
     for split, s in summarize(data).items():
         print(
             f"      {split:5s} {s['images']:5d} images, {s['objects_per_image']:.2f} objects/image, "
+            f"{100 * s['faint_images']:.0f}% with a faint object, "
             f"{100 * s['injected_captions']:.0f}% captions name an absent object"
         )
     timings["build_data"] = round(time.time() - t, 1)
@@ -156,10 +189,14 @@ def run_demo(
     (workdir / "comparison.json").write_text(json.dumps(compared, indent=2))
     print()
     print(format_table(compared))
+    expected = expected_table(EXPECTED / ("demo_base.json" if base_only else "demo.json"), list(compared))
+    if expected:
+        print(expected)
     c = report["toyworld_chair"]
     print(
-        f"\nbase policy's hallucinated mentions: {100 * c['substitution_share']:.0f}% misnamed present objects, "
-        f"{100 * c['addition_share']:.0f}% added absent objects"
+        f"\nbase policy's hallucinated mentions: {100 * c['prior_share']:.0f}% absent scene-typical objects; by "
+        f"place, {100 * c['substitution_share']:.0f}% misnamed present objects (said at an occupied cell) and "
+        f"{100 * c['addition_share']:.0f}% added (an empty cell or none)"
     )
     print(f"wrote {workdir / 'report.json'} and comparison.json  ({sum(timings.values()):.0f}s: {timings})")
     return report

@@ -21,17 +21,40 @@ import sys
 import time
 from pathlib import Path
 
+from machine import machine_info  # noqa: E402  (this script's folder is on sys.path)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from align.eval.seeds import verdict  # noqa: E402
+
 METRICS = [
     ("toyworld_chair", "chair_s", "CHAIR_s", True),
     ("toyworld_chair", "chair_i", "CHAIR_i", True),
     ("toyworld_chair", "recall", "recall", True),
     ("toyworld_chair", "length", "length", False),
+    ("toyworld_chair", "prior_share", "absent scene-typical share", True),
     ("toyworld_chair", "addition_share", "added-object share", True),
     ("toyworld_chair", "substitution_share", "misnamed-object share", True),
     ("toyworld_pope", "f1_mean", "POPE F1 (mean of 3)", True),
     ("toyworld_pope_adversarial", "f1", "POPE F1 adversarial", True),
     ("toyworld_pope", "yes_ratio_mean", "POPE yes-ratio", True),
 ]
+
+
+MODEL_BENCHES = ("toyworld_chair", "toyworld_pope", "toyworld_pope_adversarial")
+MODEL_METRICS = [m for m in METRICS if m[1] in ("chair_s", "chair_i", "recall", "prior_share", "f1")]
+
+
+def model_summary(runs: list[dict]) -> dict:
+    """{model: {"bench.metric": {values, mean, std}}} over the seeds, for every model the demo trained."""
+    out = {}
+    for name in runs[0].get("models", {}):
+        out[name] = {}
+        for bench, key, _, _ in MODEL_METRICS:
+            vals = [r["models"][name][bench][key] for r in runs if bench in r["models"][name]]
+            if len(vals) == len(runs):
+                std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                out[name][f"{bench}.{key}"] = {"values": vals, "mean": statistics.mean(vals), "std": std}
+    return out
 
 
 # Runs the demo as its only child and writes that child's peak RSS (KiB), so each seed's figure is its own:
@@ -56,9 +79,8 @@ def run_seed(seed: int, root: Path, extra: list[str]) -> dict:
     peak_mb = int((workdir / "peak_rss_kb").read_text()) / 1024
     report = json.loads((workdir / "report.json").read_text())
     result = {"seed": seed, "wall_seconds": round(wall, 1), "peak_rss_mb": round(peak_mb, 1), "report": report}
-    if "--base-only" not in extra:  # every model the full demo trains, scored on the test split
-        compared = json.loads((workdir / "comparison.json").read_text())
-        result["models"] = {name: r["toyworld_chair"] for name, r in compared.items()}
+    compared = json.loads((workdir / "comparison.json").read_text())  # every model the demo trained, on the test split
+    result["models"] = {name: {b: r[b] for b in MODEL_BENCHES if b in r} for name, r in compared.items()}
     measured.write_text(json.dumps(result, indent=2))
     return result
 
@@ -102,16 +124,28 @@ def main() -> None:
         + f" | {fmt([r['wall_seconds'] for r in runs], False)} |"
     )
     rows.append("| peak RSS (MB) | " + " | ".join(str(r["peak_rss_mb"]) for r in runs) + " | |")
-    for name in runs[0].get("models", {}):  # the full demo: each aligned model's CHAIR_i and recall
-        for key, label in (("chair_i", "CHAIR_i"), ("recall", "recall")):
-            vals = [r["models"][name][key] for r in runs]
-            cells = " | ".join(f"{100 * v:.1f}" for v in vals)
-            rows.append(f"| {name}: {label} (%) | {cells} | {fmt(vals, True)} |")
+    models = model_summary(runs)
+    for name in list(models)[1:]:  # the full demo: each aligned model (the first is the base, above)
+        for bench, key, label, _ in MODEL_METRICS:
+            vals = models[name].get(f"{bench}.{key}", {}).get("values")
+            if vals:
+                cells = " | ".join(f"{100 * v:.1f}" for v in vals)
+                rows.append(f"| {name}: {label} (%) | {cells} | {fmt(vals, True)} |")
+        base = list(models)[0]
+        for key, label in (("toyworld_chair.chair_i", "CHAIR_i"), ("toyworld_chair.recall", "recall")):
+            d = [100 * (a - b) for a, b in zip(models[name][key]["values"], models[base][key]["values"])]
+            cells = " | ".join(f"{x:+.1f}" for x in d)
+            rows.append(f"| {name}: {label} − base (pts) | {cells} | {statistics.mean(d):+.1f}: {verdict(d)} |")
     table = "\n".join(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "demo_base" if args.base_only else "demo"
-    (out / f"{name}.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
+    (out / f"{name}.json").write_text(
+        json.dumps(
+            {"runs": runs, "summary": summary, "models": models, "seeds": args.seeds, "machine": machine_info()},
+            indent=2,
+        )
+    )
     (out / f"{name}.md").write_text(table + "\n")
     print(table)
 

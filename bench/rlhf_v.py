@@ -7,6 +7,7 @@
 Per seed S, with <base> = runs/bench-demo/seed-S/sft_base/final (each stage is skipped when its output exists):
   align build-data configs/toy/preference_data.yaml opa_dataset=runs/bench-opa/seed-S/data/dataset ...
         → revision ≻ rollout pairs on the 3000 training images, corrected sentences γ=5 (DPO ignores the spans)
+  align train configs/toy/dpo.yaml loss=sft ...   SFT on the chosen answers of the same pairs (the baseline)
   align train configs/toy/dpo.yaml  ...   plain DPO, --steps steps at --lr
   align train configs/toy/ddpo.yaml ...   DDPO, the same
   align train configs/toy/rlaif_v.yaml labeler=oracle ...  RLAIF-V: --rounds rounds of (sample 4 captions per
@@ -26,12 +27,16 @@ from pathlib import Path
 
 from machine import machine_info  # noqa: E402  (this script's folder is on sys.path)
 
-MODELS = ("base", "dpo", "ddpo", "rlaif_v", "rlaif_v_self")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from align.eval.seeds import mean_std, verdict  # noqa: E402
+
+MODELS = ("base", "sft_chosen", "dpo", "ddpo", "rlaif_v", "rlaif_v_self")
 METRICS = [
     ("toyworld_chair", "chair_s", "CHAIR_s"),
     ("toyworld_chair", "chair_i", "CHAIR_i"),
     ("toyworld_chair", "recall", "recall"),
     ("toyworld_pope", "f1_mean", "POPE F1"),
+    ("toyworld_pope_adversarial", "f1", "F1 adv"),
 ]
 
 
@@ -61,18 +66,20 @@ def run_seed(seed: int, root: Path, args) -> dict:
             f"output_dir={work / 'pref'}",
         )
     common = [f"run.seed={seed}", "run.eval_at_end=false", f"optim.lr={args.lr}", f"optim.max_steps={args.steps}"]
-    for name in ("dpo", "ddpo"):
+    # SFT on the chosen answers: the dpo config with loss: sft, so the same pairs, LoRA, batches, lr and steps
+    for name, config, extra in (("sft_chosen", "dpo", ["loss=sft"]), ("dpo", "dpo", []), ("ddpo", "ddpo", [])):
         if not (work / name / "final" / "config.json").is_file():
             align(
                 "train",
-                f"configs/toy/{name}.yaml",
+                f"configs/toy/{config}.yaml",
                 f"model.name_or_path={base}",
                 f"data.world.seed={seed}",
                 f"dataset={work / 'pref' / 'dataset'}",
                 f"run.output_dir={work / name}",
                 *common,
+                *extra,
             )
-    finals = {"base": base, "dpo": work / "dpo" / "final", "ddpo": work / "ddpo" / "final"}
+    finals = {"base": base, **{name: work / name / "final" for name in ("sft_chosen", "dpo", "ddpo")}}
     for name, labeler in (("rlaif_v", "oracle"), ("rlaif_v_self", "policy")):
         run = work / name
         if not (run / "rounds.json").is_file():
@@ -100,19 +107,25 @@ def run_seed(seed: int, root: Path, args) -> dict:
 
 
 def table(runs: list[dict]) -> str:
-    rows = ["| model | " + " | ".join(label for *_, label in METRICS) + " | CHAIR_i vs base |", "|---" * 6 + "|"]
+    """mean ± std per model, then CHAIR_i against the base and against SFT on the chosen answers: the mean change in
+    points, per seed, and whether its 95% interval over the seeds excludes zero (align/eval/seeds.py)."""
+    head = " | ".join(label for *_, label in METRICS)
+    rows = [f"| model | {head} | CHAIR_i vs base (pts, per seed) | vs sft_chosen (pts) |", "|---" * 7 + "|"]
     for model in MODELS:
         cells = []
         for bench, key, _ in METRICS:
-            vals = [100 * r[model][bench][key] for r in runs]
-            std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            cells.append(f"{statistics.mean(vals):.1f} ± {std:.1f}")
-        change = [
-            100 * (r[model]["toyworld_chair"]["chair_i"] / r["base"]["toyworld_chair"]["chair_i"] - 1) for r in runs
-        ]
-        cells.append(f"{statistics.mean(change):+.0f}% ({', '.join(f'{c:+.0f}%' for c in change)})")
+            mean, std = mean_std([100 * r[model][bench][key] for r in runs])
+            cells.append(f"{mean:.1f} ± {std:.1f}")
+        for other in ("base", "sft_chosen"):
+            d = [100 * (chair_i(r, model) - chair_i(r, other)) for r in runs]
+            seeds = f" ({', '.join(f'{x:+.1f}' for x in d)})" if other == "base" else ""
+            cells.append("" if model == other else f"{statistics.mean(d):+.1f}{seeds}: {verdict(d)}")
         rows.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def chair_i(run: dict, model: str) -> float:
+    return run[model]["toyworld_chair"]["chair_i"]
 
 
 def main() -> None:
