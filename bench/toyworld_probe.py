@@ -101,7 +101,7 @@ def main() -> None:
     results = [measure(w) for w in workdirs]
     lines = [
         "| questions | metric | who | " + " | ".join(w.name for w in workdirs) + " | mean ± std |",
-        "|---" * 5 + "|",
+        "|---" * (4 + len(workdirs)) + "|",
     ]
     for subset in SUBSETS:
         for metric in ("balanced_accuracy", "f1"):
