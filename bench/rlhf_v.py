@@ -110,7 +110,7 @@ def table(runs: list[dict]) -> str:
     """mean ± std per model, then CHAIR_i against the base and against SFT on the chosen answers: the mean change in
     points, per seed, and whether its 95% interval over the seeds excludes zero (align/eval/seeds.py)."""
     head = " | ".join(label for *_, label in METRICS)
-    rows = [f"| model | {head} | CHAIR_i vs base (pts, per seed) | vs sft_chosen (pts) |", "|---" * 7 + "|"]
+    rows = [f"| model | {head} | CHAIR_i vs base (pts, per seed) | vs sft_chosen (pts) |", "|---" * 8 + "|"]
     for model in MODELS:
         cells = []
         for bench, key, _ in METRICS:
