@@ -270,7 +270,8 @@ def export_toyworld_llava(
     first human turn of each holding `<image>`. Returns the JSON file."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    rows = sft_rows(build_toyworld(world or tw.WorldConfig(), cache_dir)["train"], seed=seed)
+    world = world or tw.WorldConfig()
+    rows = sft_rows(build_toyworld(world, cache_dir)["train"], seed=seed, yes_no=world.yes_no_questions)
     by_image: dict[str, list[dict]] = {}
     for row in rows.cast_column("image", Image(decode=False)):
         image_id = row["id"].split("/")[0]

@@ -274,3 +274,12 @@ def test_four_yes_no_questions_ask_the_faint_object_and_both_negative_kinds(smal
         if faint:
             assert names[0] == faint[0]
         assert [r["response"] for r in mine].count("no") == 2
+
+
+def test_llava_export_holds_every_sft_row_of_the_world(tmp_path, cache_dir, small_world):
+    from data_builders.toyworld_data import export_toyworld_llava
+
+    items = json.loads(export_toyworld_llava(tmp_path / "llava", SMALL_WORLD, cache_dir).read_text())
+    answers = [turn["value"] for item in items for turn in item["conversations"] if turn["from"] == "gpt"]
+    rows = sft_rows(small_world["train"], yes_no=SMALL_WORLD.yes_no_questions)
+    assert sorted(answers) == sorted(rows["response"])
