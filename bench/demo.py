@@ -24,7 +24,7 @@ from pathlib import Path
 from machine import machine_info  # noqa: E402  (this script's folder is on sys.path)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from align.eval.seeds import verdict  # noqa: E402
+from align.eval.seeds import mean_std, verdict  # noqa: E402
 
 METRICS = [
     ("toyworld_chair", "chair_s", "CHAIR_s", True),
@@ -52,8 +52,8 @@ def model_summary(runs: list[dict]) -> dict:
         for bench, key, _, _ in MODEL_METRICS:
             vals = [r["models"][name][bench][key] for r in runs if bench in r["models"][name]]
             if len(vals) == len(runs):
-                std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                out[name][f"{bench}.{key}"] = {"values": vals, "mean": statistics.mean(vals), "std": std}
+                mean, std = mean_std(vals)
+                out[name][f"{bench}.{key}"] = {"values": vals, "mean": mean, "std": std}
     return out
 
 
@@ -87,8 +87,7 @@ def run_seed(seed: int, root: Path, extra: list[str]) -> dict:
 
 def fmt(values: list[float], pct: bool) -> str:
     scale = 100 if pct else 1
-    mean = statistics.mean(values) * scale
-    std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    mean, std = (scale * x for x in mean_std(values))
     return f"{mean:.1f} ± {std:.1f}" if pct else f"{mean:.2f} ± {std:.2f}"
 
 
@@ -111,11 +110,8 @@ def main() -> None:
     summary = {}
     for bench, key, label, pct in METRICS:
         vals = [r["report"][bench][key] for r in runs]
-        summary[f"{bench}.{key}"] = {
-            "values": vals,
-            "mean": statistics.mean(vals),
-            "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-        }
+        mean, std = mean_std(vals)
+        summary[f"{bench}.{key}"] = {"values": vals, "mean": mean, "std": std}
         cells = [f"{100 * v:.1f}" if pct else f"{v:.2f}" for v in vals]
         rows.append(f"| {label}{' (%)' if pct else ''} | " + " | ".join(cells) + f" | {fmt(vals, pct)} |")
     rows.append(

@@ -28,6 +28,7 @@ from align.core.models import load_policy  # noqa: E402
 from align.eval import probe  # noqa: E402
 from align.eval.metrics import parse_yes_no  # noqa: E402
 from align.eval.runner import run_data_config  # noqa: E402
+from align.eval.seeds import mean_std  # noqa: E402
 from data_builders import toyworld as tw  # noqa: E402
 from data_builders.toyworld_data import build_toyworld, objects_from_json, pope_rows  # noqa: E402
 
@@ -90,6 +91,11 @@ def measure(workdir: Path) -> dict:
     return out
 
 
+def spread(values: list[float]) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:.1f} ± {std:.1f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -107,18 +113,13 @@ def main() -> None:
         for metric in ("balanced_accuracy", "f1"):
             for who in ("probe", "policy"):
                 vals = [100 * r[who][subset][metric] for r in results]
-                std = statistics.stdev(vals) if len(vals) > 1 else 0.0
                 cells = " | ".join(f"{v:.1f}" for v in vals)
-                lines.append(f"| {subset} | {metric} | {who} | {cells} | {statistics.mean(vals):.1f} ± {std:.1f} |")
+                lines.append(f"| {subset} | {metric} | {who} | {cells} | {spread(vals)} |")
     for key in ("mean_balanced_accuracy", "min"):
         vals = [100 * r["probe_per_class"][key] for r in results]
-        std = statistics.stdev(vals) if len(vals) > 1 else 0.0
         cells = " | ".join(f"{v:.1f}" for v in vals)
         label = "mean over classes" if key.startswith("mean") else "worst class"
-        lines.append(
-            f"| every test image | balanced_accuracy ({label}) | probe | {cells} | "
-            f"{statistics.mean(vals):.1f} ± {std:.1f} |"
-        )
+        lines.append(f"| every test image | balanced_accuracy ({label}) | probe | {cells} | {spread(vals)} |")
     table = "\n".join(lines)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

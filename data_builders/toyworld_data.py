@@ -151,10 +151,11 @@ def yes_no_picks(questions: list[dict], objects: list[dict], index: int, n: int)
     positives = [q for q in questions if q["split"] == "random" and q["label"] == "yes" and q["object"] not in faint]
     # the faint object first, asked even when POPE's (at most three) positives left it out
     positives = [{"question": tw.pope_question(f), "object": f, "label": "yes"} for f in faint] + positives
+    splits = ("random", "adversarial")
+    negatives = {s: [q for q in questions if q["split"] == s and q["label"] == "no"] for s in splits}
     picked_no: list[dict] = []  # random, adversarial, random, ...: one object never asked twice
     for split_rank in range(3):
-        for split in ("random", "adversarial"):
-            same = [q for q in questions if q["split"] == split and q["label"] == "no"]
+        for same in negatives.values():
             if split_rank < len(same) and same[split_rank]["object"] not in {p["object"] for p in picked_no}:
                 picked_no.append(same[split_rank])
     return positives[: n // 2] + picked_no[: n // 2]

@@ -79,7 +79,11 @@ def pope(predictions: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
     """Accuracy, precision, recall, F1 (yes = positive) and yes-ratio from raw answers and 'yes'/'no' labels."""
     if len(predictions) != len(labels):
         raise ValueError(f"{len(predictions)} predictions but {len(labels)} labels")
-    answers = [parse_yes_no(p) for p in predictions]
+    return yes_no_counts_scores([parse_yes_no(p) for p in predictions], labels)[0]
+
+
+def yes_no_counts_scores(answers: Sequence[str], labels: Sequence[str]) -> tuple[dict[str, float], dict[str, int]]:
+    """POPE's scores of parsed 'yes'/'no' answers against labels, and the counts (tp, fp, tn, fn) behind them."""
     tp = sum(a == "yes" and y == "yes" for a, y in zip(answers, labels))
     fp = sum(a == "yes" and y == "no" for a, y in zip(answers, labels))
     tn = sum(a == "no" and y == "no" for a, y in zip(answers, labels))
@@ -88,7 +92,7 @@ def pope(predictions: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
+    scores = {
         "accuracy": (tp + tn) / n,
         "precision": precision,
         "recall": recall,
@@ -96,3 +100,4 @@ def pope(predictions: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
         "yes_ratio": (tp + fp) / n,
         "n": float(len(labels)),
     }
+    return scores, {"tp": tp, "fp": fp, "tn": tn, "fn": fn}

@@ -15,6 +15,7 @@ from datasets import Dataset, Image
 
 from align.core.data import to_pil
 from align.core.vision_pretrain import image_tokens, patch_targets
+from align.eval.metrics import yes_no_counts_scores
 from data_builders import toyworld as tw
 from data_builders.progress import bar
 from data_builders.toyworld_data import objects_from_json
@@ -93,18 +94,8 @@ def best_thresholds(logits: torch.Tensor, labels: torch.Tensor, candidates: int 
 
 
 def yes_no_scores(predicted_yes: list[bool], labels: list[str]) -> dict[str, float]:
-    """Accuracy, balanced accuracy and F1 (yes = positive) of yes/no decisions against 'yes'/'no' labels."""
-    tp = sum(p and y == "yes" for p, y in zip(predicted_yes, labels))
-    fp = sum(p and y == "no" for p, y in zip(predicted_yes, labels))
-    tn = sum(not p and y == "no" for p, y in zip(predicted_yes, labels))
-    fn = sum(not p and y == "yes" for p, y in zip(predicted_yes, labels))
-    tpr = tp / (tp + fn) if tp + fn else 0.0
-    tnr = tn / (tn + fp) if tn + fp else 0.0
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    f1 = 2 * precision * tpr / (precision + tpr) if precision + tpr else 0.0
-    return {
-        "accuracy": (tp + tn) / max(len(labels), 1),
-        "balanced_accuracy": (tpr + tnr) / 2,
-        "f1": f1,
-        "n": float(len(labels)),
-    }
+    """POPE's scores (align/eval/metrics.py) of yes/no decisions, plus balanced accuracy (mean of the true-positive
+    and true-negative rates), which does not move with the share of "yes" labels."""
+    scores, c = yes_no_counts_scores(["yes" if p else "no" for p in predicted_yes], labels)
+    tnr = c["tn"] / (c["tn"] + c["fp"]) if c["tn"] + c["fp"] else 0.0
+    return {**scores, "balanced_accuracy": (scores["recall"] + tnr) / 2}

@@ -28,7 +28,7 @@ def interval95(differences: list[float]) -> tuple[float, float] | None:
     return mean - half, mean + half
 
 
-def verdict(differences: list[float], lower_is_better: bool = True) -> str:
+def verdict(differences: list[float]) -> str:
     """'lower' / 'higher' where the 95% interval excludes zero, else 'not told apart' (or 'one seed')."""
     ci = interval95(differences)
     if ci is None:
