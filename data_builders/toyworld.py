@@ -135,7 +135,7 @@ class WorldConfig:
         },
     )
     yes_no_questions: int = dataclasses.field(
-        default=4,
+        default=6,
         metadata={
             "help": "Yes/no questions per training image in the SFT rows (even): half about present objects "
             "(the faint one first), half about absent ones (random, then same-scene)."

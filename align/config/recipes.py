@@ -71,7 +71,8 @@ class SFTConfig:
         default_factory=SFTDataConfig, metadata={"help": "Training data: ToyWorld or the user's (data.source)."}
     )
     optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(projector_lr=6e-5), metadata={"help": "Optimiser and schedule."}
+        default_factory=lambda: OptimConfig(projector_lr=6e-5, max_steps=2500),
+        metadata={"help": "Optimiser and schedule."},
     )
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Hallucination eval of the final model."})
     vision_pretrain_steps: int = field(
@@ -79,6 +80,13 @@ class SFTConfig:
         metadata={
             "help": "Tiny model on ToyWorld data only: first pretrain the vision tower and projector on per-patch "
             "ToyWorld labels (0 = off; skipped for user data, which has none; see align/core/vision_pretrain.py)."
+        },
+    )
+    vision_align_words: bool = field(
+        default=True,
+        metadata={
+            "help": "In that pretraining, read each image token's class through the LM's embedding of the class "
+            "word (cosine, learned scale), so image tokens start out looking like the words for what they show."
         },
     )
     freeze_vision: bool = field(

@@ -80,7 +80,9 @@ def main(cfg: SFTConfig) -> dict:
     if pretrain and toy_train is None:
         print(f"[sft] vision pretraining skipped: {cfg.data.source} data has no ToyWorld per-patch labels")
     elif pretrain:
-        vision = pretrain_vision(model, processor, toy_train, cfg.vision_pretrain_steps, seed=run.seed)
+        vision = pretrain_vision(
+            model, processor, toy_train, cfg.vision_pretrain_steps, seed=run.seed, align_words=cfg.vision_align_words
+        )
         print(
             f"[sft] vision tower + projector pretrained: patch class acc {vision['class_acc']:.3f}, colour acc "
             f"{vision['color_acc']:.3f}, position acc {vision['position_acc']:.3f}"
