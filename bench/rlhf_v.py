@@ -3,6 +3,7 @@
     python bench/opa_dpo.py                   # first: the base policies and the OPA data of each seed
     python bench/rlhf_v.py                    # seeds 0 1 2 → bench/results/rlhf_v.{json,md}
     python bench/rlhf_v.py --lr 3e-5 --steps 200 --root runs/bench-rlhf-v-mid --out bench/results/mid
+    python bench/rlhf_v.py --no-rlaif-v ...   # SFT-on-chosen, DPO and DDPO only (RLAIF-V samples 4 captions an image)
 
 Per seed S, with <base> = runs/bench-demo/seed-S/sft_base/final (each stage is skipped when its output exists):
   align build-data configs/toy/preference_data.yaml opa_dataset=runs/bench-opa/seed-S/data/dataset ...
@@ -80,7 +81,7 @@ def run_seed(seed: int, root: Path, args) -> dict:
                 *extra,
             )
     finals = {"base": base, **{name: work / name / "final" for name in ("sft_chosen", "dpo", "ddpo")}}
-    for name, labeler in (("rlaif_v", "oracle"), ("rlaif_v_self", "policy")):
+    for name, labeler in (("rlaif_v", "oracle"), ("rlaif_v_self", "policy")) if args.rlaif_v else ():
         run = work / name
         if not (run / "rounds.json").is_file():
             align(
@@ -111,7 +112,7 @@ def table(runs: list[dict]) -> str:
     points, per seed, and whether its 95% interval over the seeds excludes zero (align/eval/seeds.py)."""
     head = " | ".join(label for *_, label in METRICS)
     rows = [f"| model | {head} | CHAIR_i vs base (pts, per seed) | vs sft_chosen (pts) |", "|---" * 8 + "|"]
-    for model in MODELS:
+    for model in (m for m in MODELS if m in runs[0]):
         cells = []
         for bench, key, _ in METRICS:
             mean, std = mean_std([100 * r[model][bench][key] for r in runs])
@@ -134,13 +135,19 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-5, help="learning rate of every run (configs: 1e-5)")
     ap.add_argument("--steps", type=int, default=100, help="optimiser steps of every method (configs: 100)")
     ap.add_argument("--rounds", type=int, default=2, help="RLAIF-V rounds; each trains steps/rounds steps")
+    ap.add_argument("--no-rlaif-v", dest="rlaif_v", action="store_false", help="skip both RLAIF-V runs")
     ap.add_argument("--root", default="runs/bench-rlhf-v")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
     if args.steps % args.rounds:
         raise SystemExit("--steps must be a multiple of --rounds (equal steps for every method)")
     runs = [run_seed(s, Path(args.root), args) for s in args.seeds]
-    settings = {"seeds": args.seeds, "lr": args.lr, "steps": args.steps, "rounds": args.rounds}
+    settings = {
+        "seeds": args.seeds,
+        "lr": args.lr,
+        "steps": args.steps,
+        "rounds": args.rounds if args.rlaif_v else None,
+    }
     text = table(runs) + f"\n\n{settings}\n"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

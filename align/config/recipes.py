@@ -71,7 +71,7 @@ class SFTConfig:
         default_factory=SFTDataConfig, metadata={"help": "Training data: ToyWorld or the user's (data.source)."}
     )
     optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(projector_lr=6e-5, max_steps=2500),
+        default_factory=lambda: OptimConfig(projector_lr=6e-5, max_steps=2000),
         metadata={"help": "Optimiser and schedule."},
     )
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Hallucination eval of the final model."})
@@ -176,7 +176,7 @@ class DPORecipeConfig:
 
 @dataclasses.dataclass
 class OPAStepConfig:
-    steps: int = field(default=1200, metadata={"help": "OPA step: LoRA SFT steps on reference + revision (0 = skip)."})
+    steps: int = field(default=800, metadata={"help": "OPA step: LoRA SFT steps on reference + revision (0 = skip)."})
     lr: float = field(default=2e-4, metadata={"help": "OPA step learning rate."})
     batch_size: int = field(default=32, metadata={"help": "OPA step batch size per device."})
     grad_accum: int = field(default=1, metadata={"help": "OPA step gradient accumulation steps."})
