@@ -14,7 +14,8 @@ captions of images without one name an absent scene-typical object the same way.
 object>" then pays under maximum likelihood whenever the faint evidence is not read, which is the structure of
 real LVLM hallucination (a fork at a dining table), while the pixels still decide it. With `faint_prob=0`,
 `false_mention_prob=0` and `inject_fraction=0.45` the generator draws exactly the first world (v1), and with
-`yes_no_questions=2` its SFT rows are v1's too (the README's v1 figures add `vision_pretrain_steps=500`).
+`yes_no_questions=2` its SFT rows are v1's too (the README's v1 figures were trained at commit b346965, whose
+policy and training defaults were v1's).
 
 Everything here is a pure function of (world constants, seed): the same seed gives byte-identical images.
 """
