@@ -15,8 +15,9 @@ lower learning rate (`optim.projector_lr`, LLaVA's `mm_projector_lr`).
 
 With `align_words` (the default since issue 18) the class label is read through the LM's own embeddings of the class
 words (`WordAlignedClassHead`), so each image token starts SFT pointing at the word for what its cell shows. On
-ToyWorld v2 (seed 0, README) this halved the misnamed present objects, made a 4-layer LM no better than the 2-layer
-one, and, with longer SFT, let the policy answer POPE from the image instead of near chance.
+ToyWorld v2 (3 seeds, README) misnamed present objects fell from 30% to 12% of hallucinated mentions and a linear
+probe on the tokens decides faint objects at 92% (was 81%); with longer SFT the policy answers POPE from the image
+on two seeds of three. A 4-layer LM still hallucinates half as much (README, "The base policy").
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def class_word_ids(tokenizer) -> list[int]:
 class WordAlignedClassHead(torch.nn.Module):
     """Class logits as the cosine between an image token and the LM's input embedding of the class word, times a
     learned scale (CLIP's logit scale). Training it pulls each image token towards the word the LM would write for
-    its cell, LLaVA's stage-1 feature alignment in small: finding an object in the image becomes matching a word
-    against look-alike tokens, which the tiny LM learns where it did not learn an arbitrary feature code."""
+    its cell, LLaVA's stage-1 feature alignment in small: naming or finding an object in the image becomes matching
+    a word against look-alike tokens rather than decoding an arbitrary feature code."""
 
     def __init__(self, embeddings: torch.nn.Embedding, word_ids: list[int]):
         super().__init__()
