@@ -118,8 +118,8 @@ def pretrain_vision(
         class_head = WordAlignedClassHead(model.get_input_embeddings(), class_word_ids(processor.tokenizer))
     heads = PatchHeads(model.config.text_config.hidden_size, side * side, class_head)
     trained = [*vision_tower(model).parameters(), *multimodal_projector(model).parameters()]
-    trained += [p for p in heads.parameters() if all(p is not q for q in trained)]
-    opt = torch.optim.AdamW(trained, lr=lr, weight_decay=0.0)
+    # the aligned head's parameters include the LM's input embeddings, which are in neither list above
+    opt = torch.optim.AdamW(trained + list(heads.parameters()), lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     ce = torch.nn.functional.cross_entropy
     model.train()
