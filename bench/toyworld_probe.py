@@ -44,10 +44,10 @@ def policy_answers(checkpoint: Path) -> dict[tuple[str, str, str], str]:
     return {(r["image_id"], r["prompt"], r["split"]): r["answer"] for r in rows if "answer" in r}
 
 
-def hard(row: dict, objects: list[tw.SceneObject], scene: str) -> bool:
+def hard(row: dict, objects: list[tw.SceneObject], scene: str, world: tw.WorldConfig) -> bool:
     if row["label"] == "yes":
         return any(o.faint and o.name == row["object"] for o in objects)
-    return row["object"] in tw.SCENES[scene]
+    return row["object"] in world.typical(scene)
 
 
 def measure(workdir: Path) -> dict:
@@ -68,7 +68,7 @@ def measure(workdir: Path) -> dict:
         groups["all"].append(i)
         if r["split"] == "adversarial":
             groups["adversarial"].append(i)
-        if hard(r, objects[r["image_index"]], test["scene"][r["image_index"]]):
+        if hard(r, objects[r["image_index"]], test["scene"][r["image_index"]], data_cfg.world):
             groups["hard"].append(i)
     probe_yes = [bool(logits[r["image_index"], tw.CLASSES.index(r["object"])] > 0) for r in rows]
     ids = test["image_id"]
@@ -77,6 +77,7 @@ def measure(workdir: Path) -> dict:
     per_class = [
         probe.yes_no_scores((logits[:, c] > 0).tolist(), ["yes" if t else "no" for t in truth[:, c].tolist()])
         for c in range(len(tw.CLASSES))
+        if truth[:, c].any()  # a class this world never draws (the small ones of a v1 world) has no score
     ]
     balanced = [m["balanced_accuracy"] for m in per_class]
     out = {

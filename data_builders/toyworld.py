@@ -12,8 +12,12 @@ model capacity: an image may hold one *faint* object (a scene-typical glyph blen
 contrast in an empty cell), which captions name without a place ("There is also a fork."), and a share of training
 captions of images without one name an absent scene-typical object the same way. Guessing "also a <typical
 object>" then pays under maximum likelihood whenever the faint evidence is not read, which is the structure of
-real LVLM hallucination (a fork at a dining table), while the pixels still decide it. With `faint_prob=0`,
-`false_mention_prob=0` and `inject_fraction=0.45` the generator draws exactly the first world (v1), and with
+real LVLM hallucination (a fork at a dining table), while the pixels still decide it. Since v2c
+(`faint_vocabulary="small"`) the faint and made-up objects are each scene's small things (a spoon, a pigeon), which
+are never drawn clearly: the "also" sentence can no longer be filled by repeating a clearly drawn object, which is
+what v2b's policies mostly did, so a model that does not read the faint glyph has only the prior left.
+With `faint_prob=0`, `false_mention_prob=0` and `inject_fraction=0.45` the generator draws exactly the first world
+(v1), and with
 `yes_no_questions=2` its SFT rows are v1's too (the README's v1 figures were trained at commit b346965, whose
 policy and training defaults were v1's).
 
@@ -24,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import itertools
 
 import numpy as np
 from PIL import Image
@@ -40,8 +43,19 @@ SCENES: dict[str, list[str]] = {
     "park": ["dog", "tree", "ball", "bench", "bird", "kite"],
     "office": ["laptop", "phone", "book", "chair", "clock", "lamp"],
 }
-CLASSES: list[str] = [c for objs in SCENES.values() for c in objs]
-SCENE_OF: dict[str, str] = {c: s for s, objs in SCENES.items() for c in objs}
+# Small things of each scene that are only ever drawn faint (world v2c, `faint_vocabulary="small"`): the words a
+# caption's "there is also a ..." sentence uses never name a clearly drawn object, so a model that cannot read the
+# faint glyph has nothing in the picture to copy and guesses from the scene, the way an LVLM adds a fork to a table.
+SMALL: dict[str, list[str]] = {
+    "kitchen": ["spoon", "napkin", "jar"],
+    "street": ["cone", "hydrant", "pigeon"],
+    "park": ["flower", "frisbee", "squirrel"],
+    "office": ["pen", "stapler", "eraser"],
+}
+CLEAR_CLASSES: list[str] = [c for objs in SCENES.values() for c in objs]
+CLASSES: list[str] = CLEAR_CLASSES + [c for objs in SMALL.values() for c in objs]  # glyph i belongs to CLASSES[i]
+SCENE_OF: dict[str, str] = {c: s for table in (SCENES, SMALL) for s, objs in table.items() for c in objs}
+FAINT_VOCABULARIES = ("small", "scene")
 PLURALS: dict[str, str] = {
     "knife": "knives",
     "bus": "buses",
@@ -128,6 +142,13 @@ class WorldConfig:
     faint_contrast: float = dataclasses.field(
         default=0.5, metadata={"help": "Opacity of a faint object's glyph over the background (0-1)."}
     )
+    faint_vocabulary: str = dataclasses.field(
+        default="small",
+        metadata={
+            "help": "Classes a faint object or a false mention is drawn from: 'small' (each scene's small things, "
+            "never drawn clearly; v2c) or 'scene' (the scene's absent clear classes; v2a/v2b)."
+        },
+    )
     false_mention_prob: float = dataclasses.field(
         default=0.7,
         metadata={
@@ -160,12 +181,28 @@ class WorldConfig:
         for name in (*probs, "faint_contrast"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.faint_vocabulary not in FAINT_VOCABULARIES:
+            raise ValueError(f"faint_vocabulary must be one of {FAINT_VOCABULARIES}, got {self.faint_vocabulary!r}")
         if not 0 <= self.jitter <= 2:
             raise ValueError(f"jitter must be in 0..2 (a glyph is 12px in a 16px cell), got {self.jitter}")
         if self.yes_no_questions not in (0, 2, 4, 6):
             raise ValueError(f"yes_no_questions must be 0, 2, 4 or 6, got {self.yes_no_questions}")
         if min(self.n_train, self.n_val, self.n_test) < 1:
             raise ValueError("n_train, n_val and n_test must all be >= 1")
+
+    @property
+    def draws_small(self) -> bool:
+        """Whether images and captions of this world ever hold the scenes' small classes."""
+        return self.faint_vocabulary == "small" and (self.faint_prob > 0 or self.false_mention_prob > 0)
+
+    def typical(self, scene: str) -> list[str]:
+        """The classes typical of `scene` in this world: its clear classes, then its small ones where drawn."""
+        return SCENES[scene] + (SMALL[scene] if self.draws_small else [])
+
+    def faint_pool(self, scene: str, present: set[str]) -> list[str]:
+        """Classes a faint object or a false "also" mention of `scene` is drawn from, given the present ones."""
+        pool = SMALL[scene] if self.faint_vocabulary == "small" else SCENES[scene]
+        return [c for c in pool if c not in present]
 
 
 @dataclasses.dataclass
@@ -188,7 +225,7 @@ def sample_scene(rng: np.random.Generator, cfg: WorldConfig) -> tuple[str, list[
     n_kinds = int(rng.integers(cfg.min_entries, cfg.max_entries + 1))
     names: list[str] = []
     while len(names) < n_kinds:
-        pool = SCENES[scene] if rng.random() >= cfg.distractor_prob else CLASSES
+        pool = SCENES[scene] if rng.random() >= cfg.distractor_prob else CLEAR_CLASSES
         name = str(rng.choice(pool))
         if name not in names:
             names.append(name)
@@ -202,7 +239,7 @@ def sample_scene(rng: np.random.Generator, cfg: WorldConfig) -> tuple[str, list[
         start += count
     objects.sort(key=lambda o: o.cells[0])  # reading order of first appearance: captions follow it
     if cfg.faint_prob > 0 and rng.random() < cfg.faint_prob:  # guarded: v1 worlds draw the same numbers as before
-        absent = [c for c in SCENES[scene] if c not in names]
+        absent = cfg.faint_pool(scene, set(names))
         empty = [c for c in range(GRID * GRID) if c not in cells]
         if absent and empty:
             faint = SceneObject(str(rng.choice(absent)), str(rng.choice(list(COLORS))), [int(rng.choice(empty))], True)
@@ -296,8 +333,9 @@ def caption(
     ordered = sorted(clear + injected, key=lambda o: o.cells[0])
     sentences = [describe(o, rng, cfg) for o in ordered]
     faint = [o.name for o in objects if o.faint]
-    if false_mention and not faint and absent:
-        made_up = str(rng.choice([c for c in absent if c not in {o.name for o in injected}] or absent))
+    guesses = cfg.faint_pool(scene, present)
+    if false_mention and not faint and guesses:
+        made_up = str(rng.choice([c for c in guesses if c not in {o.name for o in injected}] or guesses))
         injected.append(SceneObject(made_up, "", [], True))
         faint = [made_up]
     sentences += [describe_faint(name, scene, rng, cfg) for name in faint]
@@ -306,66 +344,8 @@ def caption(
     return " ".join(sentences), injected
 
 
-def qa_pairs(scene: str, objects: list[SceneObject], rng: np.random.Generator) -> list[dict]:
-    """Short-answer questions: what is at every occupied cell (and one empty cell), plus colour and count.
-
-    The per-cell questions are dense grounding supervision, like the region VQA in LLaVA's training mix: a
-    caption holds only a few object-identity words, too weak a signal to learn the glyphs in minutes."""
-    # a faint object's cell is neither asked about nor offered as "nothing": its presence is a yes/no question's
-    occupied = {c: o for o in objects if not o.faint for c in o.cells}
-    empty = [c for c in range(GRID * GRID) if c not in occupied and all(c not in o.cells for o in objects)]
-    cells = sorted(occupied) + ([int(rng.choice(empty))] if empty else [])
-    out = [
-        {
-            "question": f"What is at the {POSITIONS[c]}?",
-            "answer": f"a {occupied[c].color} {occupied[c].name}" if c in occupied else "nothing",
-            "kind": "position",
-        }
-        for c in cells
-    ]
-    clear = [o for o in objects if not o.faint]
-    obj = clear[int(rng.integers(len(clear)))]
-    out.append({"question": f"What color is the {obj.name}?", "answer": obj.color, "kind": "color"})
-    out.append(
-        {"question": f"How many {plural(obj.name)} are there?", "answer": NUMBER_WORDS[obj.count], "kind": "count"}
-    )
-    return out
-
-
 def pope_question(name: str) -> str:
     return f"Is there a {name} in the image?"
-
-
-def cooccurrence_rank(name: str) -> list[str]:
-    """Classes ranked by how often they co-occur with `name`: same scene first (POPE 'adversarial')."""
-    same = [c for c in SCENES[SCENE_OF[name]] if c != name]
-    return same + [c for c in CLASSES if c not in same and c != name]
-
-
-def pope_questions(objects: list[SceneObject], rng: np.random.Generator, popular: list[str], k: int = 3) -> list[dict]:
-    """POPE-style yes/no questions: up to k positives, and as many negatives per sampling split.
-
-    random: uniform over absent classes; popular: the most frequent classes overall; adversarial: the classes
-    that co-occur most with the positives. Positives are shared across splits, as in POPE.
-    """
-    present = [o.name for o in objects]
-    positives = list(rng.permutation(present))[:k]
-    out = []
-    for split in ("random", "popular", "adversarial"):
-        used: set[str] = set(present)
-        negatives = []
-        for pos in positives:
-            if split == "random":
-                pool = [c for c in CLASSES if c not in used]
-                choice = str(rng.choice(pool))
-            else:
-                ranked = popular if split == "popular" else cooccurrence_rank(pos)
-                choice = next(c for c in ranked if c not in used)
-            used.add(choice)
-            negatives.append(choice)
-        for name, label in itertools.chain(((p, "yes") for p in positives), ((n, "no") for n in negatives)):
-            out.append({"question": pope_question(str(name)), "object": str(name), "label": label, "split": split})
-    return out
 
 
 def vocabulary() -> list[str]:

@@ -22,10 +22,11 @@ import numpy as np
 from datasets import Dataset, DatasetDict, Features, Image, Value, load_from_disk
 
 from data_builders import toyworld as tw
+from data_builders import toyworld_questions as twq
 from data_builders.configs import OPADataConfig, RLAIFVDataConfig, ToyWorldDataConfig
 from data_builders.progress import bar
 
-DATA_VERSION = 4  # bump when generation changes, so stale caches are not reused
+DATA_VERSION = 5  # bump when generation changes, so stale caches are not reused
 SPLITS = ("train", "val", "test")
 FEATURES = Features(
     {
@@ -63,7 +64,8 @@ def _build_split(cfg: tw.WorldConfig, split: str, n: int) -> Dataset:
     rng = np.random.default_rng([cfg.seed, SPLITS.index(split)])
     scenes = [tw.sample_scene(rng, cfg) for _ in range(n)]
     freq = collections.Counter(o.name for _, objs in scenes for o in objs)
-    popular = [c for c, _ in freq.most_common()] + [c for c in tw.CLASSES if c not in freq]
+    drawn = tw.CLASSES if cfg.draws_small else tw.CLEAR_CLASSES
+    popular = [c for c, _ in freq.most_common()] + [c for c in drawn if c not in freq]
     rows = collections.defaultdict(list)
     for i, (scene, objects) in enumerate(bar(scenes, desc=f"toyworld {split}")):
         image = tw.render(objects, rng, cfg.noise, cfg.jitter, cfg.faint_contrast)
@@ -77,8 +79,8 @@ def _build_split(cfg: tw.WorldConfig, split: str, n: int) -> Dataset:
         rows["objects"].append(objects_to_json(objects))
         rows["caption"].append(text)
         rows["injected"].append(objects_to_json(injected))
-        rows["qa"].append(json.dumps(tw.qa_pairs(scene, objects, rng)))
-        rows["pope"].append(json.dumps(tw.pope_questions(objects, rng, popular)))
+        rows["qa"].append(json.dumps(twq.qa_pairs(scene, objects, rng)))
+        rows["pope"].append(json.dumps(twq.pope_questions(objects, rng, popular, cfg=cfg)))
     return Dataset.from_dict(dict(rows), features=FEATURES)
 
 
@@ -153,11 +155,14 @@ def yes_no_picks(questions: list[dict], objects: list[dict], index: int, n: int)
     positives = [{"question": tw.pope_question(f), "object": f, "label": "yes"} for f in faint] + positives
     splits = ("random", "adversarial")
     negatives = {s: [q for q in questions if q["split"] == s and q["label"] == "no"] for s in splits}
-    picked_no: list[dict] = []  # random, adversarial, random, ...: one object never asked twice
-    for split_rank in range(3):
-        for same in negatives.values():
-            if split_rank < len(same) and same[split_rank]["object"] not in {p["object"] for p in picked_no}:
-                picked_no.append(same[split_rank])
+    # random, adversarial, random, ...; then the popular ones where an image with few positives has fewer distinct
+    # negatives than asked; one object never asked twice
+    popular = [q for q in questions if q["split"] == "popular" and q["label"] == "no"]
+    ranked = [q for rank in range(3) for same in negatives.values() if rank < len(same) for q in [same[rank]]]
+    picked_no: list[dict] = []
+    for q in ranked + popular:
+        if q["object"] not in {p["object"] for p in picked_no}:
+            picked_no.append(q)
     return positives[: n // 2] + picked_no[: n // 2]
 
 

@@ -34,7 +34,7 @@ def evaluate_toyworld(model, processor, world: tw.WorldConfig, eval_cfg: EvalCon
             captions,
             [{o.name for o in objs} for objs in objects],
             occupied=[{c for o in objs for c in o.cells} for objs in objects],
-            typical=[set(tw.SCENES[scene]) for scene in test["scene"]],
+            typical=[set(world.typical(scene)) for scene in test["scene"]],
         )
     }
     generations = [

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from data_builders import toyworld as tw
+from data_builders import toyworld_questions as twq
 from data_builders.toyworld_data import build_toyworld, config_hash, objects_from_json, sft_rows, summarize
 from data_builders.toyworld_text import caption_mentions, sentence_cells, split_sentences
 from tests.conftest import SMALL_WORLD
@@ -92,7 +93,7 @@ def test_pope_labels_match_ground_truth(small_world):
 
 def test_adversarial_negatives_prefer_co_occurring_classes():
     objects = [tw.SceneObject("cup", "red", [0])]
-    qs = tw.pope_questions(objects, np.random.default_rng(0), popular=list(tw.CLASSES))
+    qs = twq.pope_questions(objects, np.random.default_rng(0), popular=list(tw.CLASSES))
     neg = [q["object"] for q in qs if q["split"] == "adversarial" and q["label"] == "no"]
     assert neg and all(tw.SCENE_OF[n] == "kitchen" for n in neg)
 
@@ -102,7 +103,7 @@ def test_qa_answers_are_consistent():
     for _ in range(50):
         scene, objects = tw.sample_scene(rng, tw.WorldConfig())
         by_name = {o.name: o for o in objects}
-        for qa in tw.qa_pairs(scene, objects, rng):
+        for qa in twq.qa_pairs(scene, objects, rng):
             if qa["kind"] == "color":
                 name = qa["question"].removeprefix("What color is the ").removesuffix("?")
                 assert by_name[name].color == qa["answer"]
@@ -188,9 +189,11 @@ def test_v1_world_is_reproduced_exactly_with_the_v2_knobs_off(tmp_path):
     assert world_digest(build_toyworld(v1, tmp_path)) == V1_DIGEST
 
 
-def test_faint_objects_are_scene_typical_at_an_empty_cell_and_drawn_faint():
+@pytest.mark.parametrize("vocabulary", tw.FAINT_VOCABULARIES)
+def test_faint_objects_are_scene_typical_at_an_empty_cell_and_drawn_faint(vocabulary):
     rng = np.random.default_rng(5)
-    cfg = tw.WorldConfig(faint_prob=1.0)
+    cfg = tw.WorldConfig(faint_prob=1.0, faint_vocabulary=vocabulary)
+    pool = tw.SMALL if vocabulary == "small" else tw.SCENES
     n_faint = 0
     for _ in range(200):
         scene, objects = tw.sample_scene(rng, cfg)
@@ -199,7 +202,7 @@ def test_faint_objects_are_scene_typical_at_an_empty_cell_and_drawn_faint():
         assert len(faint) <= 1
         for o in faint:
             n_faint += 1
-            assert o.name in tw.SCENES[scene] and o.name not in {c.name for c in clear}
+            assert o.name in pool[scene] and o.name not in {c.name for c in clear}
             assert o.count == 1 and not set(o.cells) & {c for x in clear for c in x.cells}
             # the pixels: with no noise the glyph is exactly the blend of background and colour, nothing else drawn
             img = np.asarray(tw.render([o], np.random.default_rng(0), 0.0, 0, cfg.faint_contrast)).astype(float)
@@ -210,6 +213,33 @@ def test_faint_objects_are_scene_typical_at_an_empty_cell_and_drawn_faint():
             assert np.allclose(patch[mask], np.floor(want), atol=1)
             assert np.allclose(patch[~mask], 45) and (img != 45).any(-1).sum() == mask.sum()
     assert n_faint > 150  # nearly every image has an absent same-scene class and an empty cell
+
+
+def test_small_classes_are_only_ever_faint_or_made_up(small_world):
+    """World v2c: the words of the "also" sentence never name a clearly drawn object, in any split."""
+    small = {c for objs in tw.SMALL.values() for c in objs}
+    assert small.isdisjoint(tw.CLEAR_CLASSES) and len(set(tw.CLASSES)) == len(tw.CLASSES)
+    also = 0
+    for split in ("train", "val", "test"):
+        for ex in small_world[split]:
+            for o in objects_from_json(ex["objects"]) + objects_from_json(ex["injected"]):
+                assert (o.name in small) == o.faint
+                assert o.name in tw.SMALL[ex["scene"]] if o.faint else True
+            also += sum(c in small for c, _ in caption_mentions(ex["caption"]))
+    assert also > 0
+
+
+def test_typical_classes_and_adversarial_ranking_follow_the_faint_vocabulary():
+    small, scene = tw.WorldConfig(), tw.WorldConfig(faint_vocabulary="scene")
+    assert small.typical("kitchen") == tw.SCENES["kitchen"] + tw.SMALL["kitchen"]
+    assert scene.typical("kitchen") == tw.SCENES["kitchen"]
+    assert tw.WorldConfig(faint_prob=0, false_mention_prob=0).typical("park") == tw.SCENES["park"]  # v1: none drawn
+    ranked = twq.cooccurrence_rank("fork", small)
+    assert ranked[:8] == [c for c in tw.SCENES["kitchen"] + tw.SMALL["kitchen"] if c != "fork"]
+    assert sorted(ranked + ["fork"]) == sorted(tw.CLASSES)
+    assert sorted(twq.cooccurrence_rank("fork", scene) + ["fork"]) == sorted(tw.CLEAR_CLASSES)
+    with pytest.raises(ValueError, match="faint_vocabulary"):
+        tw.WorldConfig(faint_vocabulary="tiny")
 
 
 def test_v2_rates_are_the_configured_ones():
@@ -240,7 +270,7 @@ def test_v2_captions_name_faint_and_made_up_objects_without_a_place(small_world)
                 assert (named[o.name] == []) == o.faint  # clear objects with a place, faint ones without
                 seen["faint"] += o.faint
             for o in injected:  # a made-up mention: train only, an absent scene-typical class, no faint object there
-                assert split == "train" and o.faint and o.name in tw.SCENES[ex["scene"]]
+                assert split == "train" and o.faint and o.name in SMALL_WORLD.faint_pool(ex["scene"], set())
                 assert named[o.name] == [] and not any(x.faint for x in objects)
                 seen["made_up"] += 1
     assert seen["faint"] > 0 and seen["made_up"] > 0
@@ -252,7 +282,7 @@ def test_questions_never_ask_what_is_at_a_faint_cell():
     for _ in range(100):
         scene, objects = tw.sample_scene(rng, cfg)
         faint_cells = [tw.POSITIONS[c] for o in objects if o.faint for c in o.cells]
-        for qa in tw.qa_pairs(scene, objects, rng):
+        for qa in twq.qa_pairs(scene, objects, rng):
             if qa["kind"] == "position":
                 assert qa["question"].removeprefix("What is at the ").removesuffix("?") not in faint_cells
 

@@ -56,7 +56,7 @@ def test_aligned_pretraining_pulls_image_tokens_to_their_class_words(small_world
     emb = model.get_input_embeddings().weight
     before = emb.detach().clone()
     result = pretrain_vision(
-        model, processor, small_world["train"], steps=200, lr=3e-3, batch_size=32, align_words=True
+        model, processor, small_world["train"], steps=400, lr=3e-3, batch_size=32, align_words=True
     )
     assert result["class_acc"] > 0.9, result
 
