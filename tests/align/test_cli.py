@@ -117,12 +117,19 @@ MICRO_ALIGNMENT = [
 ]
 
 
-def test_demo_base_only_small(tmp_path, cache_dir):
+def test_demo_base_only_small(tmp_path, cache_dir, capsys):
     argv = ["demo", "--base-only", "--workdir", str(tmp_path / "demo"), f"data.cache_dir={cache_dir}", *MICRO]
     assert main(argv) == 0
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert {"toyworld_chair", "toyworld_pope", "meta"} <= set(report)
     assert set(report["meta"]["stages_seconds"]) == {"build_data", "sft", "eval"}
+    assert "stages_seconds_first_run" not in report["meta"]
+    # a rerun trains nothing; the report keeps what the first run's stages took beside the rerun's own seconds
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "[sft] already finished" in capsys.readouterr().out
+    again = json.loads((tmp_path / "demo" / "report.json").read_text())["meta"]
+    assert again["stages_seconds_first_run"] == report["meta"]["stages_seconds"]
 
 
 def test_demo_with_alignment_stages_small(tmp_path, cache_dir, capsys):
