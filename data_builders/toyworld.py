@@ -17,9 +17,8 @@ real LVLM hallucination (a fork at a dining table), while the pixels still decid
 are never drawn clearly: the "also" sentence can no longer be filled by repeating a clearly drawn object, which is
 what v2b's policies mostly did, so a model that does not read the faint glyph has only the prior left.
 With `faint_prob=0`, `false_mention_prob=0` and `inject_fraction=0.45` the generator draws exactly the first world
-(v1), and with
-`yes_no_questions=2` its SFT rows are v1's too (the README's v1 figures were trained at commit b346965, whose
-policy and training defaults were v1's).
+(v1), and with `yes_no_questions=2` its SFT rows are v1's too (the README's v1 figures were trained at commit
+b346965, whose policy and training defaults were v1's).
 
 Everything here is a pure function of (world constants, seed): the same seed gives byte-identical images.
 """
