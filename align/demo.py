@@ -152,6 +152,17 @@ def first_run_seconds(report_path: Path) -> dict | None:
     return meta.get("stages_seconds_first_run") or meta.get("stages_seconds")
 
 
+def write_reports(workdir: Path, results: dict, compared: dict, timings: dict, cfg, first_run: dict | None) -> dict:
+    """report.json (the base policy's eval, stage seconds, the SFT config) and comparison.json (every model's eval)."""
+    report = {k: v for k, v in results.items() if k != "meta"}
+    report["meta"] = {**results["meta"], "stages_seconds": timings, "sft_config": dataclasses.asdict(cfg)}
+    if first_run:  # a rerun's stages are mostly "already finished": keep what producing them took
+        report["meta"]["stages_seconds_first_run"] = first_run
+    (workdir / "report.json").write_text(json.dumps(report, indent=2))
+    (workdir / "comparison.json").write_text(json.dumps(compared, indent=2))
+    return report
+
+
 def run_demo(
     workdir: str | Path = "runs/demo",
     seed: int = 0,
@@ -193,12 +204,7 @@ def run_demo(
     compared = {"base (SFT)": results}
     if not base_only:
         compared.update(run_alignment(workdir, cfg, groups, timings))
-    report = {k: v for k, v in results.items() if k != "meta"}
-    report["meta"] = {**results["meta"], "stages_seconds": timings, "sft_config": dataclasses.asdict(cfg)}
-    if first_run:  # a rerun's stages are mostly "already finished": keep what producing them took
-        report["meta"]["stages_seconds_first_run"] = first_run
-    (workdir / "report.json").write_text(json.dumps(report, indent=2))
-    (workdir / "comparison.json").write_text(json.dumps(compared, indent=2))
+    report = write_reports(workdir, results, compared, timings, cfg, first_run)
     print()
     print(format_table(compared))
     # the committed figures are for the default settings: with overrides they would mislead
