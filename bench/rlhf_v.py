@@ -4,6 +4,7 @@
     python bench/rlhf_v.py                    # seeds 0 1 2 → bench/results/rlhf_v.{json,md}
     python bench/rlhf_v.py --lr 3e-5 --steps 200 --root runs/bench-rlhf-v-mid --out bench/results/mid
     python bench/rlhf_v.py --no-rlaif-v ...   # SFT-on-chosen, DPO and DDPO only (RLAIF-V samples 4 captions an image)
+    python bench/rlhf_v.py --no-rlaif-v --chosen reference ...   # the reference caption ≻ rollout instead
 
 Per seed S, with <base> = runs/bench-demo/seed-S/sft_base/final (each stage is skipped when its output exists):
   align build-data configs/toy/preference_data.yaml opa_dataset=runs/bench-opa/seed-S/data/dataset ...
@@ -65,6 +66,7 @@ def run_seed(seed: int, root: Path, args) -> dict:
             f"opa_dataset={opa_data}",
             f"policy={base}",
             f"output_dir={work / 'pref'}",
+            *([f"chosen={args.chosen}", "spans=diff"] if args.chosen == "reference" else []),
         )
     common = [f"run.seed={seed}", "run.eval_at_end=false", f"optim.lr={args.lr}", f"optim.max_steps={args.steps}"]
     # SFT on the chosen answers: the dpo config with loss: sft, so the same pairs, LoRA, batches, lr and steps
@@ -136,6 +138,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100, help="optimiser steps of every method (configs: 100)")
     ap.add_argument("--rounds", type=int, default=2, help="RLAIF-V rounds; each trains steps/rounds steps")
     ap.add_argument("--no-rlaif-v", dest="rlaif_v", action="store_false", help="skip both RLAIF-V runs")
+    ap.add_argument(
+        "--chosen",
+        choices=("revision", "reference"),
+        default="revision",
+        help="chosen answer of the pairs: the oracle's revision of the rollout, or the reference caption (token-diff "
+        "spans); SFT-on-chosen trains on the same",
+    )
     ap.add_argument("--root", default="runs/bench-rlhf-v")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
@@ -147,6 +156,7 @@ def main() -> None:
         "lr": args.lr,
         "steps": args.steps,
         "rounds": args.rounds if args.rlaif_v else None,
+        "chosen": args.chosen,
     }
     text = table(runs) + f"\n\n{settings}\n"
     out = Path(args.out)

@@ -205,10 +205,19 @@ class PreferenceDataConfig:
     min_match: int = dataclasses.field(
         default=3, metadata={"help": "spans: diff: matching runs shorter than this count as changed (Muffin: 3)."}
     )
+    chosen: Literal["revision", "reference"] = dataclasses.field(
+        default="revision",
+        metadata={
+            "help": "The chosen answer: the expert's revision of the rollout (RLHF-V), or the record's reference "
+            "answer, which the policy did not write (needs spans: diff)."
+        },
+    )
 
     def __post_init__(self):
         if not self.gamma > 0:
             raise ValueError(f"gamma must be > 0, got {self.gamma}")
+        if self.chosen == "reference" and self.spans != "diff":
+            raise ValueError("chosen: reference needs spans: diff (the expert's report marks edits of the rollout)")
         if self.spans == "diff" and not self.policy:
             raise ValueError("spans: diff needs policy (a checkpoint directory) for its tokenizer")
         if self.min_match < 1:

@@ -59,12 +59,15 @@ def _image_field(image) -> dict:
     return image if isinstance(image, dict) else {"bytes": image, "path": None}
 
 
-def _opa_pair(row: dict, gamma: float, spans: str, tokenizer, min_match: int) -> dict:
-    """One OPA record as an RLHF-V pair (chosen = revision, rejected = rollout); raises SkipRow."""
+def _opa_pair(row: dict, gamma: float, spans: str, tokenizer, min_match: int, chosen_from: str = "revision") -> dict:
+    """One OPA record as an RLHF-V pair (chosen = revision, or the reference answer; rejected = rollout); raises
+    SkipRow."""
     try:
         chosen, chosen_spans, rejected, rejected_spans = report_char_spans(json.loads(row["report"]), gamma)
     except (json.JSONDecodeError, TypeError, ExpertReplyError) as err:
         raise SkipRow("malformed_report", f"report: {err}") from None
+    if chosen_from == "reference":  # not an edit of the rollout: only a token diff can place its spans
+        chosen = (row.get("reference") or "").strip()
     if not chosen or not rejected:
         raise SkipRow("empty_response", "revision or rollout is empty")
     if chosen == rejected:
@@ -77,10 +80,17 @@ def _opa_pair(row: dict, gamma: float, spans: str, tokenizer, min_match: int) ->
 
 
 def preferences_from_opa(
-    opa_dataset, gamma: float, spans: Literal["report", "diff"] = "report", tokenizer=None, min_match: int = 3
+    opa_dataset,
+    gamma: float,
+    spans: Literal["report", "diff"] = "report",
+    tokenizer=None,
+    min_match: int = 3,
+    chosen: Literal["revision", "reference"] = "revision",
 ) -> tuple[list[dict], dict]:
     """RLHF-V pairs on exactly the data OPA-DPO trains on: chosen = the expert's revision, rejected = the policy's
-    rollout, both rebuilt from the report (`report_char_spans`) so the spans line up with the texts.
+    rollout, both rebuilt from the report (`report_char_spans`) so the spans line up with the texts. With
+    `chosen="reference"` the chosen answer is the record's reference (an answer the policy did not write; spans
+    "diff" only).
 
     spans="report": gamma on the sentences the expert flagged (and its added text); spans="diff": gamma on the
     tokens Muffin's token-id diff marks changed (`changed_char_spans`; needs the policy's `tokenizer`).
@@ -90,6 +100,10 @@ def preferences_from_opa(
     """
     if spans not in ("report", "diff"):
         raise ValueError(f"spans must be 'report' or 'diff', got {spans!r}")
+    if chosen not in ("revision", "reference"):
+        raise ValueError(f"chosen must be 'revision' or 'reference', got {chosen!r}")
+    if chosen == "reference" and spans != "diff":
+        raise ValueError("chosen='reference' needs spans='diff': the expert's report marks edits of the rollout")
     if spans == "diff" and tokenizer is None:
         raise ValueError("spans='diff' diffs token ids: pass the policy's tokenizer")
     if not gamma > 0:
@@ -100,11 +114,11 @@ def preferences_from_opa(
     skipped: Counter = Counter()
     for index, row in enumerate(opa_dataset):
         try:
-            pair = _opa_pair(row, gamma, spans, tokenizer, min_match)
+            pair = _opa_pair(row, gamma, spans, tokenizer, min_match, chosen)
         except SkipRow as skip:
             skipped[skip.reason] += 1
             continue
-        meta = {"builder": "preferences_from_opa", "row": index, "spans": spans, "gamma": gamma}
+        meta = {"builder": "preferences_from_opa", "row": index, "spans": spans, "gamma": gamma, "chosen": chosen}
         meta["opa_meta"] = json.loads(row["meta"]) if row.get("meta") else {}
         records.append(
             {
@@ -140,13 +154,14 @@ def build_preference_data(cfg: PreferenceDataConfig) -> dict:
     t0 = time.time()
     tokenizer = _load_tokenizer(cfg.policy) if cfg.spans == "diff" else None
     records, counts = preferences_from_opa(
-        load_opa_dataset(cfg.opa_dataset), cfg.gamma, cfg.spans, tokenizer, cfg.min_match
+        load_opa_dataset(cfg.opa_dataset), cfg.gamma, cfg.spans, tokenizer, cfg.min_match, cfg.chosen
     )
     summary = {
         "dataset": str(out / "dataset"),
         "opa_dataset": cfg.opa_dataset,
         "gamma": cfg.gamma,
         "spans": cfg.spans,
+        "chosen": cfg.chosen,
         **counts,
         "seconds": round(time.time() - t0, 1),
     }

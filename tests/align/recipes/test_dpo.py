@@ -158,6 +158,22 @@ def test_diff_spans_mark_the_changed_tokens_and_need_a_tokenizer():
     assert [pair["rejected"][s:e] for s, e, _ in pair["rejected_spans"]][0] == "fork"
 
 
+def test_reference_as_chosen_pairs_the_reference_with_the_rollout_under_diff_spans():
+    rows = [_opa_row("fixed", sample_report(), _png())]
+    with pytest.raises(ValueError, match="spans='diff'"):
+        preferences_from_opa(rows, gamma=G, chosen="reference")
+    (pair,), counts = preferences_from_opa(
+        rows, gamma=G, spans="diff", tokenizer=build_tiny_tokenizer(), chosen="reference"
+    )
+    assert pair["chosen"] == rows[0]["reference"] and counts["rows_out"] == 1
+    assert pair["rejected"] == " ".join(s["copied"].strip() for s in sample_report()["sentences"])
+    validate_spans(pair["chosen"], pair["chosen_spans"])
+    validate_spans(pair["rejected"], pair["rejected_spans"])
+    assert json.loads(pair["meta"])["chosen"] == "reference"
+    with pytest.raises(ValueError, match="spans: diff"):
+        PreferenceDataConfig(chosen="reference")
+
+
 def test_build_data_cli_writes_pairs_and_a_summary(pref_data, tmp_path, capsys):
     _, opa, _, n_pairs = pref_data
     config = str(REPO / "configs/toy/preference_data.yaml")
