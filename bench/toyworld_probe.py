@@ -74,16 +74,23 @@ def measure(workdir: Path) -> dict:
     ids = test["image_id"]
     policy_yes = [parse_yes_no(answers[(ids[r["image_index"]], r["question"], r["split"])]) == "yes" for r in rows]
     truth = probe.presence_labels(test["objects"])
-    per_class = [
-        probe.yes_no_scores((logits[:, c] > 0).tolist(), ["yes" if t else "no" for t in truth[:, c].tolist()])
+    per_class = {
+        tw.CLASSES[c]: probe.yes_no_scores(
+            (logits[:, c] > 0).tolist(), ["yes" if t else "no" for t in truth[:, c].tolist()]
+        )["balanced_accuracy"]
         for c in range(len(tw.CLASSES))
         if truth[:, c].any()  # a class this world never draws (the small ones of a v1 world) has no score
-    ]
-    balanced = [m["balanced_accuracy"] for m in per_class]
+    }
+    worst = min(per_class, key=per_class.get)
     out = {
         "workdir": str(workdir),
         "questions": {s: len(ix) for s, ix in groups.items()},
-        "probe_per_class": {"mean_balanced_accuracy": statistics.mean(balanced), "min": min(balanced)},
+        "probe_per_class": {
+            "mean_balanced_accuracy": statistics.mean(per_class.values()),
+            "min": per_class[worst],
+            "worst_class": worst,
+            "balanced_accuracy": per_class,
+        },
     }
     for name, yes in (("probe", probe_yes), ("policy", policy_yes)):
         out[name] = {
@@ -121,6 +128,8 @@ def main() -> None:
         cells = " | ".join(f"{v:.1f}" for v in vals)
         label = "mean over classes" if key.startswith("mean") else "worst class"
         lines.append(f"| every test image | balanced_accuracy ({label}) | probe | {cells} | {spread(vals)} |")
+    worst = " | ".join(r["probe_per_class"]["worst_class"] for r in results)
+    lines.append(f"| every test image | the worst class | probe | {worst} | |")
     table = "\n".join(lines)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
