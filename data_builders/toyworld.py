@@ -194,6 +194,11 @@ class WorldConfig:
         """Whether images and captions of this world ever hold the scenes' small classes."""
         return self.faint_vocabulary == "small" and (self.faint_prob > 0 or self.false_mention_prob > 0)
 
+    @property
+    def drawn_classes(self) -> list[str]:
+        """Every class an image or caption of this world can hold: the clear ones, then the small ones where drawn."""
+        return CLASSES if self.draws_small else CLEAR_CLASSES
+
     def typical(self, scene: str) -> list[str]:
         """The classes typical of `scene` in this world: its clear classes, then its small ones where drawn."""
         return SCENES[scene] + (SMALL[scene] if self.draws_small else [])

@@ -64,8 +64,7 @@ def _build_split(cfg: tw.WorldConfig, split: str, n: int) -> Dataset:
     rng = np.random.default_rng([cfg.seed, SPLITS.index(split)])
     scenes = [tw.sample_scene(rng, cfg) for _ in range(n)]
     freq = collections.Counter(o.name for _, objs in scenes for o in objs)
-    drawn = tw.CLASSES if cfg.draws_small else tw.CLEAR_CLASSES
-    popular = [c for c, _ in freq.most_common()] + [c for c in drawn if c not in freq]
+    popular = [c for c, _ in freq.most_common()] + [c for c in cfg.drawn_classes if c not in freq]
     rows = collections.defaultdict(list)
     for i, (scene, objects) in enumerate(bar(scenes, desc=f"toyworld {split}")):
         image = tw.render(objects, rng, cfg.noise, cfg.jitter, cfg.faint_contrast)
@@ -158,7 +157,7 @@ def yes_no_picks(questions: list[dict], objects: list[dict], index: int, n: int)
     # random, adversarial, random, ...; then the popular ones where an image with few positives has fewer distinct
     # negatives than asked; one object never asked twice
     popular = [q for q in questions if q["split"] == "popular" and q["label"] == "no"]
-    ranked = [q for rank in range(3) for same in negatives.values() if rank < len(same) for q in [same[rank]]]
+    ranked = [same[rank] for rank in range(3) for same in negatives.values() if rank < len(same)]
     picked_no: list[dict] = []
     for q in ranked + popular:
         if q["object"] not in {p["object"] for p in picked_no}:

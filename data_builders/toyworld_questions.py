@@ -9,8 +9,6 @@ import itertools
 import numpy as np
 
 from data_builders.toyworld import (
-    CLASSES,
-    CLEAR_CLASSES,
     GRID,
     NUMBER_WORDS,
     POSITIONS,
@@ -48,13 +46,16 @@ def qa_pairs(scene: str, objects: list[SceneObject], rng: np.random.Generator) -
     return out
 
 
+# questions asked without a world config rank and draw from the clear classes only, as every world before v2c did
+WITHOUT_SMALL = WorldConfig(faint_vocabulary="scene")
+
+
 def cooccurrence_rank(name: str, cfg: WorldConfig | None = None) -> list[str]:
     """Classes ranked by how often they co-occur with `name`: same scene first (POPE 'adversarial'); the scenes'
     small classes only where the world draws them."""
-    cfg = cfg or WorldConfig(faint_vocabulary="scene")
+    cfg = cfg or WITHOUT_SMALL
     same = [c for c in cfg.typical(SCENE_OF[name]) if c != name]
-    drawn = CLASSES if cfg.draws_small else CLEAR_CLASSES
-    return same + [c for c in drawn if c not in same and c != name]
+    return same + [c for c in cfg.drawn_classes if c not in same and c != name]
 
 
 def pope_questions(
@@ -69,6 +70,7 @@ def pope_questions(
     random: uniform over absent classes; popular: the most frequent classes overall; adversarial: the classes
     that co-occur most with the positives. Positives are shared across splits, as in POPE.
     """
+    cfg = cfg or WITHOUT_SMALL
     present = [o.name for o in objects]
     positives = list(rng.permutation(present))[:k]
     out = []
@@ -77,7 +79,7 @@ def pope_questions(
         negatives = []
         for pos in positives:
             if split == "random":
-                pool = [c for c in (CLASSES if cfg and cfg.draws_small else CLEAR_CLASSES) if c not in used]
+                pool = [c for c in cfg.drawn_classes if c not in used]
                 choice = str(rng.choice(pool))
             else:
                 ranked = popular if split == "popular" else cooccurrence_rank(pos, cfg)
