@@ -165,6 +165,14 @@ class DPORecipeConfig:
     sft_weight: float = field(
         default=0.0, metadata={"help": "Weight of an NLL term on the chosen answer (Muffin's SFT_weight; 0 = off)."}
     )
+    precompute_ref_logps: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute the reference's log-probs of every pair once before training and skip the reference "
+            "forward at every step (stored beside the dataset in ref_logps/, reused by runs with the same data, "
+            "start model and tokenisation). Same losses; each step runs the policy alone."
+        },
+    )
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Hallucination eval of the result."})
 
     def __post_init__(self):

@@ -209,8 +209,8 @@ class PreferenceCollator:
 
     def __call__(self, records: list[dict]) -> dict:
         pixels = self.processor.image_processor([r["image"] for r in records], return_tensors="pt")["pixel_values"]
-        masked = None
-        if any(v.endswith("_masked") for v in self.views):
+        masked, masked_views = None, any(v.endswith("_masked") for v in self.views)
+        if masked_views:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)  # a fresh, seeded mask per batch
             if self.mask == "random":
                 masked = mask_random(pixels, ratio=self.mask_ratio, generator=gen)
@@ -229,6 +229,8 @@ class PreferenceCollator:
             "pixel_values": torch.cat([masked if v.endswith("_masked") else pixels for v in self.views]),
             "token_weights": pad_right([s["weights"] for s in seqs], resp, 0.0, torch.float),
         }
+        if not masked_views and all("ref_logps" in s for s in seqs):  # precomputed (align/core/ref_cache.py)
+            batch["ref_logps"] = pad_right([s["ref_logps"] for s in seqs], resp, 0.0, torch.float)
         if "revision" in self.views:
             batch["revision_error_weights"] = pad_right(
                 [r["revision_error_weights"] for r in records], resp, 0.0, torch.float

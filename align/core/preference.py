@@ -11,8 +11,10 @@ import copy
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 from align.config.recipes import DPORecipeConfig
+from align.core import ref_cache
 from align.core.data import (
     DataError,
     PreferenceCollator,
@@ -121,7 +123,7 @@ class DDPOTrainer(AlignTrainer):
             if self.logs_this_step(model):
                 self.stash_step_logs({"sft": float(loss.detach())})
             return loss
-        ref = self.reference_logps(model, inputs, pol.shape[1])
+        ref = inputs["ref_logps"] if "ref_logps" in inputs else self.reference_logps(model, inputs, pol.shape[1])
         weights = inputs["token_weights"] if c.loss == "ddpo" else None
         w_ch, w_rj = (None, None) if weights is None else (weights[ch], weights[rj])
         loss, r_w, r_l = ddpo_loss(
@@ -162,7 +164,42 @@ def build_dpo_trainer(cfg: DPORecipeConfig) -> tuple[DDPOTrainer, object, dict]:
         ref_model=copy.deepcopy(model) if cfg.model.finetune == "full" else None,
         dpo_cfg=cfg,
     )
+    if cfg.precompute_ref_logps and cfg.loss != "sft":  # the SFT baseline has no reference
+        use_cached_reference(trainer, records, processor, cfg, dataset)
     return trainer, processor, counts
+
+
+def use_cached_reference(trainer: DDPOTrainer, records: list[dict], processor, cfg: DPORecipeConfig, dataset) -> None:
+    """Attach the reference's log-probs to every encoded pair (align/core/ref_cache.py): read from the dataset's
+    ref_logps/ when computed before under the same key, else computed now, in eval mode, and stored there."""
+    model = trainer.model
+    parts = {
+        "dataset": ref_cache.dataset_identity(dataset, cfg.dataset),
+        "reference": ref_cache.reference_identity(cfg.model, model),
+        "tokenisation": ref_cache.tokenisation_identity(
+            processor, cfg.data.max_length, image_seq_length(model.config)
+        ),
+        "views": VIEWS,
+    }
+    places = [Path(cfg.dataset) / ref_cache.CACHE_DIR, Path(cfg.run.output_dir) / ref_cache.CACHE_DIR]
+
+    def compute():
+        was_training = model.training
+        model.eval()  # the reference without dropout: deterministic, as the stored values must be
+        try:
+            return ref_cache.compute_reference_logps(
+                lambda batch: trainer.reference_logps(model, batch, batch["token_weights"].shape[1]),
+                records,
+                PreferenceCollator(processor, VIEWS),  # its own: the training collator's call count stays at 0
+                VIEWS,
+                cfg.optim.batch_size,
+                trainer.args.device,
+            )
+        finally:
+            model.train(was_training)
+
+    path, computed = ref_cache.cached_reference_logps(records, parts, places, compute, VIEWS)
+    print(f"[{cfg.loss}] reference log-probs {'computed and stored in' if computed else 'read from'} {path}")
 
 
 def train_dpo(cfg: DPORecipeConfig, prepare: Callable | None = None) -> dict:

@@ -202,3 +202,13 @@ def start_build(cfg, mode: str = "auto", tag: str = "build") -> dict | None:
     out.mkdir(parents=True, exist_ok=True)
     save_run_config(config, out / CONFIG_FILE)
     return None
+
+
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "adapter_model.bin")
+
+
+def weights_fingerprint(checkpoint: Path) -> dict[str, list[int]]:
+    """{weight file: [size, mtime_ns]} of a checkpoint (single, sharded or adapter files): cheap (no hashing of
+    many GB) and changed by any re-save, so cached results are tied to the weights that produced them."""
+    files = sorted({p for pattern in WEIGHT_FILES for p in checkpoint.glob(pattern) if p.is_file()})
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}

@@ -32,8 +32,9 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from align.config.sections import DataConfig, EvalConfig, check_benchmarks
+from align.core.run_dir import weights_fingerprint
 from align.eval.plots import collect_step_evals, plot_metrics
-from align.eval.runner import eval_settings, evaluate_checkpoint, weights_fingerprint
+from align.eval.runner import eval_settings, evaluate_checkpoint
 
 TRAINER_STATE = "trainer_state.json"
 

@@ -25,6 +25,7 @@ import yaml
 from align.config.loading import from_dict
 from align.config.sections import DataConfig, EvalConfig
 from align.core.models import load_policy
+from align.core.run_dir import weights_fingerprint
 from align.eval.benchmarks import BENCHMARKS
 from align.eval.judge import Judge
 from align.eval.public import run_source
@@ -123,16 +124,6 @@ def benchmark_settings(eval_cfg: EvalConfig, name: str) -> dict:
         "generation": settings["generation"],
         "judge": judge,
     }
-
-
-WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "adapter_model.bin")
-
-
-def weights_fingerprint(checkpoint: Path) -> dict[str, list[int]]:
-    """{weight file: [size, mtime_ns]} of a checkpoint (single, sharded or adapter files): cheap (no hashing of
-    many GB) and changed by any re-save, so cached results are tied to the weights that produced them."""
-    files = sorted({p for pattern in WEIGHT_FILES for p in checkpoint.glob(pattern) if p.is_file()})
-    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
 
 
 def _read_results(path: Path) -> dict:

@@ -7,8 +7,9 @@ import json
 import os
 
 from align.config.sections import DataConfig, EvalConfig
+from align.core.run_dir import weights_fingerprint
 from align.eval import runner
-from align.eval.runner import evaluate_checkpoint, weights_fingerprint
+from align.eval.runner import evaluate_checkpoint
 from tests.conftest import SMALL_WORLD
 
 
