@@ -17,6 +17,7 @@ import dataclasses
 import io
 
 import torch
+from datasets import Image as DatasetImage
 from PIL import Image
 
 from align.core.masking import mask_blocks, mask_random
@@ -46,9 +47,10 @@ def user_prompt(processor, prompt: str, context: list[dict] | None = None) -> st
 
 
 def to_pil(image, row_id: str) -> Image.Image:
-    """Accept a PIL image, `{"bytes": ...}` as datasets stores it, or raw bytes; anything else names the row."""
+    """Accept a PIL image, `{"bytes": ...}` as datasets stores it, or raw bytes; anything else names the row.
+    An RGB PIL image is returned as it is (not copied), so rows may share one."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return image if image.mode == "RGB" else image.convert("RGB")
     data = image.get("bytes") if isinstance(image, dict) else image
     if isinstance(image, dict) and data is None and image.get("path"):
         try:
@@ -124,10 +126,30 @@ def encode_row(processor, row: dict, max_length: int, features_per_image: int, _
     }
 
 
+def shared_images(dataset):
+    """The rows of `dataset` with each distinct image decoded once and shared by the rows that hold it (a ToyWorld
+    image has a caption and a dozen questions: decoding it per row took most of the encoding time, and kept a
+    dozen copies). A `datasets.Dataset` is read with its images left encoded, then decoded here."""
+    features = getattr(dataset, "features", None) or {}
+    if isinstance(features.get("image"), DatasetImage) and features["image"].decode:
+        dataset = dataset.cast_column("image", DatasetImage(decode=False))
+    decoded = {}
+    for i, row in enumerate(dataset):
+        image = row.get("image")
+        key = None
+        if isinstance(image, dict):
+            key = image.get("bytes") or (("path", image["path"]) if image.get("path") else None)
+        if key is not None:
+            if key not in decoded:
+                decoded[key] = to_pil(image, str(row.get("id", i)))
+            row = {**row, "image": decoded[key]}
+        yield row
+
+
 def encode_dataset(dataset, processor, max_length: int, features_per_image: int, desc: str = "encode"):
     """Encode every row; returns (encoded rows, EncodeStats). Too-long rows are skipped and listed in the stats."""
     stats, out, cache = EncodeStats(), [], {}
-    for row in bar(dataset, desc=desc):
+    for row in bar(shared_images(dataset), desc=desc, total=len(dataset)):
         stats.rows += 1
         enc = encode_row(processor, row, max_length, features_per_image, cache)
         if enc is None:
