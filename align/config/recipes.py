@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import field
 from typing import Literal
 
-from align.config.sections import DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig
+from align.config.sections import DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, check_packing
 from data_builders.configs import RLAIFVDataConfig
 
 
@@ -98,6 +98,7 @@ class SFTConfig:
             self.data = SFTDataConfig(**{f.name: getattr(self.data, f.name) for f in dataclasses.fields(DataConfig)})
         if self.model.name_or_path is None and self.model.finetune == "lora":
             raise ValueError("model: the tiny model is built from scratch, so it needs finetune: full, not lora")
+        check_packing(self.model, self.data)
 
 
 def preference_policy() -> ModelConfig:
@@ -180,6 +181,8 @@ class DPORecipeConfig:
             raise ValueError("model.name_or_path: DPO starts from a trained base policy (run `align demo` first)")
         if not self.beta > 0 or (self.gamma is not None and not self.gamma > 0) or self.sft_weight < 0:
             raise ValueError("need beta > 0, gamma > 0 or null, and sft_weight >= 0")
+        if self.data.packing:
+            raise ValueError("data.packing: packs SFT rows (sft, the OPA step); a DPO batch stays one row per answer")
 
 
 @dataclasses.dataclass
@@ -247,6 +250,7 @@ class OPADPOConfig:
             raise ValueError("model.name_or_path: OPA-DPO starts from a trained base policy (run `align demo` first)")
         if self.beta <= 0 or not 0 <= self.mask_ratio < 1:
             raise ValueError("need beta > 0 and 0 <= mask_ratio < 1")
+        check_packing(self.model, self.data)
 
 
 @dataclasses.dataclass

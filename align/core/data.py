@@ -195,13 +195,40 @@ def pad_right(rows: list[list], width: int, fill, dtype) -> torch.Tensor:
     return out
 
 
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: indices of `lengths` grouped into bins whose lengths sum to at most `capacity` (a
+    longer row gets a bin of its own). Bins are filled in order of decreasing length; each bin lists its rows in
+    the order they went in."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        slot = next((b for b, free in enumerate(room) if lengths[i] <= free), None)
+        if slot is None:
+            bins.append([i])
+            room.append(capacity - lengths[i])
+        else:
+            bins[slot].append(i)
+            room[slot] -= lengths[i]
+    return bins
+
+
 @dataclasses.dataclass
 class VisionSFTCollator:
-    """Right-pads encoded rows and runs the image processor; labels are -100 on prompt, image and padding."""
+    """Right-pads encoded rows and runs the image processor; labels are -100 on prompt, image and padding.
+
+    `packing` (with `max_length`, the bin size) concatenates rows into as few rows as fit instead (`pack_rows`),
+    with position ids restarting at 0 for each row and no attention mask: transformers then lets each token attend
+    only within its own row (its packed-sequence detection, which also needs `use_cache=False`). A bin's tail of
+    padding restarts the position ids too, so it is a separate sequence nothing attends to. The images go in the
+    order their rows appear, the order in which LLaVA places image features on `<image>` tokens."""
 
     processor: object
+    packing: bool = False
+    max_length: int | None = None
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        if self.packing:
+            return self.packed(rows)
         width = max(len(r["input_ids"]) for r in rows)
         pixels = self.processor.image_processor([r["image"] for r in rows], return_tensors="pt")["pixel_values"]
         return {
@@ -211,6 +238,25 @@ class VisionSFTCollator:
             "attention_mask": pad_right([[1] * len(r["input_ids"]) for r in rows], width, 0, torch.long),
             "labels": pad_right([r["labels"] for r in rows], width, -100, torch.long),
             "pixel_values": pixels,
+        }
+
+    def packed(self, rows: list[dict]) -> dict:
+        lengths = [len(r["input_ids"]) for r in rows]
+        bins = [[rows[i] for i in members] for members in pack_rows(lengths, self.max_length or max(lengths))]
+        width = max(sum(len(r["input_ids"]) for r in members) for members in bins)
+        ids, labels, positions = [], [], []
+        for members in bins:
+            used = sum(len(r["input_ids"]) for r in members)
+            ids.append([t for r in members for t in r["input_ids"]])
+            labels.append([t for r in members for t in r["labels"]])
+            positions.append([p for r in members for p in range(len(r["input_ids"]))] + list(range(width - used)))
+        pixels = self.processor.image_processor([r["image"] for m in bins for r in m], return_tensors="pt")
+        return {
+            "input_ids": pad_right(ids, width, self.processor.tokenizer.pad_token_id, torch.long),
+            "labels": pad_right(labels, width, -100, torch.long),
+            "position_ids": torch.tensor(positions, dtype=torch.long),
+            "pixel_values": pixels["pixel_values"],
+            "use_cache": False,  # with a cache transformers skips the packed-sequence mask
         }
 
 

@@ -88,7 +88,7 @@ def opa_step(cfg: OPADPOConfig, dataset) -> Path:
         model=model,
         args=training_arguments(run, optim, cfg.model.dtype),
         train_dataset=RowsDataset(encoded),
-        data_collator=VisionSFTCollator(processor),
+        data_collator=VisionSFTCollator(processor, cfg.data.packing, cfg.data.max_length),
         processing_class=processor,
     )
     result, final = train_and_save(trainer, run, processor, opa_step_config(cfg, run), tag="opa")

@@ -96,7 +96,7 @@ def main(cfg: SFTConfig) -> dict:
         model=model,
         args=training_arguments(run, cfg.optim, cfg.model.dtype),
         train_dataset=RowsDataset(encoded),
-        data_collator=VisionSFTCollator(processor),
+        data_collator=VisionSFTCollator(processor, cfg.data.packing, cfg.data.max_length),
         processing_class=processor,
         projector_lr=cfg.optim.projector_lr,
     )
