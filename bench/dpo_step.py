@@ -261,14 +261,14 @@ def markdown(results: dict) -> str:
     lines += [f"{m['cpu']}, {m['cores']} cores; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), ""]
     for shape, block in results["shapes"].items():
         lines += [f"## {shape}: {block['description']}", ""]
-        lines += ["| variant | steps/s | x TRL | peak MB | x TRL | forwards/step | one-off precompute (s) |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["| variant | steps/s | x TRL | peak MB | x TRL | forwards/step | precompute (s) | mean loss |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for v, r in block["rows"].items():
             pre = "" if r["precompute_s"] is None else f"{r['precompute_s']:.1f}"
             x = lambda value: "" if value is None else f"{value:.2f}"  # noqa: E731
             lines.append(
                 f"| {v} | {r['steps_per_s']:.3f} | {x(r['speed_vs_trl'])} | {r['peak_mb']:.0f} | "
-                f"{x(r['peak_vs_trl'])} | {r['forwards_per_step']:g} | {pre} |"
+                f"{x(r['peak_vs_trl'])} | {r['forwards_per_step']:g} | {pre} | {r['train_loss']:.6f} |"
             )
         lines.append("")
         for name, verdict in block["verdicts"].items():
