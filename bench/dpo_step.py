@@ -14,6 +14,7 @@ Variants (each a fresh process running `transformers.Trainer.train()` as a user 
   ddpo          our dense DPO (RLHF-V's token weights from the spans)
   opa_dpo       OPA-DPO's loss on its five views (reference, rollout, revision and the two masked-image views):
                 one policy forward over all five and one reference forward
+  opa_cached    the same with precompute_ref_logps: true (the reference forward on the two masked views only)
   opa_per_view  the same loss with one view per forward (10 forwards a step): what "five views in two passes" saves
 Shapes: `toy` is the ToyWorld policy (2 layers x 128, 9 image tokens, ~35-token answers, 8 pairs a batch);
 `large` is 8 layers x 512, LLaVA-1.5's 32,064-word vocabulary, 576 image tokens and 1,000-token answers, 1 pair a
@@ -49,7 +50,7 @@ sys.path.append(str(ROOT))  # appended: the repo's kernels/ must not shadow an i
 from dpo_step_trainers import PROMPT, SHAPES, opa_trainer, our_dpo_trainer, trl_trainer  # noqa: E402
 from machine import machine_info  # noqa: E402  (this script's folder is on sys.path)
 
-VARIANTS = ("trl", "dpo", "dpo_cached", "ddpo", "opa_dpo", "opa_per_view")
+VARIANTS = ("trl", "dpo", "dpo_cached", "ddpo", "opa_dpo", "opa_cached", "opa_per_view")
 SPEED_TARGET = 1.2  # our DPO step >= 1.2x TRL's steps/s ...
 # the memory round: big blocks mmap'd and returned to the system on free, so that RSS follows live memory rather
 # than glibc's free lists (which keep a warm-up's blocks resident); it slows every variant alike (~20%), hence apart
@@ -170,7 +171,7 @@ def worker(args) -> dict:
         loss = "ddpo" if v == "ddpo" else "dpo"
         trainer, precompute = our_dpo_trainer(paths, args.shape, steps, out, timer, loss, v == "dpo_cached")
     else:
-        trainer = opa_trainer(paths, args.shape, steps, out, timer, per_view=v == "opa_per_view")
+        trainer, precompute = opa_trainer(paths, args.shape, steps, out, timer, v == "opa_per_view", v == "opa_cached")
     count_forwards(trainer, timer)
     result = trainer.train()
     measured = timer.ends[warmup - 1 :]
@@ -180,7 +181,7 @@ def worker(args) -> dict:
         "peak_mb": round(timer.peak / 2**20, 1),
         "base_mb": round(timer.base / 2**20, 1),
         "forwards_per_step": round((timer.forwards - timer.forwards_at_warmup) / (len(measured) - 1), 2),
-        "precompute_s": round(precompute, 2) if v == "dpo_cached" else None,
+        "precompute_s": round(precompute, 2) if v.endswith("_cached") else None,
         "train_loss": result.training_loss,
         "pairs_per_step": batch,
         "device": "cuda" if cuda else "cpu",

@@ -241,6 +241,14 @@ class OPADPOConfig:
             "OPA-DPO; counters the DPO stage's drift to shorter answers."
         },
     )
+    precompute_ref_logps: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute the reference's log-probs of the reference answer, rollout and revision once before "
+            "the DPO stage (stored beside the dataset in ref_logps/); the reference forward then runs on the two "
+            "masked-image views alone, whose masks are drawn per batch. Same losses."
+        },
+    )
     mask: Literal["random", "blocks"] = field(default="random", metadata={"help": "Image masking for I_m."})
     mask_ratio: float = field(default=0.3, metadata={"help": "Share of the image masked."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Hallucination eval of the result."})

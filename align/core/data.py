@@ -277,8 +277,8 @@ class PreferenceCollator:
 
     def __call__(self, records: list[dict]) -> dict:
         pixels = self.processor.image_processor([r["image"] for r in records], return_tensors="pt")["pixel_values"]
-        masked, masked_views = None, any(v.endswith("_masked") for v in self.views)
-        if masked_views:
+        masked = None
+        if any(v.endswith("_masked") for v in self.views):
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)  # a fresh, seeded mask per batch
             if self.mask == "random":
                 masked = mask_random(pixels, ratio=self.mask_ratio, generator=gen)
@@ -297,8 +297,12 @@ class PreferenceCollator:
             "pixel_values": torch.cat([masked if v.endswith("_masked") else pixels for v in self.views]),
             "token_weights": pad_right([s["weights"] for s in seqs], resp, 0.0, torch.float),
         }
-        if not masked_views and all("ref_logps" in s for s in seqs):  # precomputed (align/core/ref_cache.py)
-            batch["ref_logps"] = pad_right([s["ref_logps"] for s in seqs], resp, 0.0, torch.float)
+        # the reference's precomputed log-probs (align/core/ref_cache.py) where stored: not for the masked views,
+        # whose masks are drawn per batch (their rows stay 0; the trainer computes them)
+        cached = [not v.endswith("_masked") for v in self.views for _ in records]
+        if all("ref_logps" in s for s, c in zip(seqs, cached) if c):
+            logps = [s["ref_logps"] if c else [] for s, c in zip(seqs, cached)]
+            batch["ref_logps"] = pad_right(logps, resp, 0.0, torch.float)
         if "revision" in self.views:
             batch["revision_error_weights"] = pad_right(
                 [r["revision_error_weights"] for r in records], resp, 0.0, torch.float

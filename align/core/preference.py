@@ -11,7 +11,6 @@ import copy
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 from align.config.recipes import DPORecipeConfig
 from align.core import ref_cache
@@ -165,41 +164,10 @@ def build_dpo_trainer(cfg: DPORecipeConfig) -> tuple[DDPOTrainer, object, dict]:
         dpo_cfg=cfg,
     )
     if cfg.precompute_ref_logps and cfg.loss != "sft":  # the SFT baseline has no reference
-        use_cached_reference(trainer, records, processor, cfg, dataset)
+        ref_cache.attach_reference_logps(
+            trainer, records, processor, VIEWS, dataset, cfg.dataset, cfg.model, cfg.data.max_length, tag=cfg.loss
+        )
     return trainer, processor, counts
-
-
-def use_cached_reference(trainer: DDPOTrainer, records: list[dict], processor, cfg: DPORecipeConfig, dataset) -> None:
-    """Attach the reference's log-probs to every encoded pair (align/core/ref_cache.py): read from the dataset's
-    ref_logps/ when computed before under the same key, else computed now, in eval mode, and stored there."""
-    model = trainer.model
-    parts = {
-        "dataset": ref_cache.dataset_identity(dataset, cfg.dataset),
-        "reference": ref_cache.reference_identity(cfg.model, model),
-        "tokenisation": ref_cache.tokenisation_identity(
-            processor, cfg.data.max_length, image_seq_length(model.config)
-        ),
-        "views": VIEWS,
-    }
-    places = [Path(cfg.dataset) / ref_cache.CACHE_DIR, Path(cfg.run.output_dir) / ref_cache.CACHE_DIR]
-
-    def compute():
-        was_training = model.training
-        model.eval()  # the reference without dropout: deterministic, as the stored values must be
-        try:
-            return ref_cache.compute_reference_logps(
-                lambda batch: trainer.reference_logps(model, batch, batch["token_weights"].shape[1]),
-                records,
-                PreferenceCollator(processor, VIEWS),  # its own: the training collator's call count stays at 0
-                VIEWS,
-                cfg.optim.batch_size,
-                trainer.args.device,
-            )
-        finally:
-            model.train(was_training)
-
-    path, computed = ref_cache.cached_reference_logps(records, parts, places, compute, VIEWS)
-    print(f"[{cfg.loss}] reference log-probs {'computed and stored in' if computed else 'read from'} {path}")
 
 
 def train_dpo(cfg: DPORecipeConfig, prepare: Callable | None = None) -> dict:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from align.core.data import PreferenceCollator
 from align.core.run_dir import weights_fingerprint
 from data_builders.progress import bar
 
@@ -132,3 +133,35 @@ def cached_reference_logps(records, parts: dict, places: list[Path], compute, vi
         except OSError as e:  # a read-only dataset folder: the next place (the run directory)
             print(f"[ref-logps] cannot write {place / name} ({e}); trying the next place")
     raise OSError(f"reference log-probs could not be saved in any of {[str(p) for p in places]}")
+
+
+def attach_reference_logps(trainer, records, processor, views, dataset, dataset_path, start, max_length, tag) -> None:
+    """Attach the reference's log-probs of `views` to every encoded record: read from `<dataset_path>/ref_logps/`
+    when computed before under the same key, else computed now (in eval mode, batches of the trainer's size) and
+    stored there (or in the run directory). `start` is the model config of the reference (the start policy)."""
+    model = trainer.model
+    parts = {
+        "dataset": dataset_identity(dataset, dataset_path),
+        "reference": reference_identity(start, model),
+        "tokenisation": tokenisation_identity(processor, max_length, int(model.config.image_seq_length)),
+        "views": list(views),
+    }
+    places = [Path(dataset_path) / CACHE_DIR, Path(trainer.args.output_dir) / CACHE_DIR]
+
+    def compute():
+        was_training = model.training
+        model.eval()  # the reference without dropout: deterministic, as stored values must be
+        try:
+            return compute_reference_logps(
+                lambda batch: trainer.reference_logps(model, batch, batch["token_weights"].shape[1]),
+                records,
+                PreferenceCollator(processor, tuple(views)),  # its own: the training collator's count stays put
+                views,
+                trainer.args.per_device_train_batch_size,
+                trainer.args.device,
+            )
+        finally:
+            model.train(was_training)
+
+    path, computed = cached_reference_logps(records, parts, places, compute, views)
+    print(f"[{tag}] reference log-probs {'computed and stored in' if computed else 'read from'} {path}")

@@ -29,6 +29,7 @@ import torch
 from align.config.loading import to_dict
 from align.config.recipes import OPADPOConfig
 from align.config.sections import OptimConfig
+from align.core import ref_cache
 from align.core.data import (
     PreferenceCollator,
     RowsDataset,
@@ -160,8 +161,8 @@ class OPADPOTrainer(AlignTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         c = self.opa_cfg
         pol, mask = response_logps(model, inputs, inputs["token_weights"].shape[1])
-        ref = self.reference_logps(model, inputs, pol.shape[1])
         n = len(pol) // len(self.views)
+        ref = self.stage_reference(model, inputs, pol.shape[1], n)
         view = {v: slice(i * n, (i + 1) * n) for i, v in enumerate(self.views)}
         if c.baseline == "offpolicy":
             loss, r_w, r_l = self._pair(pol, ref, mask, view, "reference", "rollout")
@@ -176,6 +177,19 @@ class OPADPOTrainer(AlignTrainer):
         if self.logs_this_step(model):
             self.stash_step_logs(step_logs(parts, rewards))
         return loss
+
+    def stage_reference(self, model, inputs: dict, width: int, n: int) -> torch.Tensor:
+        """The reference's log-probs of every row: a forward over the whole batch, or, with precomputed ones
+        (`precompute_ref_logps`), a forward over the masked-image views' rows alone."""
+        if "ref_logps" not in inputs:
+            return self.reference_logps(model, inputs, width)
+        ref = inputs["ref_logps"].clone()
+        masked = [i for i, v in enumerate(self.views) if v.endswith("_masked")]
+        if masked:
+            rows = torch.cat([torch.arange(i * n, (i + 1) * n) for i in masked]).to(ref.device)
+            keys = ("input_ids", "attention_mask", "pixel_values", "labels")
+            ref[rows] = self.reference_logps(model, {k: inputs[k][rows] for k in keys}, width)
+        return ref
 
     def _pair(self, pol, ref, mask, view, chosen: str, rejected: str, w_weights=None, l_weights=None):
         w, r = view[chosen], view[rejected]
@@ -251,6 +265,11 @@ def build_trainer(cfg: OPADPOConfig, dataset, start: Path) -> tuple[OPADPOTraine
         opa_cfg=cfg,
         views=views,
     )
+    if cfg.precompute_ref_logps:  # the views whose images are not masked per batch
+        ref_cache.attach_reference_logps(
+            trainer, records, processor, [v for v in views if not v.endswith("_masked")], dataset, cfg.dataset,
+            dataclasses.replace(cfg.model, name_or_path=str(start)), cfg.data.max_length, tag=stage_tag(cfg),
+        )  # fmt: skip
     return trainer, processor, len(records)
 
 

@@ -120,3 +120,51 @@ def test_stored_values_round_trip_and_must_fit_the_tokens(tmp_path):
         ref_cache.attach(records, values[:1], views)
     assert ref_cache.cache_key({"a": 1, "b": [2]}) == ref_cache.cache_key({"b": [2], "a": 1})
     assert ref_cache.cache_key({"a": 1}) != ref_cache.cache_key({"a": 2})
+
+
+def opa_config(tmp_path, policy, dataset, name, **kw):
+    from align.config.recipes import OPADPOConfig, OPAStepConfig
+
+    run, kw = split_run(tmp_path / name, kw, logging_steps=1, save_steps=100, eval_at_end=False)
+    return OPADPOConfig(
+        run=run,
+        dataset=dataset,
+        model=ModelConfig(name_or_path=policy, lora_r=4, lora_alpha=8, lora_dropout=0.0),
+        data=DataConfig(world=SMALL_WORLD, max_length=160),
+        opa=OPAStepConfig(steps=2, lr=1e-3, batch_size=8),
+        optim=OptimConfig(lr=1e-2, warmup_steps=0, max_steps=3, batch_size=2),
+        eval=EvalConfig(limit=2, pope=False),
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("baseline", ["none", "offpolicy"])
+def test_opa_dpo_with_stored_reference_gives_the_same_losses(micro_opa_data, tmp_path, monkeypatch, baseline):
+    """OPA-DPO's five views: the reference answer, rollout and revision come from the store, the two masked-image
+    views (masks drawn per batch) from a reference forward over their rows alone; the off-policy baseline's two
+    views come from the store entirely."""
+    from align.recipes import opa_dpo
+
+    policy, dataset = micro_opa_data
+    keys = ("loss", "pair_std", "rewards/reference", "rewards/margin")
+    plain = opa_dpo.main(opa_config(tmp_path, policy, dataset, "plain", baseline=baseline))
+    rows_seen = []
+    real = opa_dpo.OPADPOTrainer.reference_logps
+
+    def counting(self, model, inputs, width=None):
+        if model.training:  # a training step's reference forward (the precompute runs in eval mode)
+            rows_seen.append(len(inputs["input_ids"]))
+        return real(self, model, inputs, width)
+
+    monkeypatch.setattr(opa_dpo.OPADPOTrainer, "reference_logps", counting)
+    cached = opa_dpo.main(
+        opa_config(tmp_path, policy, dataset, "cached", baseline=baseline, precompute_ref_logps=True)
+    )
+    a = [h for h in plain["log_history"] if "pair_std" in h]
+    b = [h for h in cached["log_history"] if "pair_std" in h]
+    assert len(a) == len(b) == 3
+    for step_a, step_b in zip(a, b):
+        for key in keys:
+            assert step_b[key] == pytest.approx(step_a[key], abs=1e-5), (key, step_a, step_b)
+    # 3 training steps of 2 records: a forward over the masked views' 4 rows each (none for the baseline)
+    assert rows_seen == ([] if baseline == "offpolicy" else [4, 4, 4])
