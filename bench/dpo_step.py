@@ -313,7 +313,7 @@ def main() -> int:
     )
     started = time.time()
     results = {
-        "command": "python bench/dpo_step.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python bench/dpo_step.py", *sys.argv[1:]]),
         "machine": machine_info(),
         "shapes": {},
     }
