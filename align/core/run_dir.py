@@ -40,6 +40,9 @@ CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 # in flight. Everything else counts, logging_steps and
 # save_steps included: they change the stored loss history and which checkpoints (and checkpoint evals) exist.
 UNCOMPARED = ("existing", "output_dir", "cache_dir", "report_to", "save_total_limit", "concurrency")
+# Keys added after runs were saved, with the value a run saved without them ran under (their default, which keeps
+# the old behaviour), so that a run made by an earlier version is not refused as changed for lacking them.
+ADDED_KEYS = {"packing": False, "precompute_ref_logps": False}
 _UNSET = object()
 
 
@@ -68,6 +71,9 @@ def config_diff(old: dict, new: dict) -> list[str]:
     """The keys whose values differ, as `optim.max_steps: 100 -> 3` (`(unset)` for a key one side lacks), sorted;
     the UNCOMPARED keys are left out."""
     a, b = flatten(old), flatten(new)
+    for key in set(b) - set(a):
+        if key.rsplit(".", 1)[-1] in ADDED_KEYS:
+            a[key] = ADDED_KEYS[key.rsplit(".", 1)[-1]]
     keys = sorted(k for k in set(a) | set(b) if k.rsplit(".", 1)[-1] not in UNCOMPARED)
     return [f"{k}: {_show(a, k)} -> {_show(b, k)}" for k in keys if a.get(k, _UNSET) != b.get(k, _UNSET)]
 

@@ -156,3 +156,10 @@ def test_a_build_with_failed_items_runs_again(tmp_path):
     cfg = OPADataConfig(output_dir=str(tmp_path / "data"))
     built(tmp_path / "data", cfg, failed={"expert_failed": 2})
     assert start_build(cfg) is None  # a rerun retries what failed
+
+
+def test_a_run_saved_before_a_key_was_added_is_unchanged_at_its_default():
+    new = {**CONFIG, "data": {"packing": False}, "precompute_ref_logps": False}
+    assert config_diff(CONFIG, new) == []
+    turned_on = {**CONFIG, "data": {"packing": True}}
+    assert config_diff(CONFIG, turned_on) == ["data.packing: false -> true"]
