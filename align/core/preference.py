@@ -108,6 +108,10 @@ class DDPOTrainer(AlignTrainer):
     """Loss `ddpo_loss` (plain sequence DPO when loss: dpo) against the reference (ReferenceMixin); loss: sft is
     the SFT-on-chosen baseline (the rejected rows are encoded too, so both read the same batches, and ignored)."""
 
+    # compute_loss returns a batch mean, not a sum over the batch's tokens: Trainer must divide it by the
+    # accumulation steps (left to decide, it assumes a LLaVA's loss is already scaled and sums the microbatches)
+    loss_is_scaled_for_ga = False
+
     def __init__(self, *args, dpo_cfg: DPORecipeConfig, **kwargs):
         super().__init__(*args, **kwargs)
         self.dpo_cfg = dpo_cfg

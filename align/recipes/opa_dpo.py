@@ -154,6 +154,8 @@ class OPADPOTrainer(AlignTrainer):
     """OPA-DPO's four pairs and anchor (or, as the off-policy baseline, the reference-vs-rollout pair alone) against
     the reference (ReferenceMixin)."""
 
+    loss_is_scaled_for_ga = False  # a batch mean: Trainer divides it by the accumulation steps (preference.py)
+
     def __init__(self, *args, opa_cfg: OPADPOConfig, views: tuple[str, ...], **kwargs):
         super().__init__(*args, **kwargs)
         self.opa_cfg, self.views = opa_cfg, views
