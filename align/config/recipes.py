@@ -92,8 +92,17 @@ class SFTConfig:
     freeze_vision: bool = field(
         default=True, metadata={"help": "Keep the vision tower frozen during SFT (LLaVA-1.5)."}
     )
+    loss_average: Literal["token", "row"] = field(
+        default="token",
+        metadata={
+            "help": "token: the mean NLL over every response token of the batch (LLaVA's, transformers'); row: "
+            "each row's mean token NLL, averaged over rows, so a 2-token answer weighs as much as a caption."
+        },
+    )
 
     def __post_init__(self):
+        if self.loss_average == "row" and self.data.packing:
+            raise ValueError("loss_average: row needs the rows apart; set data.packing: false")
         if type(self.data) is DataConfig:  # a plain data section (code, not YAML): ToyWorld, as before
             self.data = SFTDataConfig(**{f.name: getattr(self.data, f.name) for f in dataclasses.fields(DataConfig)})
         if self.model.name_or_path is None and self.model.finetune == "lora":

@@ -23,6 +23,7 @@ import time
 from align.config.recipes import SFTConfig
 from align.config.sections import EvalConfig
 from align.core.data import RowsDataset, VisionSFTCollator, encode_dataset, image_seq_length
+from align.core.logprobs import response_logps
 from align.core.models import build_model, vision_tower
 from align.core.run_dir import last_checkpoint
 from align.core.trainer import AlignTrainer, begin_run, train_and_save, training_arguments, write_summary
@@ -47,6 +48,16 @@ def training_rows(cfg: SFTConfig):
         f"{report['rows']} rows, {skipped_line(report)}; details in train_summary.json (data)"
     )
     return rows, None, report
+
+
+class RowMeanSFTTrainer(AlignTrainer):
+    """`loss_average: row`: each row's mean token NLL, averaged over the batch's rows."""
+
+    loss_is_scaled_for_ga = False  # a mean over rows: Trainer divides it by the accumulation steps
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logps, mask = response_logps(model, inputs)
+        return (-(logps * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
 
 
 def run_eval(cfg: SFTConfig) -> EvalConfig | None:
@@ -92,7 +103,7 @@ def main(cfg: SFTConfig) -> dict:
     encoded, stats = encode_dataset(rows, processor, cfg.data.max_length, image_seq_length(model.config))
     print(f"[sft] {stats.summary()}")
 
-    trainer = AlignTrainer(
+    trainer = (RowMeanSFTTrainer if cfg.loss_average == "row" else AlignTrainer)(
         model=model,
         args=training_arguments(run, cfg.optim, cfg.model.dtype),
         train_dataset=RowsDataset(encoded),

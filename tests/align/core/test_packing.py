@@ -89,3 +89,35 @@ def test_sft_trains_on_packed_batches(tmp_path, cache_dir):
     summary = sft_main(cfg)
     losses = [loss for _, loss in summary["loss_history"]]
     assert len(losses) == 2 and losses[-1] < losses[0]
+
+
+def test_row_average_weighs_each_row_alike(tmp_path, cache_dir):
+    """loss_average: row trains; its first loss is the mean of each row's mean NLL (checked by hand on one batch)."""
+    from align.core.logprobs import response_logps
+    from align.recipes.sft import RowMeanSFTTrainer
+
+    model, processor = __import__("align.core.models", fromlist=["build_model"]).build_model(
+        ModelConfig(tiny=MICRO_SPEC, finetune="full"), seed=0
+    )
+    rng = np.random.default_rng(1)
+    rows = [
+        {"id": f"r{i}", "image": {"bytes": tw.image_to_png(tw.render(tw.sample_scene(rng, tw.WorldConfig())[1], rng,
+         18.0)), "path": None}, "prompt": "what is here ?", "response": text}
+        for i, text in enumerate(["yes.", "a red cup is at the top left and a blue bowl at the center."])
+    ]  # fmt: skip
+    encoded, _ = encode_dataset(rows, processor, 160, image_seq_length(model.config))
+    batch = VisionSFTCollator(processor)(encoded)
+    trainer = RowMeanSFTTrainer.__new__(RowMeanSFTTrainer)  # compute_loss alone, no Trainer set-up
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)  # token NLLs far apart, so the two averages differ
+        loss = trainer.compute_loss(model, batch)
+        logps, mask = response_logps(model, batch)
+        by_hand = sum(-logps[i][mask[i]].mean() for i in range(2)) / 2
+        token_mean = model(**batch).loss
+    assert loss.item() == pytest.approx(by_hand.item(), abs=1e-6)
+    assert abs(loss.item() - token_mean.item()) > 0.1  # the short row weighs more than its tokens
+    with pytest.raises(ValueError, match="needs the rows apart"):
+        SFTConfig(data=DataConfig(packing=True), loss_average="row")
+    cfg = micro_sft_config(tmp_path / "row", cache_dir, steps=12, eval_at_end=False, loss_average="row")
+    losses = [loss for _, loss in sft_main(cfg)["loss_history"]]
+    assert len(losses) == 2 and losses[-1] < losses[0]
