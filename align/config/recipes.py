@@ -92,17 +92,20 @@ class SFTConfig:
     freeze_vision: bool = field(
         default=True, metadata={"help": "Keep the vision tower frozen during SFT (LLaVA-1.5)."}
     )
-    loss_average: Literal["token", "row"] = field(
-        default="token",
+    row_weight_power: float = field(
+        default=0.0,
         metadata={
-            "help": "token: the mean NLL over every response token of the batch (LLaVA's, transformers'); row: "
-            "each row's mean token NLL, averaged over rows, so a 2-token answer weighs as much as a caption."
+            "help": "Each row's response tokens weigh n^-p in the loss (n: that row's tokens). 0: the mean over "
+            "the batch's tokens (LLaVA's); 1: the mean of the rows' means, so a 2-token yes/no answer weighs as "
+            "much as a 35-token caption."
         },
     )
 
     def __post_init__(self):
-        if self.loss_average == "row" and self.data.packing:
-            raise ValueError("loss_average: row needs the rows apart; set data.packing: false")
+        if not 0.0 <= self.row_weight_power <= 1.0:
+            raise ValueError(f"row_weight_power must be in [0, 1], got {self.row_weight_power}")
+        if self.row_weight_power and self.data.packing:
+            raise ValueError("row_weight_power needs the rows apart; set data.packing: false")
         if type(self.data) is DataConfig:  # a plain data section (code, not YAML): ToyWorld, as before
             self.data = SFTDataConfig(**{f.name: getattr(self.data, f.name) for f in dataclasses.fields(DataConfig)})
         if self.model.name_or_path is None and self.model.finetune == "lora":

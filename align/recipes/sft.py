@@ -50,14 +50,18 @@ def training_rows(cfg: SFTConfig):
     return rows, None, report
 
 
-class RowMeanSFTTrainer(AlignTrainer):
-    """`loss_average: row`: each row's mean token NLL, averaged over the batch's rows."""
+class RowWeightedSFTTrainer(AlignTrainer):
+    """`row_weight_power: p`: Σ_rows n^-p Σ_t NLL / Σ_rows n^(1-p) over the batch's rows of n response tokens each
+    (p = 0 is the token mean, p = 1 the mean of the rows' means)."""
 
-    loss_is_scaled_for_ga = False  # a mean over rows: Trainer divides it by the accumulation steps
+    loss_is_scaled_for_ga = False  # a weighted mean over rows: Trainer divides it by the accumulation steps
+    row_weight_power = 0.0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logps, mask = response_logps(model, inputs)
-        return (-(logps * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+        n = mask.sum(1).clamp(min=1).float()
+        weights = n.pow(-self.row_weight_power)
+        return (weights * -(logps * mask).sum(1)).sum() / (weights * n).sum()
 
 
 def run_eval(cfg: SFTConfig) -> EvalConfig | None:
@@ -103,7 +107,7 @@ def main(cfg: SFTConfig) -> dict:
     encoded, stats = encode_dataset(rows, processor, cfg.data.max_length, image_seq_length(model.config))
     print(f"[sft] {stats.summary()}")
 
-    trainer = (RowMeanSFTTrainer if cfg.loss_average == "row" else AlignTrainer)(
+    trainer = (RowWeightedSFTTrainer if cfg.row_weight_power else AlignTrainer)(
         model=model,
         args=training_arguments(run, cfg.optim, cfg.model.dtype),
         train_dataset=RowsDataset(encoded),
@@ -111,6 +115,7 @@ def main(cfg: SFTConfig) -> dict:
         processing_class=processor,
         projector_lr=cfg.optim.projector_lr,
     )
+    trainer.row_weight_power = cfg.row_weight_power
     eval_cfg = run_eval(cfg)
     if eval_cfg is not None:
         attach_checkpoint_eval(trainer, dataclasses.replace(cfg, eval=eval_cfg))

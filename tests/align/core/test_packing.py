@@ -91,10 +91,12 @@ def test_sft_trains_on_packed_batches(tmp_path, cache_dir):
     assert len(losses) == 2 and losses[-1] < losses[0]
 
 
-def test_row_average_weighs_each_row_alike(tmp_path, cache_dir):
-    """loss_average: row trains; its first loss is the mean of each row's mean NLL (checked by hand on one batch)."""
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_row_weights_weigh_short_rows_up(tmp_path, cache_dir, power):
+    """row_weight_power: p weighs each row's tokens n^-p (checked by hand on one batch: p = 1 is the mean of the
+    rows' means); an SFT run trains with it."""
     from align.core.logprobs import response_logps
-    from align.recipes.sft import RowMeanSFTTrainer
+    from align.recipes.sft import RowWeightedSFTTrainer
 
     model, processor = __import__("align.core.models", fromlist=["build_model"]).build_model(
         ModelConfig(tiny=MICRO_SPEC, finetune="full"), seed=0
@@ -107,17 +109,22 @@ def test_row_average_weighs_each_row_alike(tmp_path, cache_dir):
     ]  # fmt: skip
     encoded, _ = encode_dataset(rows, processor, 160, image_seq_length(model.config))
     batch = VisionSFTCollator(processor)(encoded)
-    trainer = RowMeanSFTTrainer.__new__(RowMeanSFTTrainer)  # compute_loss alone, no Trainer set-up
+    trainer = RowWeightedSFTTrainer.__new__(RowWeightedSFTTrainer)  # compute_loss alone, no Trainer set-up
+    trainer.row_weight_power = power
     with torch.no_grad():
         model.lm_head.weight.mul_(30)  # token NLLs far apart, so the two averages differ
         loss = trainer.compute_loss(model, batch)
         logps, mask = response_logps(model, batch)
-        by_hand = sum(-logps[i][mask[i]].mean() for i in range(2)) / 2
+        nll = [-logps[i][mask[i]].sum() for i in range(2)]
+        n = [float(mask[i].sum()) for i in range(2)]
+        by_hand = sum(nll[i] * n[i] ** -power for i in range(2)) / sum(n[i] ** (1 - power) for i in range(2))
+        if power == 1.0:
+            assert by_hand.item() == pytest.approx(sum(nll[i] / n[i] for i in range(2)).item() / 2, abs=1e-6)
         token_mean = model(**batch).loss
     assert loss.item() == pytest.approx(by_hand.item(), abs=1e-6)
-    assert abs(loss.item() - token_mean.item()) > 0.1  # the short row weighs more than its tokens
+    assert abs(loss.item() - token_mean.item()) > 0.05  # the short row weighs more than its tokens
     with pytest.raises(ValueError, match="needs the rows apart"):
-        SFTConfig(data=DataConfig(packing=True), loss_average="row")
-    cfg = micro_sft_config(tmp_path / "row", cache_dir, steps=12, eval_at_end=False, loss_average="row")
+        SFTConfig(data=DataConfig(packing=True), row_weight_power=power)
+    cfg = micro_sft_config(tmp_path / "row", cache_dir, steps=12, eval_at_end=False, row_weight_power=power)
     losses = [loss for _, loss in sft_main(cfg)["loss_history"]]
     assert len(losses) == 2 and losses[-1] < losses[0]
