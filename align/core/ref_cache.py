@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from align.core.data import PreferenceCollator
-from align.core.run_dir import weights_fingerprint
+from align.core.run_dir import files_fingerprint, weights_fingerprint
 from data_builders.progress import bar
 
 CACHE_DIR = "ref_logps"
@@ -38,11 +38,7 @@ def cache_key(parts: dict) -> str:
 
 def dataset_identity(dataset, path: str | Path) -> dict:
     """The dataset's fingerprint and its files' sizes and mtimes: a rebuilt dataset is a new one."""
-    files = sorted(Path(path).glob("*.arrow")) if Path(path).is_dir() else []
-    return {
-        "fingerprint": getattr(dataset, "_fingerprint", None),
-        "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files},
-    }
+    return {"fingerprint": getattr(dataset, "_fingerprint", None), "files": files_fingerprint(path, ("*.arrow",))}
 
 
 def reference_identity(model_cfg, model) -> dict:

@@ -213,8 +213,13 @@ def start_build(cfg, mode: str = "auto", tag: str = "build") -> dict | None:
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "adapter_model.bin")
 
 
-def weights_fingerprint(checkpoint: Path) -> dict[str, list[int]]:
-    """{weight file: [size, mtime_ns]} of a checkpoint (single, sharded or adapter files): cheap (no hashing of
-    many GB) and changed by any re-save, so cached results are tied to the weights that produced them."""
-    files = sorted({p for pattern in WEIGHT_FILES for p in checkpoint.glob(pattern) if p.is_file()})
+def files_fingerprint(folder: Path, patterns) -> dict[str, list[int]]:
+    """{file: [size, mtime_ns]} of the files in `folder` matching any of `patterns`: cheap (no hashing of many GB)
+    and changed by any re-save, so cached results are tied to the files that produced them."""
+    files = sorted({p for pattern in patterns for p in Path(folder).glob(pattern) if p.is_file()})
     return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
+
+
+def weights_fingerprint(checkpoint: Path) -> dict[str, list[int]]:
+    """`files_fingerprint` of a checkpoint's weight files (single, sharded or adapter)."""
+    return files_fingerprint(checkpoint, WEIGHT_FILES)
