@@ -55,7 +55,10 @@ class RowWeightedSFTTrainer(AlignTrainer):
     (p = 0 is the token mean, p = 1 the mean of the rows' means)."""
 
     loss_is_scaled_for_ga = False  # a weighted mean over rows: Trainer divides it by the accumulation steps
-    row_weight_power = 0.0
+
+    def __init__(self, *args, row_weight_power: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.row_weight_power = row_weight_power
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logps, mask = response_logps(model, inputs)
@@ -107,15 +110,16 @@ def main(cfg: SFTConfig) -> dict:
     encoded, stats = encode_dataset(rows, processor, cfg.data.max_length, image_seq_length(model.config))
     print(f"[sft] {stats.summary()}")
 
-    trainer = (RowWeightedSFTTrainer if cfg.row_weight_power else AlignTrainer)(
+    weighted = {"row_weight_power": cfg.row_weight_power} if cfg.row_weight_power else {}
+    trainer = (RowWeightedSFTTrainer if weighted else AlignTrainer)(
         model=model,
         args=training_arguments(run, cfg.optim, cfg.model.dtype),
         train_dataset=RowsDataset(encoded),
         data_collator=VisionSFTCollator(processor, cfg.data.packing, cfg.data.max_length),
         processing_class=processor,
         projector_lr=cfg.optim.projector_lr,
+        **weighted,
     )
-    trainer.row_weight_power = cfg.row_weight_power
     eval_cfg = run_eval(cfg)
     if eval_cfg is not None:
         attach_checkpoint_eval(trainer, dataclasses.replace(cfg, eval=eval_cfg))
