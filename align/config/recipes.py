@@ -93,11 +93,12 @@ class SFTConfig:
         default=True, metadata={"help": "Keep the vision tower frozen during SFT (LLaVA-1.5)."}
     )
     row_weight_power: float = field(
-        default=0.0,
+        default=0.35,
         metadata={
             "help": "Each row's response tokens weigh n^-p in the loss (n: that row's tokens). 0: the mean over "
-            "the batch's tokens (LLaVA's); 1: the mean of the rows' means, so a 2-token yes/no answer weighs as "
-            "much as a 35-token caption."
+            "the batch's tokens (LLaVA's; use it on your own data); 1: the mean of the rows' means, so a 2-token "
+            "yes/no answer weighs as much as a 35-token caption. 0.35 (ToyWorld's base policy) lets the tiny LM "
+            "learn POPE's yes/no lookup without costing the captions (README, settings rows u-x)."
         },
     )
 
