@@ -105,8 +105,6 @@ class SFTConfig:
     def __post_init__(self):
         if not 0.0 <= self.row_weight_power <= 1.0:
             raise ValueError(f"row_weight_power must be in [0, 1], got {self.row_weight_power}")
-        if self.row_weight_power and self.data.packing:
-            raise ValueError("row_weight_power needs the rows apart; set data.packing: false")
         if type(self.data) is DataConfig:  # a plain data section (code, not YAML): ToyWorld, as before
             self.data = SFTDataConfig(**{f.name: getattr(self.data, f.name) for f in dataclasses.fields(DataConfig)})
         if self.model.name_or_path is None and self.model.finetune == "lora":

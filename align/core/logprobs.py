@@ -69,10 +69,13 @@ def _unwrap(model):
 
 def _final_hidden(model, head, batch: dict) -> torch.Tensor:
     """The hidden states the output head reads, [N, L, H], from one call of the model's own forward."""
+    # a packed SFT batch (VisionSFTCollator.packed) has position ids restarting per row instead of a mask
+    packed = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
     out = model(
         input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
+        attention_mask=batch.get("attention_mask"),
         pixel_values=batch["pixel_values"],
+        **packed,
         output_hidden_states=_hidden_state_selection(model),
         logits_to_keep=1,  # the head runs on the last position only; we apply it to the scored positions below
         use_cache=False,  # a KV cache would hold every layer's keys and values until the call returns

@@ -20,10 +20,12 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import torch
+
 from align.config.recipes import SFTConfig
 from align.config.sections import EvalConfig
 from align.core.data import RowsDataset, VisionSFTCollator, encode_dataset, image_seq_length
-from align.core.logprobs import response_logps
+from align.core.logprobs import IGNORE, response_logps
 from align.core.models import build_model, vision_tower
 from align.core.run_dir import last_checkpoint
 from align.core.trainer import AlignTrainer, begin_run, train_and_save, training_arguments, write_summary
@@ -50,21 +52,53 @@ def training_rows(cfg: SFTConfig):
     return rows, None, report
 
 
+def row_token_counts(labels: torch.Tensor, position_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """n, the scored tokens (label != -100, after the one-token shift) of each training row, and for a packed batch
+    the row of each scored token in row-major order (None when batch row i is row i). A packed row holds several
+    rows: each starts where its position ids restart at 0."""
+    mask = labels[:, 1:] != IGNORE
+    if position_ids is None:
+        return mask.sum(1).clamp(min=1).float(), None
+    stride = mask.shape[1] + 2  # a packed row's segment ids run from 0 to mask.shape[1] + 1
+    segment = (position_ids == 0).long().cumsum(1)[:, 1:]  # a label at t + 1 belongs to the row of token t + 1
+    keys = (segment + torch.arange(len(mask), device=mask.device).unsqueeze(1) * stride)[mask]
+    _, index = torch.unique(keys, return_inverse=True)
+    n = torch.zeros(int(index.max()) + 1 if len(index) else 0, device=mask.device)
+    return n.index_add_(0, index, torch.ones(len(index), device=mask.device)), index
+
+
 class RowWeightedSFTTrainer(AlignTrainer):
     """`row_weight_power: p`: Σ_rows n^-p Σ_t NLL / Σ_rows n^(1-p) over the batch's rows of n response tokens each
-    (p = 0 is the token mean, p = 1 the mean of the rows' means)."""
+    (p = 0 is the token mean, p = 1 the mean of the rows' means); rows packed together are weighed apart.
 
-    loss_is_scaled_for_ga = False  # a weighted mean over rows: Trainer divides it by the accumulation steps
+    Under gradient accumulation the denominator is that of the whole accumulated batch, as Trainer does for the
+    token mean with `num_items_in_batch`: batch b × accumulation k trains as batch k·b."""
+
+    loss_is_scaled_for_ga = True  # each microbatch's loss is divided by the accumulated batch's Σ n^(1-p)
 
     def __init__(self, *args, row_weight_power: float, **kwargs):
         super().__init__(*args, **kwargs)
         self.row_weight_power = row_weight_power
 
+    def _get_num_items_in_batch(self, batch_samples: list, device) -> torch.Tensor:
+        total = 0
+        for batch in batch_samples:
+            n, _ = row_token_counts(batch["labels"], batch.get("position_ids"))
+            total = total + (n.pow(-self.row_weight_power) * n).sum()
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            total = self.accelerator.gather(total.to(device)).sum()
+        return total
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logps, mask = response_logps(model, inputs)
-        n = mask.sum(1).clamp(min=1).float()
+        n, index = row_token_counts(inputs["labels"], inputs.get("position_ids"))
+        nll = -(logps * mask).sum(1) if index is None else torch.zeros_like(n).index_add_(0, index, -logps[mask])
         weights = n.pow(-self.row_weight_power)
-        return (weights * -(logps * mask).sum(1)).sum() / (weights * n).sum()
+        total = (weights * n).sum() if num_items_in_batch is None else num_items_in_batch
+        loss = (weights * nll).sum() / total
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
+            loss = loss * self.args.world_size  # the denominator covers every process; DDP averages gradients
+        return loss
 
 
 def run_eval(cfg: SFTConfig) -> EvalConfig | None:

@@ -47,13 +47,16 @@ def test_opa_dpo_accumulation_two_equals_the_double_batch(micro_opa_data, tmp_pa
         assert history(runs["accumulated"], key) == pytest.approx(history(runs["whole"], key), rel=1e-4, abs=1e-5)
 
 
-def test_sft_accumulation_two_equals_the_double_batch(tmp_path, cache_dir):
+@pytest.mark.parametrize("power", [0.0, 0.35])  # the token mean (the model's loss) and row weights (our own)
+def test_sft_accumulation_two_equals_the_double_batch(tmp_path, cache_dir, power):
     from align.recipes.sft import main as sft_main
     from tests.conftest import micro_sft_config
 
     runs = {}
     for name, batch, accum in (("whole", 8, 1), ("accumulated", 4, 2)):
-        cfg = micro_sft_config(tmp_path / name, cache_dir, steps=3, vision_pretrain_steps=0, eval_at_end=False)
+        cfg = micro_sft_config(
+            tmp_path / name, cache_dir, steps=3, vision_pretrain_steps=0, eval_at_end=False, row_weight_power=power
+        )
         cfg.run.logging_steps = 1
         cfg.optim.batch_size, cfg.optim.grad_accum = batch, accum
         runs[name] = sft_main(cfg)
