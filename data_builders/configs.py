@@ -172,6 +172,35 @@ class RLAIFVDataConfig:
 
 
 @dataclasses.dataclass
+class RewardPairsConfig:
+    """`align build-data` config: reward-model pairs from a policy's own ToyWorld samples, ranked by the oracle
+    (fewer hallucinated mentions wins, ties by recall), each with the image's ground truth as facts."""
+
+    prompts: typing.ClassVar[None] = None  # ToyWorld prompts only: the ranking needs the ground truth
+    recipe: Literal["reward_pairs"] = dataclasses.field(default="reward_pairs", metadata={"help": "This builder."})
+    output_dir: str = dataclasses.field(default="runs/reward_pairs", metadata={"help": "Where everything goes."})
+    policy: str = dataclasses.field(default="runs/demo/sft_base/final", metadata={"help": "Checkpoint that samples."})
+    world: tw.WorldConfig = dataclasses.field(default_factory=tw.WorldConfig, metadata={"help": "ToyWorld."})
+    cache_dir: str | None = dataclasses.field(default=None, metadata={"help": "ToyWorld cache root."})
+    split: typing.Literal["train", "val", "test"] = dataclasses.field(default="train", metadata={"help": "Images."})
+    limit: int | None = dataclasses.field(default=None, metadata={"help": "Images to use (null = all)."})
+    seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the prompts and the sampling."})
+    samples: int = dataclasses.field(
+        default=4, metadata={"help": "Captions sampled per image; the best and the worst make its pair."}
+    )
+    rollout: RolloutSettings = dataclasses.field(
+        default_factory=lambda: RolloutSettings(temperature=0.7, top_p=1.0),
+        metadata={"help": "Sampling (LLaVA-RLHF samples its pairs at T=0.7)."},
+    )
+
+    def __post_init__(self):
+        if self.samples < 2:
+            raise ValueError("samples must be >= 2: a pair is two captions of the same image")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be >= 1 or null")
+
+
+@dataclasses.dataclass
 class PreferenceDataConfig:
     """`align build-data` config: RLHF-V preference pairs from an OPA-DPO dataset (the same rollouts and
     corrections, so DPO/DDPO and OPA-DPO can be compared on equal data)."""

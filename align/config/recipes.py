@@ -292,3 +292,46 @@ class RLAIFVConfig:
     def __post_init__(self):
         if self.rounds < 1:
             raise ValueError("rounds must be >= 1")
+
+
+@dataclasses.dataclass
+class RewardModelConfig:
+    recipe: Literal["reward_model"] = field(default="reward_model", metadata={"help": "Selects this recipe."})
+    run: RunConfig = field(
+        default_factory=lambda: RunConfig(output_dir="runs/reward_model"),
+        metadata={"help": "Run directory, seed (LoRA and head init, data order, the held-out split), checkpoints."},
+    )
+    dataset: str = field(
+        default="runs/reward_pairs/dataset",
+        metadata={"help": "PreferenceRecord dataset; each record's meta.facts (a list of strings) are its facts."},
+    )
+    model: ModelConfig = field(
+        default_factory=preference_policy,
+        metadata={"help": "The backbone: a trained policy with a fresh LoRA (LLaVA-RLHF: LoRA on its SFT model)."},
+    )
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "max_length of a prompt + response."})
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=10, max_steps=200, batch_size=8),
+        metadata={"help": "Optimiser and schedule (batch_size counts pairs)."},
+    )
+    facts: bool = field(
+        default=True,
+        metadata={
+            "help": "Fact augmentation: the reward model reads each record's facts before the prompt (Fact-RLHF). "
+            "false: the plain reward model, facts never shown."
+        },
+    )
+    center_coef: float = field(
+        default=1e-3, metadata={"help": "Weight of |mean(r_chosen + r_rejected)| (LLaVA-RLHF: 1e-3; 0 = off)."}
+    )
+    eval_fraction: float = field(
+        default=0.1, metadata={"help": "Share of the pairs held out (by the run seed) to measure pair accuracy."}
+    )
+
+    def __post_init__(self):
+        if self.model.name_or_path is None:
+            raise ValueError("model.name_or_path: the reward model starts from a trained policy (`align demo` first)")
+        if not 0.0 <= self.eval_fraction < 1.0 or self.center_coef < 0:
+            raise ValueError("need 0 <= eval_fraction < 1 and center_coef >= 0")
+        if self.data.packing:
+            raise ValueError("data.packing: a reward model's batch stays one row per answer")

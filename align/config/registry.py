@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from align.config.loading import ConfigError, apply_overrides, from_dict, read_yaml
-from align.config.recipes import DPORecipeConfig, OPADPOConfig, RLAIFVConfig, SFTConfig
+from align.config.recipes import DPORecipeConfig, OPADPOConfig, RewardModelConfig, RLAIFVConfig, SFTConfig
 from data_builders.configs import (
     OPADataConfig,
     PreferenceDataConfig,
     PublicPreferenceConfig,
+    RewardPairsConfig,
     RLAIFVDataConfig,
     ToyWorldDataConfig,
 )
@@ -34,6 +35,7 @@ RECIPES: dict[str, Recipe] = {
     "opa_dpo": Recipe(OPADPOConfig, "train", "align.recipes.opa_dpo:main"),
     "dpo": Recipe(DPORecipeConfig, "train", "align.recipes.dpo:main"),
     "rlaif_v": Recipe(RLAIFVConfig, "train", "align.recipes.rlaif_v:main"),
+    "reward_model": Recipe(RewardModelConfig, "train", "align.recipes.reward_model:main"),
     "toyworld": Recipe(ToyWorldDataConfig, "build-data", "data_builders.toyworld_data:build_from_config"),
     "opa_dpo_data": Recipe(OPADataConfig, "build-data", "align.rollout.builds:build_opa_data"),
     "preference_data": Recipe(PreferenceDataConfig, "build-data", "data_builders.rlhf_v:build_preference_data"),
@@ -41,6 +43,7 @@ RECIPES: dict[str, Recipe] = {
         PublicPreferenceConfig, "build-data", "data_builders.rlhf_v:build_public_preferences"
     ),
     "rlaif_v_data": Recipe(RLAIFVDataConfig, "build-data", "align.rollout.builds:build_rlaif_v_data"),
+    "reward_pairs": Recipe(RewardPairsConfig, "build-data", "align.rollout.builds:build_reward_pairs"),
 }
 
 

@@ -52,7 +52,9 @@ def training_rows(cfg: SFTConfig):
     return rows, None, report
 
 
-def row_token_counts(labels: torch.Tensor, position_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def row_token_counts(
+    labels: torch.Tensor, position_ids: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """n, the scored tokens (label != -100, after the one-token shift) of each training row, and for a packed batch
     the row of each scored token in row-major order (None when batch row i is row i). A packed row holds several
     rows: each starts where its position ids restart at 0."""

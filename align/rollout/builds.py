@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from align.rollout.engine import HFRolloutEngine
 from align.rollout.labeler import PolicyLabeler
-from data_builders import opa_dpo, rlaif_v
+from data_builders import opa_dpo, reward_pairs, rlaif_v
 from data_builders.claims import OracleLabeler
-from data_builders.configs import OPADataConfig, RLAIFVDataConfig
+from data_builders.configs import OPADataConfig, RewardPairsConfig, RLAIFVDataConfig
 from data_builders.openai_feedback import OpenAILabeler
 
 
@@ -26,3 +26,8 @@ def build_rlaif_v_data(cfg: RLAIFVDataConfig) -> dict:
     else:
         labeler = OpenAILabeler(cfg.openai, cache_dir=f"{cfg.output_dir}/labeler_cache", concurrency=cfg.concurrency)
     return rlaif_v.build(cfg, engine, labeler)
+
+
+def build_reward_pairs(cfg: RewardPairsConfig) -> dict:
+    """`align build-data` for reward-model pairs: `cfg.policy` samples, the oracle ranks its captions."""
+    return reward_pairs.build(cfg, HFRolloutEngine(cfg.policy, cfg.rollout))

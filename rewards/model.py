@@ -1,0 +1,119 @@
+"""The VLM reward model of LLaVA-RLHF's Fact-RLHF (research/methods.md §3.2): a LLaVA-type backbone (LoRA or full)
+and a scalar head on the hidden state of each sequence's last real token, trained on pairs with
+−log σ(r_chosen − r_rejected) + c·|mean(r_chosen + r_rejected)|.
+
+Fact augmentation puts what is known about the image (reference captions, object lists, answer options) into
+the prompt the reward model reads, in shuffled order, so that it can judge a response against them instead of
+against its own picture of the image. `reward_prompt(prompt, None)` is the plain reward model's input.
+
+A saved reward model is a folder: the backbone (a PEFT adapter over `base_model`, or a whole model), its
+processor, `reward_head.safetensors` and `reward_config.json`. `load_reward_model` restores it on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+FACTS_HEADER = "What is known about this image (a good answer says nothing these facts do not support):"
+HEAD_FILE = "reward_head.safetensors"
+CONFIG_FILE = "reward_config.json"
+FORMAT_VERSION = 1
+
+
+def reward_prompt(prompt: str, facts: Sequence[str] | None, rng: random.Random | None = None) -> str:
+    """The user turn the reward model reads: the facts, one per line in shuffled order, then the prompt.
+
+    LLaVA-RLHF shuffles its captions so that the model cannot learn their order. No facts (None or empty) gives
+    the prompt unchanged: the plain reward model."""
+    if not facts:
+        return prompt
+    lines = [str(f).strip() for f in facts if str(f).strip()]
+    (rng or random.Random(0)).shuffle(lines)
+    return FACTS_HEADER + "\n" + "\n".join(f"  - {line}" for line in lines) + "\n\n" + prompt
+
+
+def pairwise_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_coef: float = 1e-3) -> torch.Tensor:
+    """Mean of −log σ(r_c − r_r) over the pairs, plus center_coef · |mean(r_c + r_r)|: LLaVA-RLHF's term that
+    keeps the rewards near zero, where PPO's value head starts from them."""
+    margin = -F.logsigmoid(r_chosen.float() - r_rejected.float()).mean()
+    return margin + center_coef * (r_chosen.float() + r_rejected.float()).mean().abs()
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of each row's last attended token, whichever side the padding is on."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.bool() * (positions + 1)).argmax(1)
+
+
+class RewardModel(torch.nn.Module):
+    """backbone (a LLaVA-type model, plain or PEFT-wrapped) + Linear(hidden, 1) on the last real token."""
+
+    def __init__(self, backbone, head: torch.nn.Linear | None = None):
+        super().__init__()
+        self.backbone = backbone
+        hidden = self.config.text_config.hidden_size
+        self.head = head if head is not None else torch.nn.Linear(hidden, 1)
+        if head is None:  # a small start, so the first rewards are near 0 whatever the hidden states' scale
+            torch.nn.init.normal_(self.head.weight, std=1.0 / (hidden + 1) ** 0.5)
+            torch.nn.init.zeros_(self.head.bias)
+        self.head.to(next(backbone.parameters()).dtype)
+
+    @property
+    def config(self):
+        return self._plain().config
+
+    def _plain(self):
+        return self.backbone.get_base_model() if isinstance(self.backbone, PeftModel) else self.backbone
+
+    def forward(self, input_ids, attention_mask, pixel_values, **_) -> torch.Tensor:
+        # the LLaVA body (vision tower, projector, LM) without the vocabulary head; LoRA layers sit inside it
+        out = self._plain().model(
+            input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, use_cache=False
+        )
+        last = last_token_index(attention_mask)
+        hidden = out.last_hidden_state[torch.arange(len(last), device=last.device), last]
+        return self.head(hidden).squeeze(-1).float()
+
+
+def save_reward_model(model: RewardModel, processor, out_dir: str | Path, base_model: str | None, facts: bool) -> Path:
+    """Write the backbone (adapter or whole model), processor, head and config to `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    adapter = isinstance(model.backbone, PeftModel)
+    if adapter and not base_model:
+        raise ValueError("a LoRA reward model needs base_model: the folder or hub id its adapter applies to")
+    model.backbone.save_pretrained(out)
+    processor.save_pretrained(out)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}, out / HEAD_FILE)
+    config = {"format": FORMAT_VERSION, "adapter": adapter, "base_model": base_model if adapter else None,
+              "facts": bool(facts), "hidden_size": model.head.in_features}  # fmt: skip
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def load_reward_model(path: str | Path, device: str | None = None, trust_remote_code: bool = False):
+    """`(reward_model, processor, config)` from a folder `save_reward_model` wrote, in eval mode."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a saved reward model: it has no {CONFIG_FILE}")
+    config = json.loads((path / CONFIG_FILE).read_text())
+    if config.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path / CONFIG_FILE}: format {config.get('format')!r}, this version reads {FORMAT_VERSION}")
+    source = config["base_model"] if config["adapter"] else str(path)
+    backbone = AutoModelForImageTextToText.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if config["adapter"]:
+        backbone = PeftModel.from_pretrained(backbone, str(path))
+    head = torch.nn.Linear(config["hidden_size"], 1)
+    head.load_state_dict(load_file(path / HEAD_FILE))
+    model = RewardModel(backbone, head).eval()
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")), processor, config
