@@ -311,7 +311,7 @@ class RewardModelConfig:
     )
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "max_length of a prompt + response."})
     optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=10, max_steps=200, batch_size=8),
+        default_factory=lambda: OptimConfig(lr=3e-4, warmup_steps=10, max_steps=600, batch_size=8),
         metadata={"help": "Optimiser and schedule (batch_size counts pairs)."},
     )
     facts: bool = field(
