@@ -13,6 +13,7 @@ A completion is a string, or TRL's conversational form `[{"role": "assistant", "
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 
@@ -119,4 +120,22 @@ class TruncationPenalty:
             ids = list(ids)
             ended = self.eos_token_id is not None and self.eos_token_id in ids
             rewards.append(self.penalty if len(ids) >= self.max_tokens and not ended else 0.0)
+        return rewards
+
+
+class FiniteRewards:
+    """Wraps a reward function so that a NaN or infinite reward stops training with an error naming the sample
+    (its `image_id` column where the dataset has one, else its position in the batch) and the function."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, prompts, completions, completion_ids=None, **columns):
+        rewards = self.fn(prompts, completions, completion_ids=completion_ids, **columns)
+        for i, reward in enumerate(rewards):
+            if reward is not None and not math.isfinite(reward):
+                sample = columns["image_id"][i] if "image_id" in columns else f"batch item {i}"
+                text = completion_text(completions[i])[:80]
+                raise ValueError(f"reward {self.__name__} gave {reward} for sample {sample} (completion {text!r})")
         return rewards

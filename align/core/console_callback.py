@@ -24,7 +24,7 @@ from align.core.console import log_only, verbose
 from data_builders.progress import bar
 
 LINES_PER_RUN = 5
-EXTRA_METRICS = (("rewards/accuracy", "acc", ".2f"),)  # (logged key, label, format) shown when a recipe logs it
+EXTRA_METRICS = (("rewards/accuracy", "acc", ".2f"), ("reward", "reward", ".3f"))  # (logged key, label, format)
 
 
 def compact_every(logging_steps: int, max_steps: int, lines: int = LINES_PER_RUN) -> int:

@@ -165,7 +165,11 @@ def start_run(run: RunConfig, config: dict, tag: str = "train") -> dict | None:
     return None
 
 
-def training_arguments(run: RunConfig, optim: OptimConfig, dtype: str = "float32", **overrides) -> TrainingArguments:
+def training_arguments(
+    run: RunConfig, optim: OptimConfig, dtype: str = "float32", args_cls: type = TrainingArguments, **overrides
+) -> TrainingArguments:
+    """The run's TrainingArguments (or `args_cls`, a subclass such as TRL's GRPOConfig, with its own fields in
+    `overrides`)."""
     kwargs = dict(
         output_dir=run.output_dir,
         max_steps=optim.max_steps,
@@ -188,7 +192,7 @@ def training_arguments(run: RunConfig, optim: OptimConfig, dtype: str = "float32
         bf16=dtype == "bfloat16",
         disable_tqdm=not console.verbose(),  # ConsoleMixin's lines instead (Trainer's bar under --verbose)
     )
-    return TrainingArguments(**{**kwargs, **overrides})
+    return args_cls(**{**kwargs, **overrides})
 
 
 def train_and_save(trainer: Trainer, run: RunConfig, processor, cfg=None, tag: str = "train", merge: bool = True):
