@@ -4,6 +4,7 @@ other columns, one value per completion (TRL repeats them per generation).
 
 - `ToyWorldOracleReward`: from ToyWorld's ground truth (the `objects` column, JSON {scene, objects}): recall of the
   present object kinds minus the hallucinated object mentions.
+- `RewardModelReward`: a saved (fact-augmented) reward model.
 - LLaVA-RLHF's symbolic rewards (research/methods.md §3.3): `yes_no_reward` (VQA yes/no correctness),
   `choice_reward` (multiple-choice letter), `LengthPenalty` and `TruncationPenalty` (the missing-EOS penalty).
 
@@ -121,6 +122,44 @@ class TruncationPenalty:
             ended = self.eos_token_id is not None and self.eos_token_id in ids
             rewards.append(self.penalty if len(ids) >= self.max_tokens and not ended else 0.0)
         return rewards
+
+
+def prompt_text(prompt) -> str:
+    """The text of a prompt in either of TRL's forms (a string, or messages: the last user turn's text parts)."""
+    if isinstance(prompt, str):
+        return prompt
+    user = [m for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+    content = user[-1]["content"] if user else ""
+    if isinstance(content, list):
+        return " ".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("text"))
+    return str(content)
+
+
+class RewardModelReward:
+    """A saved reward model (rewards/model.py) as a reward function: each completion is scored with its image (the
+    `image` column, or the first of `images`), its prompt's text and, for a fact-augmented model, the `facts`
+    column (a list of strings, or its JSON)."""
+
+    __name__ = "reward_model"
+
+    def __init__(self, path: str, device: str | None = None, batch_size: int = 16):
+        from rewards.model import load_reward_model  # torch and transformers, only when a model is used
+
+        self.model, self.processor, self.config = load_reward_model(path, device)
+        self.batch_size = batch_size
+
+    def __call__(self, prompts, completions, completion_ids=None, image=None, images=None, facts=None, **_):
+        from rewards.model import score
+
+        if image is None and images is None:
+            raise ValueError("reward_model needs the dataset's `image` (or `images`) column")
+        pictures = list(image) if image is not None else [group[0] for group in images]
+        if self.config["facts"] and facts is None:
+            raise ValueError("this reward model reads facts: the dataset needs a `facts` column")
+        parsed = [json.loads(f) if isinstance(f, str) else f for f in facts] if self.config["facts"] else None
+        texts = [prompt_text(p) for p in prompts]
+        answers = [completion_text(c) for c in completions]
+        return score(self.model, self.processor, pictures, texts, answers, parsed, self.batch_size)
 
 
 class FiniteRewards:

@@ -117,3 +117,38 @@ def load_reward_model(path: str | Path, device: str | None = None, trust_remote_
     model = RewardModel(backbone, head).eval()
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")), processor, config
+
+
+def reward_inputs(processor, images, prompts: Sequence[str], responses: Sequence[str]) -> dict:
+    """A right-padded batch the reward model scores: per row the chat-formatted user turn (one image placeholder,
+    then `prompts[i]`, already holding its facts: `reward_prompt`) and the answer with its end token, tokenised as
+    the project's training encoding does (align/core/data.py `encode_row`; a test keeps the two equal)."""
+    tokenizer = processor.tokenizer
+    rows = []
+    for image, prompt, response in zip(images, prompts, responses, strict=True):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt_ids = list(processor(images=[image], text=[text], return_tensors=None)["input_ids"][0])
+        rows.append(prompt_ids + tokenizer(response + tokenizer.eos_token, add_special_tokens=False)["input_ids"])
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    return {
+        "input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long),
+        "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long),
+        "pixel_values": processor.image_processor(list(images), return_tensors="pt")["pixel_values"],
+    }
+
+
+@torch.no_grad()
+def score(model: RewardModel, processor, images, prompts, responses, facts=None, batch_size: int = 16) -> list[float]:
+    """Rewards of (image, prompt, response[, facts]) rows: `facts[i]` (a list of strings, or None) goes into row
+    i's prompt through `reward_prompt`, shuffled by a generator seeded with the row's prompt, so a row scores the
+    same on every call. Give facts to a reward model trained with them (its `reward_config.json` says)."""
+    facts = facts if facts is not None else [None] * len(prompts)
+    texts = [reward_prompt(p, f, random.Random(p)) for p, f in zip(prompts, facts, strict=True)]
+    device, out = next(model.parameters()).device, []
+    for start in range(0, len(texts), batch_size):
+        end = start + batch_size
+        batch = reward_inputs(processor, images[start:end], texts[start:end], responses[start:end])
+        out += model(**{k: v.to(device) for k, v in batch.items()}).tolist()
+    return out

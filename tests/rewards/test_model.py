@@ -4,6 +4,7 @@ parameters, and a save/load round trip that scores exactly as before."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -68,7 +69,7 @@ def policy_and_rows(tmp_path_factory):
         prompt = reward_prompt("Describe the image.", ["a red cup at the top left"] if i != 1 else None)
         rows.append({"id": f"r{i}", "image": {"bytes": image, "path": None}, "prompt": prompt, "response": response})
     encoded, _ = encode_dataset(rows, processor, 200, image_seq_length(model.config))
-    return base, processor, encoded
+    return base, processor, encoded, rows
 
 
 def lora_reward_model(base):
@@ -78,7 +79,7 @@ def lora_reward_model(base):
 
 
 def test_reward_is_read_at_the_last_real_token(policy_and_rows):
-    base, processor, rows = policy_and_rows
+    base, processor, rows, _ = policy_and_rows
     rm = lora_reward_model(base).eval()
     batch = VisionSFTCollator(processor)(rows)
     with torch.no_grad():
@@ -90,7 +91,7 @@ def test_reward_is_read_at_the_last_real_token(policy_and_rows):
 
 
 def test_only_lora_and_the_head_train_and_both_move(policy_and_rows):
-    base, processor, rows = policy_and_rows
+    base, processor, rows, _ = policy_and_rows
     rm = lora_reward_model(base)
     trainable = {n for n, p in rm.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
@@ -107,7 +108,7 @@ def test_only_lora_and_the_head_train_and_both_move(policy_and_rows):
 
 
 def test_save_and_load_round_trip_scores_the_same(policy_and_rows, tmp_path):
-    base, processor, rows = policy_and_rows
+    base, processor, rows, _ = policy_and_rows
     rm = lora_reward_model(base)
     with torch.no_grad():
         for p in rm.backbone.parameters():
@@ -130,3 +131,36 @@ def test_save_and_load_round_trip_scores_the_same(policy_and_rows, tmp_path):
         save_reward_model(rm, processor, tmp_path / "bad", base_model=None, facts=False)
     with pytest.raises(FileNotFoundError, match="not a saved reward model"):
         load_reward_model(tmp_path)
+
+
+def test_reward_inputs_tokenise_as_the_training_encoding(policy_and_rows):
+    from align.core.data import to_pil
+    from rewards.model import reward_inputs
+
+    base, processor, rows, raw = policy_and_rows
+    images = [to_pil(r["image"], r["id"]) for r in raw]
+    batch = reward_inputs(processor, images, [r["prompt"] for r in raw], [r["response"] for r in raw])
+    trained = VisionSFTCollator(processor)(rows)
+    torch.testing.assert_close(batch["input_ids"], trained["input_ids"])
+    torch.testing.assert_close(batch["attention_mask"], trained["attention_mask"])
+    torch.testing.assert_close(batch["pixel_values"], trained["pixel_values"])
+
+
+def test_a_saved_reward_model_scores_as_a_reward_function(policy_and_rows, tmp_path):
+    from rewards.functions import RewardModelReward
+    from rewards.model import score
+
+    base, processor, rows, _ = policy_and_rows
+    rm = lora_reward_model(base).eval()
+    out = save_reward_model(rm, processor, tmp_path / "rm", base_model=str(base), facts=True)
+    reward = RewardModelReward(str(out), device="cpu")
+    facts = ["a red cup at the top left"]
+    prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
+    completions = [[{"role": "assistant", "content": "a red cup."}], [{"role": "assistant", "content": "a dog."}]]
+    images = [rows[0]["image"]] * 2
+    got = reward([prompt, prompt], completions, image=images, facts=[json.dumps(facts)] * 2)
+    with torch.no_grad():
+        expected = score(rm, processor, images, ["Describe the image."] * 2, ["a red cup.", "a dog."], [facts] * 2)
+    assert got == pytest.approx(expected, abs=1e-5) and got[0] != got[1]
+    with pytest.raises(ValueError, match="reads facts"):
+        reward([prompt], completions[:1], image=images[:1])
