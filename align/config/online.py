@@ -36,6 +36,16 @@ class GRPORecipeConfig:
     beta: float = field(
         default=0.04, metadata={"help": "KL coefficient to the start policy (0: no reference model is run)."}
     )
+    reward: Literal["oracle", "reward_model"] = field(
+        default="oracle",
+        metadata={
+            "help": "oracle: ToyWorld's ground truth (recall minus hallucinated mentions); reward_model: the saved "
+            "reward model at reward_model_path (with the image's facts when it was trained with them)."
+        },
+    )
+    reward_model_path: str | None = field(
+        default=None, metadata={"help": "reward: reward_model: a reward model's final/ (`align train reward_model`)."}
+    )
     hallucination_weight: float = field(
         default=1.0, metadata={"help": "Oracle reward: weight of each hallucinated object mention (subtracted)."}
     )
@@ -53,3 +63,5 @@ class GRPORecipeConfig:
             raise ValueError("limit must be >= 1 or null")
         if self.data.packing:
             raise ValueError("data.packing: GRPO samples whole prompts; set data.packing: false")
+        if (self.reward == "reward_model") != (self.reward_model_path is not None):
+            raise ValueError("reward: reward_model needs reward_model_path, and reward_model_path needs it")

@@ -1,19 +1,22 @@
-"""GRPO and RLOO on ToyWorld images through TRL's trainers, with the oracle reward of rewards/functions.py.
+"""GRPO and RLOO on ToyWorld images through TRL's trainers, with the oracle reward or a saved reward model.
 
     align train configs/toy/grpo.yaml                                          # GRPO (TRL's GRPOTrainer)
     align train configs/toy/grpo.yaml algorithm=rloo run.output_dir=runs/rloo  # RLOO (TRL's RLOOTrainer)
+    align train configs/toy/grpo.yaml reward=reward_model reward_model_path=runs/reward_model/final
 
 Each training image is a prompt ("describe the image"); the policy (a fresh LoRA on the start model) samples
 `num_generations` captions of it, and `ToyWorldOracleReward` scores each from the ground truth: recall minus the
-hallucinated object mentions. GRPO normalises the rewards within each image's group; RLOO takes each caption's
-baseline from the others of its group. With beta > 0 the adapter-free start model is the KL reference. A NaN or
-infinite reward stops the run with the sample named (`FiniteRewards`). TRL takes the LLaVA as it is: the prompts
-are conversational with an image placeholder and the `image` column holds the PIL images.
+hallucinated object mentions (or `reward: reward_model`: a saved reward model, reading the image's ground truth
+as facts when it was trained with them). GRPO normalises the rewards within each image's group; RLOO takes each
+caption's baseline from the others of its group. With beta > 0 the adapter-free start model is the KL reference.
+A NaN or infinite reward stops the run with the sample named (`FiniteRewards`). TRL takes the LLaVA as it is: the
+prompts are conversational with an image placeholder and the `image` column holds the PIL images.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import time
 import types
 
@@ -25,8 +28,9 @@ from align.config.online import GRPORecipeConfig
 from align.core.models import build_model
 from align.core.trainer import ConsoleMixin, begin_run, train_and_save, training_arguments, write_summary
 from align.eval.runner import evaluate_checkpoint
+from data_builders.reward_pairs import toyworld_facts
 from data_builders.toyworld_data import toyworld_prompts
-from rewards.functions import FiniteRewards, ToyWorldOracleReward
+from rewards.functions import FiniteRewards, RewardModelReward, ToyWorldOracleReward
 
 
 class AlignGRPOTrainer(ConsoleMixin, GRPOTrainer):
@@ -46,8 +50,9 @@ def prompt_rows(cfg: GRPORecipeConfig) -> Dataset:
     for p in toyworld_prompts(select):
         content = [{"type": "image"}, {"type": "text", "text": p["prompt"]}]
         image = Image.open(io.BytesIO(p["image"])).convert("RGB")
+        facts = toyworld_facts(json.loads(p["objects"]))  # what a fact-augmented reward model reads
         rows.append({"prompt": [{"role": "user", "content": content}], "image": image, "objects": p["objects"],
-                     "image_id": p["id"]})  # fmt: skip
+                     "facts": json.dumps(facts), "image_id": p["id"]})  # fmt: skip
     return Dataset.from_list(rows)
 
 
@@ -65,7 +70,10 @@ def build_trainer(cfg: GRPORecipeConfig):
         temperature=cfg.temperature,
         beta=cfg.beta,
     )
-    reward = FiniteRewards(ToyWorldOracleReward(cfg.hallucination_weight, cfg.recall_weight))
+    if cfg.reward == "oracle":
+        reward = FiniteRewards(ToyWorldOracleReward(cfg.hallucination_weight, cfg.recall_weight))
+    else:
+        reward = FiniteRewards(RewardModelReward(cfg.reward_model_path, batch_size=cfg.optim.batch_size))
     trainer = trainer_cls(
         model=model, reward_funcs=[reward], args=args, train_dataset=prompt_rows(cfg), processing_class=processor
     )

@@ -34,7 +34,7 @@ def _cfg(policy, cache_dir, out, algorithm="grpo", **kw) -> GRPORecipeConfig:
 def test_prompts_carry_their_image_and_ground_truth(micro_opa_data, cache_dir, tmp_path):
     policy, _ = micro_opa_data
     rows = prompt_rows(_cfg(policy, cache_dir, tmp_path))
-    assert len(rows) == 8 and set(rows.column_names) == {"prompt", "image", "objects", "image_id"}
+    assert len(rows) == 8 and set(rows.column_names) == {"prompt", "image", "objects", "facts", "image_id"}
     content = rows[0]["prompt"][0]["content"]
     assert content[0]["type"] == "image" and content[1]["text"]
 
@@ -62,3 +62,21 @@ def test_a_nan_reward_stops_training_naming_the_sample():
     inf = FiniteRewards(lambda prompts, completions, completion_ids=None, **_: [float("inf")])
     with pytest.raises(ValueError, match="batch item 0"):
         inf(["p"], ["x"])
+
+
+def test_a_saved_reward_model_rewards_the_policy(micro_opa_data, cache_dir, tmp_path):
+    from align.core.models import build_model
+    from rewards.functions import RewardModelReward
+    from rewards.model import RewardModel, save_reward_model
+
+    policy, _ = micro_opa_data
+    backbone, processor = build_model(ModelConfig(name_or_path=policy, finetune="lora", lora_r=4), seed=0)
+    path = save_reward_model(RewardModel(backbone), processor, tmp_path / "rm", base_model=policy, facts=True)
+    cfg = _cfg(policy, cache_dir, tmp_path / "grpo-rm", reward="reward_model", reward_model_path=str(path))
+    trainer, _ = build_trainer(cfg)
+    assert isinstance(trainer.reward_funcs[0].fn, RewardModelReward)
+    trainer.train()
+    rewards = [e["reward"] for e in trainer.state.log_history if "reward" in e]
+    assert rewards and all(math.isfinite(r) for r in rewards)
+    with pytest.raises(ValueError, match="reward_model_path"):
+        _cfg(policy, cache_dir, tmp_path, reward="reward_model")
