@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Trainer
+from safetensors.torch import load_file, save_file
 
 from align.config.loading import to_dict
 from align.config.recipes import RewardModelConfig
@@ -35,6 +35,7 @@ from data_builders.progress import bar
 from rewards.model import RewardModel, pairwise_loss, reward_prompt, save_reward_model
 
 VIEWS = ("chosen", "rejected")  # the collator's row v*B + b is side v of pair b
+TRAINABLE_FILE = "reward_trainable.safetensors"  # a checkpoint's LoRA and head weights
 
 
 def record_facts(record: dict) -> list[str]:
@@ -94,9 +95,20 @@ class RewardTrainer(AlignTrainer):
         super().__init__(*args, **kwargs)
         self.center_coef = center_coef
 
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        # a checkpoint holds what trains (LoRA and head), not the frozen backbone: Trainer would save the whole
+        # module's state dict, 14 GB a checkpoint for a 7B backbone
+        out = Path(output_dir or self.args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        trainable = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
+        save_file(trainable, out / TRAINABLE_FILE)
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        # the reward model is a plain module (backbone + head): Trainer's own state-dict loading, not LLaVA's
-        return Trainer._load_from_checkpoint(self, resume_from_checkpoint, model)
+        model = model if model is not None else self.model
+        state = load_file(Path(resume_from_checkpoint) / TRAINABLE_FILE)
+        unexpected = model.load_state_dict(state, strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"{resume_from_checkpoint}: weights this reward model does not have: {unexpected[:3]}")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rewards = model(**inputs)

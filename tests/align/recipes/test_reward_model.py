@@ -13,7 +13,14 @@ import torch
 from align.config.recipes import RewardModelConfig
 from align.config.sections import DataConfig, ModelConfig, OptimConfig, RunConfig
 from align.core.data import PreferenceCollator
-from align.recipes.reward_model import VIEWS, encode_reward_pair, encode_split, main, pair_accuracy
+from align.recipes.reward_model import (
+    TRAINABLE_FILE,
+    VIEWS,
+    encode_reward_pair,
+    encode_split,
+    main,
+    pair_accuracy,
+)
 from data_builders.configs import RewardPairsConfig, RolloutSettings
 from data_builders.io import load_preference_dataset
 from data_builders.reward_pairs import build
@@ -98,6 +105,8 @@ def test_a_killed_run_resumes_to_the_same_reward_model(pairs, tmp_path, capsys):
     """A run killed after its step-3 checkpoint (what is left: that checkpoint) ends, rerun, as the whole run."""
     policy, dataset = pairs
     whole = main(_cfg(policy, dataset, tmp_path / "whole"))
+    saved = {p.name for p in (tmp_path / "whole" / "checkpoint-3").iterdir()}
+    assert TRAINABLE_FILE in saved and "model.safetensors" not in saved  # LoRA and head only, not the backbone
     shutil.copytree(tmp_path / "whole", tmp_path / "killed", ignore=shutil.ignore_patterns("final", "checkpoint-6"))
     (tmp_path / "killed" / "train_summary.json").unlink()
     capsys.readouterr()
