@@ -111,10 +111,8 @@ def build(cfg: RewardPairsConfig, engine: RolloutEngine) -> dict:
     expanded = [{**p, "id": f"{p['id']}#{k}"} for p in prompts for k in range(cfg.samples)]
     responses = roll_out(engine, expanded, out / "samples.jsonl", cfg.rollout, cfg.seed)
     records, counts = make_records(prompts, responses, cfg.samples, f"{engine.name}+oracle_rank")
-    margins = collections.Counter(
-        json.loads(r["meta"])["rejected_rank"]["hallucinated"] - json.loads(r["meta"])["chosen_rank"]["hallucinated"]
-        for r in records
-    )
+    ranks = [json.loads(r["meta"]) for r in records]
+    margins = collections.Counter(m["rejected_rank"]["hallucinated"] - m["chosen_rank"]["hallucinated"] for m in ranks)
     summary = {
         "dataset": str(out / "dataset"),
         "policy": cfg.policy,

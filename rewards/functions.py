@@ -26,10 +26,7 @@ def completion_text(completion) -> str:
     if isinstance(completion, str):
         return completion
     if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        content = completion[-1].get("content", "")
-        if isinstance(content, list):  # multimodal content parts: the text ones
-            return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
-        return str(content)
+        return _content_text(completion[-1].get("content", ""))
     raise TypeError(f"a completion must be a string or a list of messages, got {type(completion).__name__}")
 
 
@@ -129,9 +126,13 @@ def prompt_text(prompt) -> str:
     if isinstance(prompt, str):
         return prompt
     user = [m for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
-    content = user[-1]["content"] if user else ""
+    return _content_text(user[-1]["content"] if user else "")
+
+
+def _content_text(content) -> str:
+    """A message's text: a string, or the text parts of multimodal content (image parts left out)."""
     if isinstance(content, list):
-        return " ".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("text"))
+        return " ".join(part["text"] for part in content if isinstance(part, dict) and part.get("text"))
     return str(content)
 
 

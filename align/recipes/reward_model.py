@@ -28,6 +28,7 @@ from align.config.loading import to_dict
 from align.config.recipes import RewardModelConfig
 from align.core.data import DataError, PreferenceCollator, RowsDataset, encode_row, image_seq_length, to_pil
 from align.core.models import build_model
+from align.core.preference import skip_reason
 from align.core.run_dir import CONFIG_FILE, last_checkpoint, save_run_config
 from align.core.trainer import AlignTrainer, begin_run, training_arguments, write_summary
 from data_builders.io import load_preference_dataset
@@ -49,11 +50,9 @@ def record_facts(record: dict) -> list[str]:
 
 def encode_reward_pair(processor, record: dict, cfg: RewardModelConfig, n_image_tokens: int, cache: dict):
     """{id, image, chosen/rejected: {input_ids, labels, weights}}, or the reason the pair cannot train."""
-    chosen, rejected = (record["chosen"] or "").strip(), (record["rejected"] or "").strip()
-    if not chosen or not rejected:
-        return "empty_response"
-    if chosen == rejected:
-        return "chosen_equals_rejected"
+    reason = skip_reason(record, weighted=False)  # the DPO family's rule: an empty side, chosen == rejected
+    if reason:
+        return reason
     facts = record_facts(record) if cfg.facts else None
     if cfg.facts and not facts:
         return "no_facts"
