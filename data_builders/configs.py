@@ -275,6 +275,15 @@ class PublicPreferenceConfig:
     image_dir: str | None = dataclasses.field(
         default=None, metadata={"help": "Root of image paths named in rows (null: the file's folder)."}
     )
+    captions: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "JSON captions file (LLaVA-RLHF's image_to_caption.json: image file name -> a caption or a list "
+            "of captions). Each record whose image it names (by the row's path, else its file name) gets them as "
+            "meta.facts, the facts the fact-augmented reward model reads (`align train` recipe reward_model); the "
+            "others are kept without facts and counted. null = no facts."
+        },
+    )
     limit: int | None = dataclasses.field(default=None, metadata={"help": "Rows to read (null = all)."})
     output_dir: str = dataclasses.field(
         default="runs/public_pref", metadata={"help": "Where dataset/ and summary.json are written."}

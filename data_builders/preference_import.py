@@ -1,9 +1,10 @@
 """Public preference sets → PreferenceRecords: RLHF-V-Dataset, RLAIF-V-Dataset, LLaVA-Human-Preference-10K.
 
 `import_preferences` reads their rows (no spans) from a .parquet, .jsonl or .json file or a `save_to_disk`
-folder. A bad row is skipped and counted by reason, never raised: one broken image in 83k rows must not stop an
-import. Nothing is downloaded: fetch the files yourself. Token weights for RLHF-V's DDPO come from
-`data_builders.rlhf_v`.
+folder, with each image's reference captions as the record's facts (meta["facts"]) when given a captions file
+(`data_builders.captions`, LLaVA-RLHF's image_to_caption.json). A bad row is skipped and counted by reason, never
+raised: one broken image in 83k rows must not stop an import. Nothing is downloaded: fetch the files yourself.
+Token weights for RLHF-V's DDPO come from `data_builders.rlhf_v`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import PIL.Image
 from datasets import Image
 
+from data_builders.captions import Facts
 from data_builders.configs import Format
 from data_builders.importers import _read
 
@@ -116,7 +118,7 @@ def _checked_image(image, image_dir: Path) -> bytes:
     return bytes(image)
 
 
-def _to_record(row, fmt: Format, index: int, path: Path, image_dir: Path) -> dict:
+def _to_record(row, fmt: Format, index: int, path: Path, image_dir: Path, facts: Facts | None) -> dict:
     if not isinstance(row, dict):
         raise SkipRow("malformed_row", "not a JSON object")
     if fmt == "rlhf_v":
@@ -138,6 +140,8 @@ def _to_record(row, fmt: Format, index: int, path: Path, image_dir: Path) -> dic
     meta = {"dataset": DATASET_NAMES[fmt], "file": str(path), "row": index, "row_id": row_id}
     if row.get("ds_name"):
         meta["ds_name"] = row["ds_name"]
+    if facts is not None and (captions := facts.of(row.get("image"), row_id)):
+        meta["facts"] = captions
     return {
         "id": row_id,
         "image": {"bytes": image, "path": None},
@@ -185,7 +189,11 @@ def _rows(path: Path, fmt: Format) -> Iterator[tuple[int, object]]:
 
 
 def import_preferences(
-    path: str | Path, fmt: Format, limit: int | None = None, image_dir: str | Path | None = None
+    path: str | Path,
+    fmt: Format,
+    limit: int | None = None,
+    image_dir: str | Path | None = None,
+    captions: str | Path | Facts | None = None,
 ) -> tuple[list[dict], dict]:
     """PreferenceRecord dicts (no spans) from a public preference set, and a report of what was read and skipped.
 
@@ -195,6 +203,10 @@ def import_preferences(
     still counts. The report: rows_read, kept, skipped {reason: count} over SKIP_REASONS, and up to
     MAX_SKIP_EXAMPLES examples {row, reason, detail} to find the bad rows by (`row` is 0-based; in a .jsonl file
     it is the line index, blank lines included, so the line number is row + 1).
+
+    `captions`: a captions file (or a fresh `captions.Facts` loaded from one); each kept record whose image it
+    names, by the row's path or its file name, gets those captions as meta["facts"]; the others are kept without
+    facts. report["facts"] counts both (with up to 5 row ids without), None without a captions file.
     """
     if fmt not in DATASET_NAMES:
         raise ValueError(f"unknown preference format {fmt!r}; expected one of {', '.join(DATASET_NAMES)}")
@@ -204,6 +216,7 @@ def import_preferences(
     if not path.is_dir() and path.suffix not in (".parquet", ".jsonl", ".json"):
         raise ValueError(f"{path}: expected a save_to_disk folder, a .parquet, .jsonl or .json file")
     image_dir = Path(image_dir) if image_dir is not None else (path if path.is_dir() else path.parent)
+    facts = captions if isinstance(captions, Facts) or captions is None else Facts.load(captions)
     skipped: Counter = Counter()
     examples: list[dict] = []
     records, rows_read = [], 0
@@ -212,7 +225,7 @@ def import_preferences(
             break
         rows_read += 1
         try:
-            records.append(_to_record(row, fmt, index, path, image_dir))
+            records.append(_to_record(row, fmt, index, path, image_dir, facts))
         except SkipRow as skip:
             skipped[skip.reason] += 1
             if len(examples) < MAX_SKIP_EXAMPLES:
@@ -224,5 +237,6 @@ def import_preferences(
         "kept": len(records),
         "skipped": {reason: skipped[reason] for reason in SKIP_REASONS},
         "examples": examples,
+        "facts": facts.report() if facts is not None else None,
     }
     return records, report

@@ -28,6 +28,7 @@ from typing import Literal
 
 from datasets import Image
 
+from data_builders.captions import Facts
 from data_builders.configs import PreferenceDataConfig, PublicPreferenceConfig
 from data_builders.experts import ExpertReplyError
 from data_builders.hub import check_pretrained, hub_errors
@@ -230,8 +231,9 @@ def build_public_preferences(cfg: PublicPreferenceConfig) -> dict:
     t0 = time.time()
     if not Path(cfg.path).exists():  # before the tokenizer, which may come from the hub
         raise FileNotFoundError(f"preference data {cfg.path!r} does not exist (nothing is downloaded: fetch it)")
+    facts = Facts.load(cfg.captions) if cfg.captions else None  # a missing or malformed file fails here too
     tokenizer = _load_tokenizer(cfg.policy) if cfg.spans == "diff" else None  # fail before a long import
-    records, report = import_preferences(cfg.path, cfg.format, cfg.limit, cfg.image_dir)
+    records, report = import_preferences(cfg.path, cfg.format, cfg.limit, cfg.image_dir, facts)
     span_skipped, span_examples = {}, []
     if cfg.spans == "diff":
         records, span_skipped, span_examples = public_preference_spans(records, tokenizer, cfg.gamma, cfg.min_match)

@@ -34,4 +34,7 @@ def counts_line(summary: dict) -> str:
         paid += f"{expert.get('completion_tokens', 0)} tokens, ${expert.get('cost_usd', 0):.4f} over all runs"
     elif usage.get("prompt_tokens"):
         paid = f"; {usage['prompt_tokens']} + {usage.get('completion_tokens', 0)} tokens over all runs"
-    return f"done {done}, {part('failed', failed)}, {part('skipped', skipped)}{paid}"
+    facts, counts = "", summary.get("facts")  # a public preference import with a captions file
+    if isinstance(counts, dict):
+        facts = f"; facts: {counts['with_facts']} with, {counts['without_facts']} without (image not in the captions)"
+    return f"done {done}, {part('failed', failed)}, {part('skipped', skipped)}{paid}{facts}"

@@ -14,7 +14,6 @@ accuracy (r(y_w) > r(y_l)) before and after training. The result, `final/`, is a
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections import Counter
@@ -31,21 +30,13 @@ from align.core.models import build_model
 from align.core.preference import skip_reason
 from align.core.run_dir import CONFIG_FILE, last_checkpoint, save_run_config
 from align.core.trainer import AlignTrainer, begin_run, training_arguments, write_summary
+from data_builders.captions import record_facts
 from data_builders.io import load_preference_dataset
 from data_builders.progress import bar
 from rewards.model import RewardModel, pairwise_loss, reward_prompt, save_reward_model
 
 VIEWS = ("chosen", "rejected")  # the collator's row v*B + b is side v of pair b
 TRAINABLE_FILE = "reward_trainable.safetensors"  # a checkpoint's LoRA and head weights
-
-
-def record_facts(record: dict) -> list[str]:
-    """The facts a record carries in its meta (`facts`: a list of strings); none when it has no meta or facts."""
-    try:
-        facts = json.loads(record.get("meta") or "{}").get("facts") or []
-    except (json.JSONDecodeError, AttributeError):
-        return []
-    return [str(f) for f in facts] if isinstance(facts, list) else []
 
 
 def encode_reward_pair(processor, record: dict, cfg: RewardModelConfig, n_image_tokens: int, cache: dict):
