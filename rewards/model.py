@@ -74,14 +74,18 @@ class RewardModel(torch.nn.Module):
     def _plain(self):
         return self.backbone.get_base_model() if isinstance(self.backbone, PeftModel) else self.backbone
 
-    def forward(self, input_ids, attention_mask, pixel_values, **_) -> torch.Tensor:
-        # the LLaVA body (vision tower, projector, LM) without the vocabulary head; LoRA layers sit inside it
+    def hidden_states(self, input_ids, attention_mask, pixel_values) -> torch.Tensor:
+        """The LLaVA body's final hidden states [B, L, H] (vision tower, projector, LM; no vocabulary head). PPO's
+        value model reads the head off every response position of these."""
         out = self._plain().model(
             input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, use_cache=False
         )
+        return out.last_hidden_state
+
+    def forward(self, input_ids, attention_mask, pixel_values, **_) -> torch.Tensor:
+        hidden = self.hidden_states(input_ids, attention_mask, pixel_values)
         last = last_token_index(attention_mask)
-        hidden = out.last_hidden_state[torch.arange(len(last), device=last.device), last]
-        return self.head(hidden).squeeze(-1).float()
+        return self.head(hidden[torch.arange(len(last), device=last.device), last]).squeeze(-1).float()
 
 
 def save_reward_model(model: RewardModel, processor, out_dir: str | Path, base_model: str | None, facts: bool) -> Path:
@@ -100,8 +104,11 @@ def save_reward_model(model: RewardModel, processor, out_dir: str | Path, base_m
     return out
 
 
-def load_reward_model(path: str | Path, device: str | None = None, trust_remote_code: bool = False):
-    """`(reward_model, processor, config)` from a folder `save_reward_model` wrote, in eval mode."""
+def load_reward_model(
+    path: str | Path, device: str | None = None, trust_remote_code: bool = False, trainable: bool = False
+):
+    """`(reward_model, processor, config)` from a folder `save_reward_model` wrote, in eval mode; frozen, or with
+    its adapter (or whole backbone) and head trainable (`trainable`: PPO's value model starts from a reward model)."""
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a saved reward model: it has no {CONFIG_FILE}")
@@ -111,10 +118,13 @@ def load_reward_model(path: str | Path, device: str | None = None, trust_remote_
     source = config["base_model"] if config["adapter"] else str(path)
     backbone = AutoModelForImageTextToText.from_pretrained(source, trust_remote_code=trust_remote_code)
     if config["adapter"]:
-        backbone = PeftModel.from_pretrained(backbone, str(path))
+        backbone = PeftModel.from_pretrained(backbone, str(path), is_trainable=trainable)
     head = torch.nn.Linear(config["hidden_size"], 1)
     head.load_state_dict(load_file(path / HEAD_FILE))
     model = RewardModel(backbone, head).eval()
+    if not config["adapter"]:
+        model.backbone.requires_grad_(trainable)
+    model.head.requires_grad_(trainable)
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")), processor, config
 

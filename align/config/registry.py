@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from align.config.loading import ConfigError, apply_overrides, from_dict, read_yaml
-from align.config.online import GRPORecipeConfig
+from align.config.online import GRPORecipeConfig, PPORecipeConfig
 from align.config.recipes import DPORecipeConfig, OPADPOConfig, RewardModelConfig, RLAIFVConfig, SFTConfig
 from data_builders.configs import (
     OPADataConfig,
@@ -38,6 +38,7 @@ RECIPES: dict[str, Recipe] = {
     "rlaif_v": Recipe(RLAIFVConfig, "train", "align.recipes.rlaif_v:main"),
     "reward_model": Recipe(RewardModelConfig, "train", "align.recipes.reward_model:main"),
     "grpo": Recipe(GRPORecipeConfig, "train", "align.recipes.grpo:main"),
+    "ppo": Recipe(PPORecipeConfig, "train", "align.recipes.ppo:main"),
     "toyworld": Recipe(ToyWorldDataConfig, "build-data", "data_builders.toyworld_data:build_from_config"),
     "opa_dpo_data": Recipe(OPADataConfig, "build-data", "align.rollout.builds:build_opa_data"),
     "preference_data": Recipe(PreferenceDataConfig, "build-data", "data_builders.rlhf_v:build_preference_data"),

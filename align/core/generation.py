@@ -13,7 +13,6 @@ from align.core.data import to_pil, user_prompt
 from data_builders.progress import bar
 
 
-@torch.no_grad()
 def generate(
     model,
     processor,
@@ -24,6 +23,21 @@ def generate(
     max_new_tokens: int | None = None,
 ) -> list[str]:
     """One decoded reply per (image, prompt). Images may be PIL images or `{"bytes": ...}` dicts."""
+    return [text for text, _ in generate_with_finish(model, processor, images, prompts, cfg, desc, max_new_tokens)]
+
+
+@torch.no_grad()
+def generate_with_finish(
+    model,
+    processor,
+    images: list,
+    prompts: list[str],
+    cfg: GenerationConfig,
+    desc: str = "generate",
+    max_new_tokens: int | None = None,
+) -> list[tuple[str, bool]]:
+    """(reply, finished) per (image, prompt): finished is False when the reply was cut at max_new_tokens before its
+    end token (an OpenAI-compatible server's finish_reason "length")."""
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
     device = next(model.parameters()).device
@@ -31,7 +45,7 @@ def generate(
     if cfg.do_sample:
         sampling.update(temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p)
     tok = processor.tokenizer
-    outputs: list[str] = []
+    outputs: list[tuple[str, bool]] = []
     starts = range(0, len(prompts), cfg.batch_size)
     for start in bar(starts, desc=desc, disable=len(starts) < 2):
         batch_images = [to_pil(im, f"#{start + i}") for i, im in enumerate(images[start : start + cfg.batch_size])]
@@ -46,7 +60,9 @@ def generate(
             **sampling,
         )
         new_tokens = out[:, enc["input_ids"].shape[1] :]
-        outputs += [t.strip() for t in tok.batch_decode(new_tokens, skip_special_tokens=True)]
+        finished = (new_tokens == tok.eos_token_id).any(1).tolist()
+        texts = [t.strip() for t in tok.batch_decode(new_tokens, skip_special_tokens=True)]
+        outputs += list(zip(texts, finished, strict=True))
     return outputs
 
 

@@ -37,7 +37,7 @@ def response_logps(
     # the hidden state at t predicts the token at t + 1; boolean indexing keeps row-major order (row 0's tokens first)
     scored = hidden[:, :-1][mask]
     logps = _chunked_logps(head, scored, labels[mask], chunk_size)
-    return _left_align(logps, mask, width)
+    return left_align(logps, mask, width)
 
 
 def naive_response_logps(model, batch: dict, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,7 +134,7 @@ def _chunk_logps(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -F.cross_entropy(logits, targets, reduction="none")
 
 
-def _left_align(logps: torch.Tensor, mask: torch.Tensor, width: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def left_align(logps: torch.Tensor, mask: torch.Tensor, width: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Scatter [M] log-probs (row-major over `mask` [N, L]) into [N, width], each row's from column 0."""
     counts = mask.sum(1)
     longest = int(counts.max()) if len(counts) else 0

@@ -15,21 +15,17 @@ prompts are conversational with an image placeholder and the `image` column hold
 
 from __future__ import annotations
 
-import io
 import json
 import time
-import types
 
 from datasets import Dataset
-from PIL import Image
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from align.config.online import GRPORecipeConfig
 from align.core.models import build_model
 from align.core.trainer import ConsoleMixin, begin_run, train_and_save, training_arguments, write_summary
 from align.eval.runner import evaluate_checkpoint
-from data_builders.reward_pairs import toyworld_facts
-from data_builders.toyworld_data import toyworld_prompts
+from align.rollout.prompts import rl_prompts
 from rewards.functions import FiniteRewards, RewardModelReward, ToyWorldOracleReward
 
 
@@ -42,17 +38,13 @@ class AlignRLOOTrainer(ConsoleMixin, RLOOTrainer):
 
 
 def prompt_rows(cfg: GRPORecipeConfig) -> Dataset:
-    """One conversational prompt per training image, with its image and ground truth (`objects`, `image_id`)."""
-    select = types.SimpleNamespace(
-        world=cfg.data.world, cache_dir=cfg.data.cache_dir, split="train", limit=cfg.limit, seed=cfg.run.seed
-    )
+    """One conversational prompt per training image (or per record of `cfg.prompts`), with its image, facts and,
+    on ToyWorld, ground truth (`objects`)."""
     rows = []
-    for p in toyworld_prompts(select):
+    for p in rl_prompts(cfg.data, cfg.prompts, cfg.limit, cfg.run.seed):
         content = [{"type": "image"}, {"type": "text", "text": p["prompt"]}]
-        image = Image.open(io.BytesIO(p["image"])).convert("RGB")
-        facts = toyworld_facts(json.loads(p["objects"]))  # what a fact-augmented reward model reads
-        rows.append({"prompt": [{"role": "user", "content": content}], "image": image, "objects": p["objects"],
-                     "facts": json.dumps(facts), "image_id": p["id"]})  # fmt: skip
+        rows.append({"prompt": [{"role": "user", "content": content}], "image": p["image"], "objects": p["objects"],
+                     "facts": json.dumps(p["facts"]), "image_id": p["id"]})  # fmt: skip
     return Dataset.from_list(rows)
 
 
