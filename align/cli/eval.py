@@ -16,7 +16,12 @@ from data_builders.endpoint import JudgeConfig
 
 def cmd_eval(args) -> int:
     from align.eval.runner import evaluate_checkpoint, format_table, resolve_checkpoints  # loads torch: not at the top
+    from rewards.evaluate import is_reward_model
 
+    if any(is_reward_model(p) for p in args.paths):
+        return _eval_reward_models(args)
+    if args.pairs or args.score:
+        raise ValueError("--pairs and --score evaluate a reward model (a folder with reward_config.json)")
     sources = [_source(spec) for spec in args.source or []]
     benchmarks = args.benchmarks.split(",") if args.benchmarks else ["toyworld"] if not sources else []
     benchmarks += [s.name for s in sources if s.name not in benchmarks]
@@ -45,6 +50,31 @@ def cmd_eval(args) -> int:
         if args.plot or metric_series(results):  # the default plot is skipped when no checkpoint has a step
             plot_metrics(results, plot)
             print(f"wrote {plot}")
+    return 0
+
+
+def _eval_reward_models(args) -> int:
+    """`align eval RM... --pairs DATASET` (pair accuracy) and/or `--score ROWS.jsonl` (a reward per row)."""
+    from rewards.evaluate import is_reward_model, pair_accuracy, score_file
+
+    policies = [p for p in args.paths if not is_reward_model(p)]
+    if policies or not (args.pairs or args.score):
+        raise ValueError("a reward model is evaluated with --pairs DATASET and/or --score ROWS.jsonl, apart from "
+                         f"policies{': ' + ', '.join(policies) if policies else ''}")  # fmt: skip
+    results = {}
+    for path in args.paths:
+        if args.pairs:
+            r = results.setdefault(path, {})["pairs"] = pair_accuracy(path, args.pairs, args.limit)
+            skipped = f"; skipped {r['skipped']}" if r["skipped"] else ""
+            print(f"{path}: pair accuracy {100 * r['pair_accuracy']:.1f}% on {r['scored']} pairs, mean margin "
+                  f"{r['mean_margin']:.3f}{skipped}")  # fmt: skip
+        if args.score:
+            out, r = score_file(path, args.score)
+            results.setdefault(path, {})["score"] = {**r, "file": str(out)}
+            print(f"{path}: {r['scored']} rows scored (mean reward {r['mean_reward']:.3f}), {r['errors']} bad; {out}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
 
 
@@ -237,7 +267,13 @@ def add_eval_parser(sub) -> None:
         epilog="align eval score --benchmark NAME --outputs FILE ...: score outputs already written "
         "(see align eval score -h)",
     )
-    p.add_argument("paths", nargs="+", help="checkpoint dirs or run dirs (every checkpoint-*/ and final/)")
+    p.add_argument(
+        "paths", nargs="+", help="checkpoint dirs or run dirs (every checkpoint-*/ and final/), or reward models"
+    )
+    p.add_argument("--pairs", metavar="DATASET", help="reward models: pair accuracy on this preference dataset")
+    p.add_argument(
+        "--score", metavar="ROWS.jsonl", help="reward models: score {image, prompt, response[, facts]} rows"
+    )
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--limit", type=int, help="evaluate on the first N test images")
     p.add_argument("--no-pope", action="store_true", help="skip the POPE questions")
