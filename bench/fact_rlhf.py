@@ -12,7 +12,8 @@ Per seed S, with <base> = runs/bench-demo/seed-S/sft_base/final (`python bench/o
   align train configs/toy/ppo.yaml reward_model_path=<rm_facts> PPO, the value model from the same RM
   align train configs/toy/ppo.yaml reward_model_path=<rm_plain> the same on the plain RM
   align train configs/toy/grpo.yaml ...                         GRPO on the oracle reward
-PPO samples 32 captions a step for 100 steps and GRPO 16 for 200: equal rollouts (3,200 captions). Metrics are on
+  align train configs/toy/rloo.yaml ...                         RLOO on the oracle reward
+PPO samples 32 captions a step for 100 steps, GRPO and RLOO 16 for 200: equal rollouts (3,200 captions). Metrics are on
 the ToyWorld test split with POPE; the hacking curve is each PPO run's rollout RM score against the oracle's
 CHAIR_i of the same captions, step by step.
 """
@@ -35,7 +36,7 @@ from machine import machine_info  # noqa: E402  (this script's folder is on sys.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from align.eval.seeds import mean_std  # noqa: E402
 
-MODELS = ("base", "ppo_facts", "ppo_plain", "grpo_oracle")
+MODELS = ("base", "ppo_facts", "ppo_plain", "grpo_oracle", "rloo_oracle")
 METRICS = [
     ("toyworld_chair", "chair_s", "CHAIR_s"),
     ("toyworld_chair", "chair_i", "CHAIR_i"),
@@ -80,6 +81,7 @@ def run_seed(seed: int, root: Path) -> dict:
         reward_model = f"reward_model_path={work / rm_name / 'final'}"
         runs[name] = train("configs/toy/ppo.yaml", work / name, *common, reward_model)
     runs["grpo_oracle"] = train("configs/toy/grpo.yaml", work / "grpo_oracle", *common)
+    runs["rloo_oracle"] = train("configs/toy/rloo.yaml", work / "rloo_oracle", *common)
     checkpoints = {"base": base, **{name: work / name / "final" for name in runs}}
     return {
         "seed": seed,
@@ -104,21 +106,27 @@ def smooth(values: list[float], window: int = 9) -> list[float]:
     return [statistics.fmean(values[max(0, i - half) : i + half + 1]) for i in range(len(values))]
 
 
-def hacking_plot(per_seed: list[dict], out: Path) -> None:
-    """RM score (left) and the oracle's CHAIR_i of the same rollouts (right) over PPO steps, mean over seeds."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
-    for ax, name, title in ((axes[0], "ppo_facts", "PPO, fact-augmented RM"), (axes[1], "ppo_plain", "PPO, plain RM")):
-        series = {k: [statistics.fmean(v) for v in zip(*(s["curves"][name][k] for s in per_seed))]
-                  for k in ("reward/score", "oracle/chair_i")}  # fmt: skip
+PPO_RUNS = (("ppo_facts", "fact-augmented RM"), ("ppo_plain", "plain RM"))
+
+
+def hacking_plot(per_seed: list[dict], out: Path, runs=PPO_RUNS):
+    """RM score (left axis) against the oracle's CHAIR_i and recall of the same rollouts (right axis) over PPO
+    steps, mean over seeds."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4))
+    for ax, (name, title) in zip(axes, runs, strict=True):
+        keys = ("reward/score", "oracle/chair_i", "oracle/recall")
+        series = {k: [statistics.fmean(v) for v in zip(*(s["curves"][name][k] for s in per_seed))] for k in keys}
         steps = range(1, len(series["reward/score"]) + 1)
-        ax.plot(steps, smooth(series["reward/score"]), color="tab:blue", label="RM score")
-        ax.set(title=title, xlabel="PPO step")
+        ax.plot(steps, smooth(series["reward/score"]), color="tab:blue")
+        ax.set(title=f"PPO, {title}", xlabel="PPO step")
         ax.set_ylabel("RM score of the rollouts", color="tab:blue")
         right = ax.twinx()
         right.plot(steps, smooth(series["oracle/chair_i"]), color="tab:red", label="oracle CHAIR_i")
-        right.set_ylabel("oracle CHAIR_i of the same rollouts (%)", color="tab:red")
-        right.set_ylim(0, 50)
-    fig.suptitle(f"Reward hacking: RM score vs oracle CHAIR_i (T = 1 rollouts; mean of {len(per_seed)} seeds, "
+        right.plot(steps, smooth(series["oracle/recall"]), color="tab:green", linestyle="--", label="oracle recall")
+        right.set_ylabel("% of the same rollouts (oracle)")
+        right.set_ylim(0, 80)
+        right.legend(loc="center right", fontsize=8)
+    fig.suptitle(f"Reward hacking: RM score vs the oracle (T = 1 rollouts; mean of {len(per_seed)} seeds, "
                  "moving average of 9 steps)")  # fmt: skip
     fig.tight_layout()
     fig.savefig(out, dpi=120)

@@ -170,3 +170,8 @@ class PPORecipeConfig:
             raise ValueError("reward: oracle scores from ToyWorld's ground truth; a prompts dataset has none")
         if self.reward == "reward_model" and not self.reward_model_path:
             raise ValueError("reward: reward_model needs reward_model_path (`align train reward_model` makes one)")
+        if self.run.report_to != "none":
+            raise ValueError(
+                "run.report_to: PPO logs to train.log and train_summary.json only; trackers (tensorboard, wandb) "
+                "are not wired into its loop yet: set run.report_to: none"
+            )

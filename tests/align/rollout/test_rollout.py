@@ -144,3 +144,17 @@ def test_a_build_where_every_row_fails_says_so_and_keeps_its_work(tmp_path, cach
     assert summary["rows_out"] == 0 and summary["expert"]["failures"] == {"InternalServerError": 10}
     assert len((tmp_path / "opa" / "rollouts.jsonl").read_text().splitlines()) == 10  # sampling is not lost
     assert not (tmp_path / "opa" / "dataset").exists()
+
+
+def test_sample_says_which_replies_were_cut_at_max_new_tokens(policy_dir, small_world):
+    images = [small_world["train"][i]["image"] for i in range(4)]
+    prompts = ["Describe the image in detail."] * 4
+    short = HFRolloutEngine(policy_dir, RolloutSettings(max_new_tokens=1)).sample(images, prompts, seed=5)
+    assert any(text for text, _ in short)
+    assert all(not finished for text, finished in short if text)  # one token that is not the end token: cut
+    engine = HFRolloutEngine(policy_dir, RolloutSettings(max_new_tokens=40))
+    replies = engine.sample(images, prompts, seed=5)
+    assert [text for text, _ in replies] == engine.generate(images, prompts, seed=5)
+    for text, finished in replies:
+        n = len(engine.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+        assert finished or n >= 39  # a reply without its end token used up its tokens
