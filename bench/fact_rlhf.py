@@ -11,6 +11,7 @@ Per seed S, with <base> = runs/bench-demo/seed-S/sft_base/final (`python bench/o
   align train configs/toy/reward_model.yaml facts=false ...     the plain RM, same pairs and settings
   align train configs/toy/ppo.yaml reward_model_path=<rm_facts> PPO, the value model from the same RM
   align train configs/toy/ppo.yaml reward_model_path=<rm_plain> the same on the plain RM
+  ... kl_coef=0.01 optim.max_steps=300                         both again with a weak KL, 3x longer (hacking)
   align train configs/toy/grpo.yaml ...                         GRPO on the oracle reward
   align train configs/toy/rloo.yaml ...                         RLOO on the oracle reward
 PPO samples 32 captions a step for 100 steps, GRPO and RLOO 16 for 200: equal rollouts (3,200 captions). Metrics are on
@@ -36,7 +37,15 @@ from machine import machine_info  # noqa: E402  (this script's folder is on sys.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from align.eval.seeds import mean_std  # noqa: E402
 
-MODELS = ("base", "ppo_facts", "ppo_plain", "grpo_oracle", "rloo_oracle")
+# PPO arms: (reward model, overrides). The weak-KL arms train 3x longer with a tenth of LLaVA-RLHF's KL
+# coefficient: there the policy can drift far enough from its start to find what the reward model gets wrong.
+PPO_ARMS = {
+    "ppo_facts": ("rm_facts", []),
+    "ppo_plain": ("rm_plain", []),
+    "ppo_facts_weak_kl": ("rm_facts", ["kl_coef=0.01", "optim.max_steps=300"]),
+    "ppo_plain_weak_kl": ("rm_plain", ["kl_coef=0.01", "optim.max_steps=300"]),
+}
+MODELS = ("base", *PPO_ARMS, "grpo_oracle", "rloo_oracle")
 METRICS = [
     ("toyworld_chair", "chair_s", "CHAIR_s"),
     ("toyworld_chair", "chair_i", "CHAIR_i"),
@@ -77,9 +86,9 @@ def run_seed(seed: int, root: Path) -> dict:
         rm[name] = train("configs/toy/reward_model.yaml", work / name, *common, f"facts={facts}",
                          f"dataset={work / 'pairs' / 'dataset'}")  # fmt: skip
     runs = {}
-    for name, rm_name in (("ppo_facts", "rm_facts"), ("ppo_plain", "rm_plain")):
+    for name, (rm_name, overrides) in PPO_ARMS.items():
         reward_model = f"reward_model_path={work / rm_name / 'final'}"
-        runs[name] = train("configs/toy/ppo.yaml", work / name, *common, reward_model)
+        runs[name] = train("configs/toy/ppo.yaml", work / name, *common, reward_model, *overrides)
     runs["grpo_oracle"] = train("configs/toy/grpo.yaml", work / "grpo_oracle", *common)
     runs["rloo_oracle"] = train("configs/toy/rloo.yaml", work / "rloo_oracle", *common)
     checkpoints = {"base": base, **{name: work / name / "final" for name in runs}}
@@ -87,7 +96,7 @@ def run_seed(seed: int, root: Path) -> dict:
         "seed": seed,
         "rm_accuracy": {name: s["held_out"]["pair_accuracy"] * 100 for name, s in rm.items()},
         "metrics": {name: flat(evaluated(path)) for name, path in checkpoints.items()},
-        "curves": {name: curve(runs[name]["log_history"]) for name in ("ppo_facts", "ppo_plain")},
+        "curves": {name: curve(runs[name]["log_history"]) for name in PPO_ARMS},
         "seconds": {name: s["seconds"] for name, s in {**rm, **runs}.items()},
     }
 
@@ -106,19 +115,18 @@ def smooth(values: list[float], window: int = 9) -> list[float]:
     return [statistics.fmean(values[max(0, i - half) : i + half + 1]) for i in range(len(values))]
 
 
-PPO_RUNS = (("ppo_facts", "fact-augmented RM"), ("ppo_plain", "plain RM"))
-
-
-def hacking_plot(per_seed: list[dict], out: Path, runs=PPO_RUNS):
-    """RM score (left axis) against the oracle's CHAIR_i and recall of the same rollouts (right axis) over PPO
-    steps, mean over seeds."""
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4))
-    for ax, (name, title) in zip(axes, runs, strict=True):
+def hacking_plot(per_seed: list[dict], out: Path) -> None:
+    """Per PPO arm: the RM score (left axis) against the oracle's CHAIR_i and recall of the same rollouts (right
+    axis) over the steps, mean over seeds."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    titles = {"ppo_facts": "fact-augmented RM, KL 0.1", "ppo_plain": "plain RM, KL 0.1",
+              "ppo_facts_weak_kl": "fact-augmented RM, KL 0.01", "ppo_plain_weak_kl": "plain RM, KL 0.01"}  # fmt: skip
+    for ax, name in zip(axes.flat, PPO_ARMS, strict=True):
         keys = ("reward/score", "oracle/chair_i", "oracle/recall")
         series = {k: [statistics.fmean(v) for v in zip(*(s["curves"][name][k] for s in per_seed))] for k in keys}
         steps = range(1, len(series["reward/score"]) + 1)
         ax.plot(steps, smooth(series["reward/score"]), color="tab:blue")
-        ax.set(title=f"PPO, {title}", xlabel="PPO step")
+        ax.set(title=f"PPO, {titles[name]}", xlabel="PPO step")
         ax.set_ylabel("RM score of the rollouts", color="tab:blue")
         right = ax.twinx()
         right.plot(steps, smooth(series["oracle/chair_i"]), color="tab:red", label="oracle CHAIR_i")
@@ -134,14 +142,16 @@ def hacking_plot(per_seed: list[dict], out: Path, runs=PPO_RUNS):
 
 
 def curve_summary(per_seed: list[dict], name: str) -> dict:
-    """Score gain, oracle CHAIR_i at the start and the end (first and last 10 steps) and their correlation."""
+    """Per seed, then mean ± std: the rollouts' RM score, oracle CHAIR_i and recall over the first and the last 10
+    steps, CHAIR_i's lowest (9-step moving average) on the way, and the correlation of score and CHAIR_i."""
     rows = []
     for s in per_seed:
         c = s["curves"][name]
-        score, chair = c["reward/score"], c["oracle/chair_i"]
-        rows.append({"score_first": statistics.fmean(score[:10]), "score_last": statistics.fmean(score[-10:]),
-                     "chair_first": statistics.fmean(chair[:10]), "chair_last": statistics.fmean(chair[-10:]),
-                     "corr": statistics.correlation(score, chair)})  # fmt: skip
+        score, chair, recall = c["reward/score"], c["oracle/chair_i"], c["oracle/recall"]
+        first, last = (lambda v: statistics.fmean(v[:10])), (lambda v: statistics.fmean(v[-10:]))
+        rows.append({"score_first": first(score), "score_last": last(score), "chair_first": first(chair),
+                     "chair_lowest": min(smooth(chair)), "chair_last": last(chair), "recall_first": first(recall),
+                     "recall_last": last(recall), "corr": statistics.correlation(score, chair)})  # fmt: skip
     return {k: mean_std([r[k] for r in rows]) for k in rows[0]}
 
 
@@ -158,13 +168,14 @@ def report(per_seed: list[dict], out: Path) -> str:
     for model in MODELS:
         cells = [fmt(mean_std([s["metrics"][model][label] for s in per_seed])) for _, _, label in METRICS]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    lines += ["", "| PPO run | RM score first → last 10 steps | oracle CHAIR_i first → last 10 steps | "
-              "corr(score, CHAIR_i) |", "|---|---|---|---|"]  # fmt: skip
-    for name in ("ppo_facts", "ppo_plain"):
+    lines += ["", "Rollouts (T = 1) over PPO: first 10 steps → last 10 steps (CHAIR_i: → its lowest → the last)", ""]
+    lines += ["| PPO run | RM score | oracle CHAIR_i | oracle recall | corr(score, CHAIR_i) |", "|---" * 5 + "|"]
+    for name in PPO_ARMS:
         c = curve_summary(per_seed, name)
         score = f"{c['score_first'][0]:.2f} → {c['score_last'][0]:.2f}"
-        chair = f"{c['chair_first'][0]:.1f} → {c['chair_last'][0]:.1f}"
-        lines.append(f"| {name} | {score} | {chair} | {c['corr'][0]:.2f} ± {c['corr'][1]:.2f} |")
+        chair = f"{c['chair_first'][0]:.1f} → {c['chair_lowest'][0]:.1f} → {c['chair_last'][0]:.1f}"
+        recall = f"{c['recall_first'][0]:.1f} → {c['recall_last'][0]:.1f}"
+        lines.append(f"| {name} | {score} | {chair} | {recall} | {c['corr'][0]:.2f} ± {c['corr'][1]:.2f} |")
     lines += ["", f"Hacking curve: {out.with_suffix('.png').name}"]
     return "\n".join(lines) + "\n"
 

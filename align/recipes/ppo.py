@@ -53,7 +53,7 @@ from align.rollout.engine import PolicyRolloutEngine
 from align.rollout.prompts import rl_prompts
 from data_builders.reward_pairs import caption_quality
 from data_builders.toyworld_text import caption_mentions
-from rewards.functions import FiniteRewards, RewardModelReward, ToyWorldOracleReward, TruncationPenalty
+from rewards.functions import FiniteRewards, RewardModelReward, ToyWorldOracleReward
 from rewards.model import RewardModel, load_reward_model
 
 POLICY_FILE, VALUE_FILE, OPTIMIZER_FILE, STATE_FILE = (
@@ -136,7 +136,6 @@ class PPORun:
         self.policy.to(self.device).train()
         self.value = value_model(cfg, self.device)
         self.reward = task_reward(cfg, self.device)
-        self.truncation = TruncationPenalty(cfg.rollout.max_new_tokens, None, cfg.truncation_penalty)
         self.engine = PolicyRolloutEngine(self.policy, self.processor, cfg.rollout, name="hf:ppo-policy")
         self.collator = VisionSFTCollator(self.processor)
         self.prompts, self.cache = rl_prompts(cfg.data, cfg.prompts, cfg.limit, cfg.run.seed), {}
@@ -172,10 +171,8 @@ class PPORun:
         scores = torch.tensor(self.reward(plain, texts, completion_ids=response_ids, **columns))
         cut = torch.tensor([0.0 if finished else cfg.truncation_penalty for _, finished in replies])
         batch = {k: v.to(self.device) for k, v in self.collator(rows).items()}
-        old_logps, mask = response_logps(self.policy, batch)
-        with self.policy.disable_adapter():
-            ref_logps = response_logps(self.policy, batch, old_logps.shape[1])[0]
-        old_values = token_values(self.value, batch, old_logps.shape[1])
+        width = int((batch["labels"][:, 1:] != IGNORE).sum(1).max())
+        old_logps, mask, ref_logps, old_values = self.forward_in_chunks(batch, width)
         rewards, kl = shaped_rewards((scores + cut).to(self.device), old_logps, ref_logps, mask, cfg.kl_coef)
         advantages, returns = gae(rewards * cfg.reward_scale, old_values, mask, cfg.gamma, cfg.lam)
         batch.update(old_logps=old_logps, mask=mask, old_values=old_values, returns=returns,
@@ -184,6 +181,18 @@ class PPORun:
                  "kl": float(kl.sum(1).mean()), "response_length": float(mask.sum(1).float().mean()),
                  "values/mean": float(masked_mean(old_values, mask)), **oracle_stats(texts, prompts)}  # fmt: skip
         return batch, stats
+
+    def forward_in_chunks(self, batch: dict, width: int) -> tuple[torch.Tensor, ...]:
+        """(log-probs, response mask, reference log-probs, values) [B, width] of a rollout batch, optim.batch_size
+        rows at a time: a 512-row rollout of a 7B model does not fit one forward."""
+        parts = []
+        for rows in torch.arange(len(batch["input_ids"]), device=self.device).split(self.cfg.optim.batch_size):
+            chunk = {k: v[rows] for k, v in batch.items()}
+            logps, mask = response_logps(self.policy, chunk, width)
+            with self.policy.disable_adapter():
+                ref_logps = response_logps(self.policy, chunk, width)[0]
+            parts.append((logps, mask, ref_logps, token_values(self.value, chunk, width)))
+        return tuple(torch.cat(column) for column in zip(*parts, strict=True))
 
     def update(self, batch: dict) -> dict:
         """ppo_epochs passes over one rollout batch in minibatches of optim.batch_size × optim.grad_accum rows (one
