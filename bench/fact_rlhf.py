@@ -107,7 +107,7 @@ def flat(results: dict) -> dict:
 
 def curve(history: list[dict]) -> dict:
     steps = [e for e in history if "reward/score" in e]
-    return {k: [e[k] for e in steps] for k in ("reward/score", "oracle/chair_i", "oracle/recall", "kl")}
+    return {k: [round(e[k], 3) for e in steps] for k in ("reward/score", "oracle/chair_i", "oracle/recall", "kl")}
 
 
 def smooth(values: list[float], window: int = 9) -> list[float]:
@@ -133,11 +133,11 @@ def hacking_plot(per_seed: list[dict], out: Path) -> None:
         right.plot(steps, smooth(series["oracle/recall"]), color="tab:green", linestyle="--", label="oracle recall")
         right.set_ylabel("% of the same rollouts (oracle)")
         right.set_ylim(0, 80)
-        right.legend(loc="center right", fontsize=8)
+        right.legend(loc="best", fontsize=8)
     fig.suptitle(f"Reward hacking: RM score vs the oracle (T = 1 rollouts; mean of {len(per_seed)} seeds, "
                  "moving average of 9 steps)")  # fmt: skip
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=100)
     plt.close(fig)
 
 

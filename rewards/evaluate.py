@@ -1,7 +1,8 @@
 """`align eval <reward model>`: a saved reward model's pair accuracy on a preference dataset, and its scores of a
 file of (image, prompt, response[, facts]) rows.
 
-    align eval runs/reward_model/final --pairs runs/reward_pairs/dataset        # accuracy, margin, per source
+    align eval runs/reward_model/final --pairs runs/reward_pairs/dataset        # accuracy and margin
+    align eval runs/reward_model/final --pairs runs/reward_pairs/dataset --other-facts   # does it read its facts?
     align eval runs/reward_model/final --score rows.jsonl                        # rows.jsonl.rewards.jsonl
 
 A row of the --score file: {"image": path (relative to the file's folder), "prompt": str, "response": str,
@@ -29,9 +30,14 @@ def is_reward_model(path: str | Path) -> bool:
     return (Path(path) / "reward_config.json").is_file()
 
 
-def pair_accuracy(rm_path: str | Path, pairs: str | Path, limit: int | None = None, batch_size: int = 16) -> dict:
+def pair_accuracy(
+    rm_path: str | Path, pairs: str | Path, limit: int | None = None, batch_size: int = 16, other_facts: bool = False
+) -> dict:
     """Share of pairs whose chosen answer scores above the rejected one (ties count half), the mean margin, and
-    the pairs left out (a fact-reading model skips pairs without facts). Written to <rm>/reward_eval.json."""
+    the pairs left out (a fact-reading model skips pairs without facts). Written to <rm>/reward_eval.json.
+
+    `other_facts`: each pair is read with the next pair's facts (another image's): how far the accuracy falls
+    says how much the model reads its facts."""
     model, processor, config = load_reward_model(rm_path)
     dataset = load_preference_dataset(pairs)
     rows, skipped = [], Counter()
@@ -43,6 +49,8 @@ def pair_accuracy(rm_path: str | Path, pairs: str | Path, limit: int | None = No
         rows.append((record["image"].convert("RGB"), record["prompt"], record["chosen"], record["rejected"], facts))
     if not rows:
         raise ValueError(f"{pairs}: no pair to score (skipped: {dict(skipped)})")
+    if other_facts and config["facts"]:
+        rows = [(*row[:4], rows[(i + 1) % len(rows)][4]) for i, row in enumerate(rows)]
     margins = []
     for start in bar(range(0, len(rows), batch_size), desc="score pairs"):
         chunk = rows[start : start + batch_size]
@@ -52,8 +60,10 @@ def pair_accuracy(rm_path: str | Path, pairs: str | Path, limit: int | None = No
         margins += [g - b for g, b in zip(good, bad, strict=True)]
     accuracy = sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins) / len(margins)
     result = {"pairs": str(pairs), "scored": len(margins), "skipped": dict(skipped), "facts": config["facts"],
-              "pair_accuracy": accuracy, "mean_margin": sum(margins) / len(margins)}  # fmt: skip
-    (Path(rm_path) / RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")
+              "other_facts": other_facts, "pair_accuracy": accuracy,
+              "mean_margin": sum(margins) / len(margins)}  # fmt: skip
+    name = RESULTS_FILE.replace(".json", "_other_facts.json") if other_facts else RESULTS_FILE
+    (Path(rm_path) / name).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -64,9 +64,11 @@ def _eval_reward_models(args) -> int:
     results = {}
     for path in args.paths:
         if args.pairs:
-            r = results.setdefault(path, {})["pairs"] = pair_accuracy(path, args.pairs, args.limit)
+            r = pair_accuracy(path, args.pairs, args.limit, other_facts=args.other_facts)
+            results.setdefault(path, {})["pairs"] = r
             skipped = f"; skipped {r['skipped']}" if r["skipped"] else ""
-            print(f"{path}: pair accuracy {100 * r['pair_accuracy']:.1f}% on {r['scored']} pairs, mean margin "
+            facts = " (each read with another pair's facts)" if args.other_facts else ""
+            print(f"{path}: pair accuracy {100 * r['pair_accuracy']:.1f}%{facts} on {r['scored']} pairs, mean margin "
                   f"{r['mean_margin']:.3f}{skipped}")  # fmt: skip
         if args.score:
             out, r = score_file(path, args.score)
@@ -271,6 +273,11 @@ def add_eval_parser(sub) -> None:
         "paths", nargs="+", help="checkpoint dirs or run dirs (every checkpoint-*/ and final/), or reward models"
     )
     p.add_argument("--pairs", metavar="DATASET", help="reward models: pair accuracy on this preference dataset")
+    p.add_argument(
+        "--other-facts",
+        action="store_true",
+        help="with --pairs: read each pair with another pair's facts (how much does the model read its facts?)",
+    )
     p.add_argument(
         "--score", metavar="ROWS.jsonl", help="reward models: score {image, prompt, response[, facts]} rows"
     )

@@ -40,6 +40,7 @@ def rm_and_images(tmp_path_factory):
 def test_pair_accuracy_matches_scoring_each_answer(rm_and_images, tmp_path, capsys):
     rm, images, _ = rm_and_images
     answers = [("a red cup.", "a dog and a cat."), ("two cars.", "no."), ("a spoon.", "a spoon and a bus.")]
+    facts = [["a red cup at the top left"], ["two cars at the center"], None]
     records = [
         {
             "id": f"p{i}",
@@ -50,22 +51,27 @@ def test_pair_accuracy_matches_scoring_each_answer(rm_and_images, tmp_path, caps
             "chosen_spans": [],
             "rejected_spans": [],
             "source": "test",
-            "meta": json.dumps({"facts": ["a red cup at the top left"]} if i < 2 else {}),
+            "meta": json.dumps({"facts": fact} if fact else {}),
         }  # fmt: skip
-        for i, (image, (good, bad)) in enumerate(zip(images, answers, strict=True))
+        for i, (image, (good, bad), fact) in enumerate(zip(images, answers, facts, strict=True))
     ]
     Dataset.from_list(records, features=PREFERENCE_FEATURES).save_to_disk(str(tmp_path / "pairs"))
-    assert cli(["eval", str(rm), "--pairs", str(tmp_path / "pairs")]) == 0
-    result = json.loads((rm / RESULTS_FILE).read_text())
-    assert result["scored"] == 2 and result["skipped"] == {"no_facts": 1}  # the RM reads facts; p2 has none
     model, processor, _ = load_reward_model(rm, device="cpu")
     pil = [Dataset.from_list(records[:2], features=PREFERENCE_FEATURES)[i]["image"] for i in range(2)]
-    facts = [["a red cup at the top left"]] * 2
-    good = score(model, processor, pil, ["Describe the image."] * 2, [a[0] for a in answers[:2]], facts)
-    bad = score(model, processor, pil, ["Describe the image."] * 2, [a[1] for a in answers[:2]], facts)
-    margins = [g - b for g, b in zip(good, bad, strict=True)]
-    assert result["mean_margin"] == pytest.approx(sum(margins) / 2, abs=1e-5)
-    assert result["pair_accuracy"] == sum(m > 0 for m in margins) / 2
+
+    def margins(read: list) -> list[float]:
+        good = score(model, processor, pil, ["Describe the image."] * 2, [a[0] for a in answers[:2]], read)
+        bad = score(model, processor, pil, ["Describe the image."] * 2, [a[1] for a in answers[:2]], read)
+        return [g - b for g, b in zip(good, bad, strict=True)]
+
+    for flags, file, read in (([], RESULTS_FILE, facts[:2]),
+                              (["--other-facts"], "reward_eval_other_facts.json", [facts[1], facts[0]])):  # fmt: skip
+        assert cli(["eval", str(rm), "--pairs", str(tmp_path / "pairs"), *flags]) == 0
+        result, expected = json.loads((rm / file).read_text()), margins(read)
+        assert result["scored"] == 2 and result["skipped"] == {"no_facts": 1}  # the RM reads facts; p2 has none
+        assert result["mean_margin"] == pytest.approx(sum(expected) / 2, abs=1e-5)
+        assert result["pair_accuracy"] == sum(m > 0 for m in expected) / 2
+    assert margins(facts[:2]) != margins([facts[1], facts[0]])  # the facts change the scores
     assert "pair accuracy" in capsys.readouterr().out
 
 
