@@ -32,6 +32,7 @@ def cmd_eval(args) -> int:
         benchmarks=benchmarks,
         sources=sources,
         judge=_judge_config(args),
+        switch=args.switch,
     )
     checkpoints = [c for p in args.paths for c in resolve_checkpoints(p)]
     results = {}
@@ -286,6 +287,13 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--no-pope", action="store_true", help="skip the POPE questions")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
     p.add_argument("--force", action="store_true", help="re-score checkpoints that already have results")
+    p.add_argument(
+        "--switch",
+        type=float,
+        metavar="EPS",
+        help="HallE switch value in [-1, 1] for a model trained with recipe halle_switch (-1: grounded objects "
+        "only, +1: imagine freely)",
+    )
     p.add_argument(
         "--benchmarks",
         metavar="A,B",

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 from align.config.loading import ConfigError, apply_overrides, from_dict, read_yaml
 from align.config.online import GRPORecipeConfig, PPORecipeConfig
 from align.config.recipes import DPORecipeConfig, OPADPOConfig, RewardModelConfig, RLAIFVConfig, SFTConfig
+from align.config.switch import HalleSwitchConfig
 from data_builders.configs import (
     OPADataConfig,
     PreferenceDataConfig,
@@ -39,6 +40,7 @@ RECIPES: dict[str, Recipe] = {
     "reward_model": Recipe(RewardModelConfig, "train", "align.recipes.reward_model:main"),
     "grpo": Recipe(GRPORecipeConfig, "train", "align.recipes.grpo:main"),
     "ppo": Recipe(PPORecipeConfig, "train", "align.recipes.ppo:main"),
+    "halle_switch": Recipe(HalleSwitchConfig, "train", "align.recipes.halle_switch:main"),
     "toyworld": Recipe(ToyWorldDataConfig, "build-data", "data_builders.toyworld_data:build_from_config"),
     "opa_dpo_data": Recipe(OPADataConfig, "build-data", "align.rollout.builds:build_opa_data"),
     "preference_data": Recipe(PreferenceDataConfig, "build-data", "data_builders.rlhf_v:build_preference_data"),

@@ -250,10 +250,19 @@ class EvalConfig:
         default=None,
         metadata={"help": "`limit` for the checkpoint evals (null = limit); a small subset keeps training fast."},
     )
+    switch: float | None = field(
+        default=None,
+        metadata={
+            "help": "HallE switch value ε in [-1, 1] for a model trained with recipe halle_switch (-1: grounded "
+            "objects only, +1: imagine freely; control tokens follow its sign); null = 0, the base behaviour."
+        },
+    )
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
             raise ValueError("limit must be >= 1 or null")
+        if self.switch is not None and not -1.0 <= self.switch <= 1.0:
+            raise ValueError(f"switch must be in [-1, 1] or null, got {self.switch}")
         if self.checkpoint_limit is not None and self.checkpoint_limit < 1:
             raise ValueError("checkpoint_limit must be >= 1 or null")
         check_benchmarks(self.benchmarks, self.sources, self.judge)

@@ -10,6 +10,7 @@ from PIL import Image
 
 from align.config.sections import GenerationConfig
 from align.core.data import to_pil, user_prompt
+from align.core.switch import switched_prompt
 from data_builders.progress import bar
 
 
@@ -49,7 +50,8 @@ def generate_with_finish(
     starts = range(0, len(prompts), cfg.batch_size)
     for start in bar(starts, desc=desc, disable=len(starts) < 2):
         batch_images = [to_pil(im, f"#{start + i}") for i, im in enumerate(images[start : start + cfg.batch_size])]
-        texts = [user_prompt(processor, p) for p in prompts[start : start + cfg.batch_size]]
+        # a control-token switch (align/core/switch.py) puts its token for the current ε before each prompt
+        texts = [user_prompt(processor, switched_prompt(model, p)) for p in prompts[start : start + cfg.batch_size]]
         enc = processor(images=batch_images, text=texts, padding=True, padding_side="left", return_tensors="pt")
         enc = {k: v.to(device) for k, v in enc.items()}
         out = model.generate(

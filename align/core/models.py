@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from align.config.sections import ModelConfig, TinyModelSpec
+from align.core.switch import read_switch_config, restore_switch
 from data_builders import toyworld
 from data_builders.hub import check_pretrained, hub_errors
 
@@ -137,26 +138,38 @@ def _load_pretrained(cfg: ModelConfig):
     _check_source(name)
     path = Path(name).expanduser()
     adapter = path / "adapter_config.json"
+    switch = read_switch_config(path) if path.is_dir() else None
     kwargs = dict(
         dtype=DTYPES[cfg.dtype], attn_implementation=attn_implementation(cfg), trust_remote_code=cfg.trust_remote_code
     )
-    if adapter.is_file():  # a LoRA directory: load its base, then the adapter on top, trainable
-        base = json.loads(adapter.read_text())["base_model_name_or_path"]
+    if adapter.is_file() or switch is not None:
+        # a LoRA and/or HallE switch directory: its base, then the adapter on top (trainable), then the switch
+        base = (
+            json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.is_file() else switch["base_model"]
+        )
         _check_source(base)
         check_pretrained(base, "base model")  # seconds, not a minute of hub retries, when it cannot be had
         with hub_errors(base, "base model"):
             model = AutoModelForImageTextToText.from_pretrained(base, **kwargs)
-        model = PeftModel.from_pretrained(model, str(path), is_trainable=True)
         proc_dir = str(path) if (path / "processor_config.json").is_file() else base
-    else:
-        source = str(path) if path.exists() else name
-        check_pretrained(source, "model")
-        with hub_errors(name, "model"):
-            model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
-        proc_dir = source
+        processor = _load_processor(proc_dir, cfg)
+        if len(processor.tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(processor.tokenizer))  # tokens added in training (control tokens)
+        if adapter.is_file():
+            model = PeftModel.from_pretrained(model, str(path), is_trainable=True)
+        if switch is not None:
+            restore_switch(model, path)
+        return model, processor
+    source = str(path) if path.exists() else name
+    check_pretrained(source, "model")
+    with hub_errors(name, "model"):
+        model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+    return model, _load_processor(source, cfg)
+
+
+def _load_processor(proc_dir: str, cfg: ModelConfig):
     with hub_errors(proc_dir, "processor"):
-        processor = AutoProcessor.from_pretrained(proc_dir, trust_remote_code=cfg.trust_remote_code)
-    return model, processor
+        return AutoProcessor.from_pretrained(proc_dir, trust_remote_code=cfg.trust_remote_code)
 
 
 def lora_config(cfg: ModelConfig) -> LoraConfig:

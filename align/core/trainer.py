@@ -195,10 +195,13 @@ def training_arguments(
     return args_cls(**{**kwargs, **overrides})
 
 
-def train_and_save(trainer: Trainer, run: RunConfig, processor, cfg=None, tag: str = "train", merge: bool = True):
+def train_and_save(
+    trainer: Trainer, run: RunConfig, processor, cfg=None, tag: str = "train", merge: bool = True, save=None
+):
     """Train (from the last checkpoint in the run directory, if any: `start_run` has cleared it unless the run is
     to be resumed), then save the policy to `output_dir/final` with `cfg` (a config dataclass or dict) beside it: a
-    LoRA model merged into its base (`merge`), or as its adapter alone. Returns (TrainOutput, final)."""
+    LoRA model merged into its base (`merge`), or as its adapter alone, or by `save(final_dir)` when given (a
+    recipe that saves only what it trained). Returns (TrainOutput, final)."""
     last = last_checkpoint(run.output_dir)
     trainer.log_tag = tag  # the run's name in its console lines (ConsoleMixin)
     if last:
@@ -209,8 +212,12 @@ def train_and_save(trainer: Trainer, run: RunConfig, processor, cfg=None, tag: s
         result = restore_last_step(trainer, last, before)
     else:
         result = whole_run_loss(trainer.train(resume_from_checkpoint=str(last) if last else None), before)
-    model = trainer.model.merge_and_unload() if merge and isinstance(trainer.model, PeftModel) else trainer.model
-    final = save_policy(model, processor, Path(run.output_dir) / "final")
+    final = Path(run.output_dir) / "final"
+    if save is not None:
+        save(final)
+    else:
+        model = trainer.model.merge_and_unload() if merge and isinstance(trainer.model, PeftModel) else trainer.model
+        save_policy(model, processor, final)
     if cfg is not None:
         save_run_config(cfg if isinstance(cfg, dict) else to_dict(cfg), final / CONFIG_FILE)
     return result, final

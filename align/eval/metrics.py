@@ -10,11 +10,14 @@ POPE parses answers like the official scorer: keep the text before the first '.'
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 from data_builders.toyworld_text import SYNONYMS, caption_mentions, sentence_cells, split_sentences
 
 __all__ = ["SYNONYMS", "caption_mentions", "chair", "parse_yes_no", "pope", "sentence_cells", "split_sentences"]
+
+BRACKETED = re.compile(r"\[([^\[\]]*)\]")  # HallE's indication marks: "[spoon]" (or "[ spoon ]" decoded)
 
 
 def chair(
@@ -31,11 +34,18 @@ def chair(
     (an empty or unnamed cell: an absent object made up), reported as shares of hallucinated mentions.
     With `typical` (the classes typical of each caption's scene), `prior_share` is the share of hallucinated
     mentions that name an absent object typical of the scene: the hallucination the language prior suggests.
+
+    Objects a caption writes in square brackets (HallE-Switch's indication: "[spoon]", the model's mark of an
+    object it imagines) count as plain mentions in the figures above. `chair_i_marked` / `chair_s_marked` leave
+    the marked ones out of the hallucinations while keeping them among the mentions (CCEval's CHAIR_i);
+    `bracketed` is marked mentions per caption and `bracketed_absent_share` the share of them that are absent.
     """
     if len(captions) != len(ground_truth):
         raise ValueError(f"{len(captions)} captions but {len(ground_truth)} ground-truth sets")
     n_mentions = n_halluc = n_halluc_caps = n_correct = n_gt = n_words = n_subst = n_prior = 0
+    marks = [0, 0, 0, 0]  # unmarked hallucinations, captions with one, marked mentions, marked absent ones
     for i, (cap, gt) in enumerate(zip(captions, ground_truth)):
+        marks = [a + b for a, b in zip(marks, _marked_counts(cap, gt, synonyms))]
         mentions = caption_mentions(cap, synonyms)
         sentences = split_sentences(cap.lower())
         bad = [(c, si) for c, si in mentions if c not in gt]
@@ -58,6 +68,10 @@ def chair(
         "mentions": float(n_mentions),
         "hallucinated_mentions": float(n_halluc),
         "n": float(len(captions)),
+        "chair_i_marked": marks[0] / n_mentions if n_mentions else 0.0,
+        "chair_s_marked": marks[1] / n,
+        "bracketed": marks[2] / n,
+        "bracketed_absent_share": marks[3] / marks[2] if marks[2] else 0.0,
     }
     if occupied is not None:
         out["substitution_share"] = n_subst / n_halluc if n_halluc else 0.0
@@ -65,6 +79,13 @@ def chair(
     if typical is not None:
         out["prior_share"] = n_prior / n_halluc if n_halluc else 0.0
     return out
+
+
+def _marked_counts(caption: str, gt: set[str], synonyms: Mapping[str, str]) -> tuple[int, int, int, int]:
+    """(hallucinated mentions outside brackets, 1 if any, bracketed mentions, bracketed absent ones)."""
+    marked = [c for text in BRACKETED.findall(caption) for c, _ in caption_mentions(text, synonyms)]
+    bad_unmarked = [c for c, _ in caption_mentions(BRACKETED.sub(" ", caption), synonyms) if c not in gt]
+    return len(bad_unmarked), int(bool(bad_unmarked)), len(marked), sum(c not in gt for c in marked)
 
 
 def parse_yes_no(text: str) -> str:

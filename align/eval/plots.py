@@ -95,3 +95,30 @@ def collect_step_evals(run_dir: str | Path) -> dict[str, dict]:
         results.setdefault("meta", {})["step"] = record.get("step", step)
         out[record.get("checkpoint", f"step-{step}")] = results
     return out
+
+
+SWEEP_PANELS = (("chair_i", "CHAIR_i (%)", 100.0), ("recall", "recall (%)", 100.0), ("length", "length (words)", 1.0))
+
+
+def plot_switch_sweep(runs: dict[str, list[dict]], out_png: str | Path, bands: dict[str, list[dict]] | None = None):
+    """CHAIR_i, recall and length against the HallE switch value ε, one line per run (rows {switch, chair_i,
+    recall, length}); `bands` (same keys) give a ± std per point. Returns the lines as drawn."""
+    fig = Figure(figsize=(3.4 * len(SWEEP_PANELS), 2.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax, (key, title, scale) in zip(fig.subplots(1, len(SWEEP_PANELS)), SWEEP_PANELS):
+        for name, rows in runs.items():
+            xs = [r["switch"] for r in rows]
+            ys = [scale * r[key] for r in rows]
+            ax.plot(xs, ys, marker="o", label=name)
+            if bands and name in bands:
+                sd = [scale * r[key] for r in bands[name]]
+                ax.fill_between(xs, [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)], alpha=0.2)
+        ax.set_title(title)
+        ax.set_xlabel("switch ε")
+        ax.grid(alpha=0.3)
+        if len(runs) > 1:
+            ax.legend(fontsize="small")
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    return {ax.get_title(): {ln.get_label(): list(ln.get_ydata()) for ln in ax.get_lines()} for ax in fig.axes}

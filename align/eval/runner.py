@@ -26,6 +26,7 @@ from align.config.loading import from_dict
 from align.config.sections import DataConfig, EvalConfig
 from align.core.models import load_policy
 from align.core.run_dir import weights_fingerprint
+from align.core.switch import SWITCH_CONFIG, switch_value
 from align.eval.benchmarks import BENCHMARKS
 from align.eval.judge import Judge
 from align.eval.public import run_source
@@ -61,11 +62,13 @@ def eval_settings(eval_cfg: EvalConfig) -> dict:
     settings = dataclasses.asdict(eval_cfg)
     for name in SCHEDULING_FIELDS:
         settings.pop(name, None)
+    if settings.get("switch") is None:
+        settings.pop("switch", None)  # no switch: the key results from before the switch existed were stored under
     return settings
 
 
 def is_checkpoint(path: Path) -> bool:
-    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+    return any((path / name).is_file() for name in ("config.json", "adapter_config.json", SWITCH_CONFIG))
 
 
 def resolve_checkpoints(path: str | Path) -> list[Path]:
@@ -118,11 +121,13 @@ def benchmark_settings(eval_cfg: EvalConfig, name: str) -> dict:
     judge = settings.pop("judge")
     if source is None:
         return {**settings, "benchmarks": [name]}
+    switch = {"switch": settings["switch"]} if "switch" in settings else {}
     return {
         "source": source,
         "limit": source["limit"] or settings["limit"],
         "generation": settings["generation"],
         "judge": judge,
+        **switch,
     }
 
 
@@ -192,14 +197,17 @@ def _score_benchmarks(checkpoint: Path, eval_cfg: EvalConfig, names: list[str], 
     model.eval()
     scored, generations = {}, []
     try:
-        for name in names:
-            if name in sources:
-                scores, gens = run_source(model, processor, sources[name], eval_cfg, checkpoint, judge)
-            else:
-                scores, gens = EVAL_SUITES[name](model, processor, data_cfg, eval_cfg)
-            meta = scores.pop("meta", {})
-            scored[name] = (scores, meta)
-            generations += [{"benchmark": name, **g} for g in gens]
+        with switch_value(model, eval_cfg.switch):  # a HallE switch's ε for every benchmark (None: as it is)
+            for name in names:
+                if name in sources:
+                    scores, gens = run_source(model, processor, sources[name], eval_cfg, checkpoint, judge)
+                else:
+                    scores, gens = EVAL_SUITES[name](model, processor, data_cfg, eval_cfg)
+                meta = scores.pop("meta", {})
+                scored[name] = (
+                    (scores, meta) if eval_cfg.switch is None else (scores, {**meta, "switch": eval_cfg.switch})
+                )
+                generations += [{"benchmark": name, **g} for g in gens]
     finally:
         model.train(was_training)
     return scored, generations
