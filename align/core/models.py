@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from align.config.sections import ModelConfig, TinyModelSpec
-from align.core.switch import read_switch_config, restore_switch
+from align.core.switch import read_switch_config, restore_switch, set_switch
 from data_builders import toyworld
 from data_builders.hub import check_pretrained, hub_errors
 
@@ -200,14 +200,19 @@ def build_model(cfg: ModelConfig, seed: int = 0):
     return model, processor
 
 
-def load_policy(path: str | Path, device: str | None = None, trust_remote_code: bool = False):
-    """Load a saved policy (full model dir or LoRA adapter dir) for inference, in eval mode."""
+def load_policy(
+    path: str | Path, device: str | None = None, trust_remote_code: bool = False, switch: float | None = None
+):
+    """Load a saved policy (full model dir, LoRA adapter dir or HallE switch dir) for inference, in eval mode.
+    `switch`: the HallE switch value ε the model then runs at (align/core/switch.py; None leaves it at 0)."""
     cfg = ModelConfig(name_or_path=str(path), finetune="full", trust_remote_code=trust_remote_code)
     if not Path(path).expanduser().exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     model, processor = _load_pretrained(cfg)
     if isinstance(model, PeftModel):
         model = model.merge_and_unload()
+    if switch is not None:
+        set_switch(model, switch)
     model.eval()
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")), processor
 

@@ -131,6 +131,17 @@ def switch_value(model, epsilon: float | torch.Tensor | None) -> Iterator[None]:
         switch.epsilon = before
 
 
+def set_switch(model, epsilon: float) -> None:
+    """Set the model's switch value for what follows (`switch_value` for a block)."""
+    switch = find_switch(model)
+    if switch is None and epsilon != 0:
+        raise ValueError(f"switch {epsilon}: the model has no HallE switch (train one with recipe: halle_switch)")
+    if not -1.0 <= epsilon <= 1.0:
+        raise ValueError(f"switch must be in [-1, 1], got {epsilon}")
+    if switch is not None:
+        switch.epsilon = float(epsilon)
+
+
 def switched_prompt(model, prompt: str) -> str:
     """The prompt as the model's switch wants it: a control token before it, or as it is."""
     switch = find_switch(model)

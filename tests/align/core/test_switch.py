@@ -125,6 +125,9 @@ def test_switch_saved_beside_the_base_and_restored_by_load_policy(micro_model, t
     processor.save_pretrained(out)
     loaded, _ = load_policy(out, device="cpu")
     assert isinstance(find_switch(loaded), HalleSwitch)
+    assert find_switch(load_policy(out, device="cpu", switch=-0.5)[0]).epsilon == -0.5
+    with pytest.raises(ValueError, match="no HallE switch"):
+        load_policy(base, device="cpu", switch=0.5)
     model.eval()
     inputs = _inputs(model, processor)
     for eps in (0.0, -0.7):

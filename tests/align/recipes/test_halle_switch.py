@@ -11,12 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from align.cli import main
 from align.config.sections import EvalConfig, GenerationConfig, ModelConfig, OptimConfig
 from align.config.switch import HalleSwitchConfig, SwitchDataConfig
 from align.core.models import load_policy
 from align.core.run_dir import SUMMARY_FILE
 from align.core.switch import SWITCH_CONFIG, SWITCH_FILE, ControlTokens, HalleSwitch, find_switch, switch_value
-from align.eval.runner import evaluate_checkpoint
+from align.eval.runner import evaluate_checkpoint, resolve_checkpoints
 from align.recipes import halle_switch
 from tests.conftest import SMALL_WORLD, split_run
 
@@ -54,6 +55,11 @@ def test_controller_trains_w_alone_and_saves_only_what_it_trained(micro_opa_data
     assert all(0.0 <= r["chair_i"] <= 1.0 for r in sweep) and (tmp_path / "run" / "switch_sweep.png").is_file()
     results = evaluate_checkpoint(final, EvalConfig(limit=2, pope=False, switch=0.5))
     assert results["meta"]["eval_settings"]["switch"] == 0.5 and "toyworld_chair" in results
+    # the command line: a run directory's checkpoints (W alone: no config.json) and final, at one ε
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(final), "--switch", "-1", "--limit", "2", "--no-pope", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["meta"]["eval_settings"]["switch"] == -1.0
+    assert [p.name for p in resolve_checkpoints(tmp_path / "run")] == ["checkpoint-2", "checkpoint-4", "final"]
 
 
 def test_a_stopped_run_resumes_to_the_uninterrupted_weights(micro_opa_data, cache_dir, tmp_path):
