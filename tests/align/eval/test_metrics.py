@@ -48,6 +48,27 @@ def test_chair_prior_share_counts_absent_objects_typical_of_the_scene():
     assert "prior_share" not in chair(captions, [{"cup"}, {"cup"}, {"car"}])
 
 
+def test_chair_with_and_without_bracketed_objects_hand_computed():
+    """HallE's indication marks: "[spoon]" is a mention in chair_i, left out of the hallucinations of chair_i_marked
+    (CCEval's CHAIR_i: still among the mentions); decoded "[ spoon ]" and synonyms inside marks count alike."""
+    captions = [
+        "There is a red cup at the top. There is also a [spoon].",  # a marked absent object: 1 of 2 mentions
+        "A [ puppy ] at the left. I can also see a fork.",  # marked dog (present), unmarked fork (absent)
+        "Two green knives at the center.",  # clean
+    ]
+    truth = [{"cup"}, {"dog"}, {"knife"}]
+    out = chair(captions, truth)
+    assert out["mentions"] == 5 and out["hallucinated_mentions"] == 2
+    assert out["chair_i"] == pytest.approx(2 / 5) and out["chair_s"] == pytest.approx(2 / 3)
+    assert out["chair_i_marked"] == pytest.approx(1 / 5)  # the fork only; the marked spoon is not counted
+    assert out["chair_s_marked"] == pytest.approx(1 / 3)
+    assert out["bracketed"] == pytest.approx(2 / 3)  # [spoon], [puppy] over 3 captions
+    assert out["bracketed_absent_share"] == pytest.approx(1 / 2)  # the spoon is absent, the puppy is the dog
+    assert out["recall"] == pytest.approx(3 / 3)
+    plain = chair(["A red cup."], [{"cup"}])
+    assert plain["chair_i_marked"] == plain["chair_i"] == 0 and plain["bracketed_absent_share"] == 0
+
+
 def test_chair_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="2 captions but 1"):
         chair(["a", "b"], [set()])

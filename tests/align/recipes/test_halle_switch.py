@@ -4,6 +4,7 @@ scored at each switch value, and the control-token and indication variants train
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -37,7 +38,9 @@ def _cfg(policy, cache_dir, out, steps=4, **kw) -> HalleSwitchConfig:
 def test_controller_trains_w_alone_and_saves_only_what_it_trained(micro_opa_data, cache_dir, tmp_path):
     policy, _ = micro_opa_data
     cfg = _cfg(policy, cache_dir, tmp_path / "run", eval_at_end=True, sweep=[-1.0, 0.0, 1.0])
+    cfg.eval = dataclasses.replace(cfg.eval, at_checkpoints=True)
     summary = halle_switch.main(cfg)
+    assert (tmp_path / "run" / "eval" / "step-2.json").is_file()  # the eval callback scored the W-only checkpoint
     final = tmp_path / "run" / "final"
     assert json.loads((final / SWITCH_CONFIG).read_text())["base_model"] == policy
     assert not list(final.glob("model*.safetensors")) and not (final / "adapter_config.json").exists()
