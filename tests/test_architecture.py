@@ -21,7 +21,7 @@ ALLOWED_PACKAGES = {
 }
 # inside align: a module may import its own layer's package and any lower layer
 ALIGN_LAYERS = {"align": 0, "align.config": 0, "align.core": 1, "align.rollout": 2, "align.eval": 2,
-                "align.recipes": 3, "align.demo": 4, "align.cli": 5}  # fmt: skip
+                "align.recipes": 3, "align.demo": 4, "align.cli": 5, "align.__main__": 6}  # fmt: skip
 HEAVY = ("torch", "transformers", "peft", "datasets")
 MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 60
 

@@ -31,6 +31,8 @@ MODES = ("auto", "resume", "overwrite")
 FRESH, RESUME, FINISHED = "fresh", "resume", "finished"
 CONFIG_FILE = "align_config.yaml"
 SUMMARY_FILE = "train_summary.json"
+SWITCH_CONFIG = "switch_config.json"  # a HallE switch saved beside the base it names (align/core/switch.py)
+MODEL_MARKERS = ("config.json", "adapter_config.json", SWITCH_CONFIG)  # a folder holding one of these is a model
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 # Keys (matched by their last dotted part, at any depth) that are not part of what a run computes, so changing one
@@ -99,7 +101,7 @@ def last_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def has_model(path: Path) -> bool:
-    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+    return any((path / name).is_file() for name in MODEL_MARKERS)
 
 
 def read_config(path: Path) -> dict | None:

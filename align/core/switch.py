@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
+from align.core.run_dir import SWITCH_CONFIG
+
 SWITCH_FILE = "switch.safetensors"
-SWITCH_CONFIG = "switch_config.json"
 CONTROL_TOKENS = {"grounded": "<grounded>", "imagine": "<imagine>"}
 
 

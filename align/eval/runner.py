@@ -25,8 +25,8 @@ import yaml
 from align.config.loading import from_dict
 from align.config.sections import DataConfig, EvalConfig
 from align.core.models import load_policy
-from align.core.run_dir import weights_fingerprint
-from align.core.switch import SWITCH_CONFIG, switch_value
+from align.core.run_dir import has_model, weights_fingerprint
+from align.core.switch import switch_value
 from align.eval.benchmarks import BENCHMARKS
 from align.eval.judge import Judge
 from align.eval.public import run_source
@@ -68,7 +68,7 @@ def eval_settings(eval_cfg: EvalConfig) -> dict:
 
 
 def is_checkpoint(path: Path) -> bool:
-    return any((path / name).is_file() for name in ("config.json", "adapter_config.json", SWITCH_CONFIG))
+    return has_model(path)
 
 
 def resolve_checkpoints(path: str | Path) -> list[Path]:

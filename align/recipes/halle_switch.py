@@ -183,7 +183,7 @@ def sweep(cfg: HalleSwitchConfig, final: Path, model, processor) -> list[dict]:
         chair = results.get("toyworld_chair") or results.get("chair") or {}  # ToyWorld's CHAIR, else COCO's
         rows.append({"switch": value, **{k: chair.get(k) for k, _ in SWEEP_METRICS}, "results": results})
         shown = ", ".join(f"{label} {chair[k]:.3f}" for k, label in SWEEP_METRICS if chair.get(k) is not None)
-        print(f"[halle_switch] switch {value}: {shown}")
+        print(f"[halle_switch] {'no switch' if value is None else f'switch {value}'}: {shown}")
     return rows
 
 

@@ -65,7 +65,7 @@ def test_controller_trains_w_alone_and_saves_only_what_it_trained(micro_opa_data
     assert [p.name for p in resolve_checkpoints(tmp_path / "run")] == ["checkpoint-2", "checkpoint-4", "final"]
 
 
-def test_a_stopped_run_resumes_to_the_uninterrupted_weights(micro_opa_data, cache_dir, tmp_path):
+def test_a_stopped_run_resumes_to_the_uninterrupted_weights(micro_opa_data, cache_dir, tmp_path, capsys):
     policy, _ = micro_opa_data
     out = tmp_path / "run"
     halle_switch.main(_cfg(policy, cache_dir, out, lora=True))
@@ -80,6 +80,9 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_weights(micro_opa_data, cach
     assert torch.equal(load_file(str(out / "final" / SWITCH_FILE))["weight"], whole)
     resumed_adapter = load_file(str(out / "final" / "adapter_model.safetensors"))
     assert all(torch.equal(resumed_adapter[k], v) for k, v in whole_adapter.items())
+    capsys.readouterr()
+    assert halle_switch.main(_cfg(policy, cache_dir, out, lora=True))["train"] == resumed["train"]
+    assert "already finished" in capsys.readouterr().out  # a rerun of a finished run trains nothing
 
 
 def test_control_tokens_train_their_rows_and_reload_with_them(micro_opa_data, cache_dir, tmp_path):
