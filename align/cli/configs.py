@@ -70,11 +70,19 @@ def config_help(argv: list[str], parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def cmd_configs(args) -> int:
+def config_files(paths) -> list[Path]:
+    """The YAML files named or under the folders named, less accelerate's own (configs/accelerate/: `accelerate
+    launch --config_file`, checked by accelerate)."""
     files = []
-    for p in args.paths or [_default_configs_dir()]:
+    for p in paths:
         path = Path(p)
-        files += sorted(path.rglob("*.yaml")) if path.is_dir() else [path]
+        found = sorted(path.rglob("*.yaml")) if path.is_dir() else [path]
+        files += [f for f in found if not (path.is_dir() and "accelerate" in f.relative_to(path).parts[:-1])]
+    return files
+
+
+def cmd_configs(args) -> int:
+    files = config_files(args.paths or [_default_configs_dir()])
     if not files:
         raise ConfigError(f"no YAML files under {', '.join(map(str, args.paths or ['configs']))}")
     rows = [config_summary(f) for f in files]

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from align.cli.configs import config_files
 from align.config.loading import ConfigError
 from align.config.loggers import check_logger_packages
 from align.config.registry import RECIPES, load_config
@@ -17,10 +18,7 @@ from data_builders.summary import build_failures
 
 
 def cmd_validate(args) -> int:
-    files = []
-    for p in args.paths or ["configs"]:
-        path = Path(p)
-        files += sorted(path.rglob("*.yaml")) if path.is_dir() else [path]
+    files = config_files(args.paths or ["configs"])
     if not files:
         raise ConfigError(f"no YAML files under {', '.join(args.paths or ['configs'])}")
     for f in files:

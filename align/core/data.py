@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from collections.abc import Callable
 
+import numpy as np
 import torch
 from datasets import Image as DatasetImage
 from PIL import Image
@@ -184,7 +186,7 @@ class RowsDataset(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, i):
-        return self.rows[i]
+        return {**self.rows[i], "row_index": i}  # the row's place: what its random image mask is drawn from
 
 
 def pad_right(rows: list[list], width: int, fill, dtype) -> torch.Tensor:
@@ -273,18 +275,13 @@ class PreferenceCollator:
     mask_ratio: float = 0.3
     seed: int = 0
     patch_size: int = 14
-    calls: int = 0
+    epoch_of: Callable[[], int] | None = None  # the training epoch now (the recipe binds its trainer's state)
 
     def __call__(self, records: list[dict]) -> dict:
         pixels = self.processor.image_processor([r["image"] for r in records], return_tensors="pt")["pixel_values"]
         masked = None
         if any(v.endswith("_masked") for v in self.views):
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)  # a fresh, seeded mask per batch
-            if self.mask == "random":
-                masked = mask_random(pixels, ratio=self.mask_ratio, generator=gen)
-            else:  # blocks the size of the vision patches
-                masked = mask_blocks(pixels, ratio=self.mask_ratio, block=self.patch_size, generator=gen)
-        self.calls += 1
+            masked = torch.cat([self.masked(pixels[b : b + 1], r) for b, r in enumerate(records)])
         seqs = [r[v.removesuffix("_masked")] for v in self.views for r in records]
         width = max(len(s["input_ids"]) for s in seqs)
         resp = max(len(s["weights"]) for s in seqs)
@@ -308,3 +305,13 @@ class PreferenceCollator:
                 [r["revision_error_weights"] for r in records], resp, 0.0, torch.float
             )
         return batch
+
+    def masked(self, pixels: torch.Tensor, record: dict) -> torch.Tensor:
+        """One image masked afresh each epoch, drawn from (seed, epoch, the record's row): the same mask whichever
+        process, batch or accumulation step the record lands in, and after a resume."""
+        epoch = self.epoch_of() if self.epoch_of is not None else 0
+        key = np.random.SeedSequence([self.seed, epoch, record.get("row_index", 0)]).generate_state(1)[0]
+        gen = torch.Generator().manual_seed(int(key))
+        if self.mask == "random":
+            return mask_random(pixels, ratio=self.mask_ratio, generator=gen)
+        return mask_blocks(pixels, ratio=self.mask_ratio, block=self.patch_size, generator=gen)  # patch-sized

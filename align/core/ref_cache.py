@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from align.core.data import PreferenceCollator
+from align.core.distributed import main_first
 from align.core.run_dir import files_fingerprint, weights_fingerprint
 from data_builders.progress import bar
 
@@ -159,5 +160,6 @@ def attach_reference_logps(trainer, records, processor, views, dataset, dataset_
         finally:
             model.train(was_training)
 
-    path, computed = cached_reference_logps(records, parts, places, compute, views)
+    with main_first():  # several processes: the main one computes and stores, the others read the file
+        path, computed = cached_reference_logps(records, parts, places, compute, views)
     print(f"[{tag}] reference log-probs {'computed and stored in' if computed else 'read from'} {path}")

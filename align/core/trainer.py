@@ -32,6 +32,7 @@ from align.config.sections import OptimConfig, RunConfig
 from align.core import console
 from align.core.console import TRAIN_LOG
 from align.core.console_callback import use_console_callback
+from align.core.distributed import barrier, is_main
 from align.core.logprobs import response_logps
 from align.core.models import multimodal_projector, save_policy
 from align.core.run_dir import (
@@ -93,10 +94,21 @@ class StepMetricsMixin:
         return model.training and (self.state.global_step + 1) % max(self.args.logging_steps, 1) == 0
 
     def stash_step_logs(self, logs: dict) -> None:
-        self._step_logs = logs
+        """Add one microbatch's values; the step logs their mean over its microbatches and processes, so batch b on
+        2 processes logs what batch b with 2 accumulation steps logs on one."""
+        sums = self.__dict__.setdefault("_step_logs", {})
+        for key, value in logs.items():
+            total, n = sums.get(key, (0.0, 0))
+            sums[key] = (total + float(value), n + 1)
 
     def log(self, logs, *args, **kwargs):
-        logs.update(self.__dict__.pop("_step_logs", {}))  # once: not into the end-of-training metrics too
+        stashed = self.__dict__.pop("_step_logs", {})  # once: not into the end-of-training metrics too
+        if stashed:  # every process stashed on this step (compute_loss ran everywhere), so all reach this reduce
+            keys = sorted(stashed)
+            means = torch.tensor([stashed[k][0] / stashed[k][1] for k in keys], device=self.args.device)
+            if self.args.world_size > 1:
+                means = self.accelerator.reduce(means, reduction="mean")
+            logs.update(zip(keys, means.tolist()))
         super().log(logs, *args, **kwargs)
 
 
@@ -151,16 +163,19 @@ def start_run(run: RunConfig, config: dict, tag: str = "train") -> dict | None:
     write the config that makes the run, set the global seed (LoRA init and data order draw from it), return None.
     A changed config in `auto` mode raises ConfigError naming the keys."""
     out = Path(run.output_dir)
-    state = run_state(out, config, run.existing)
+    state = run_state(out, config, run.existing)  # every process decides alike, before any of them changes `out`
+    barrier()
     if state.state == FINISHED:
         print(f"[{tag}] already finished: {out / 'final'} (pass --overwrite to train again)")
         return json.loads((out / SUMMARY_FILE).read_text())
-    if run.existing == "overwrite" and (removed := clear_run(out)):
-        print(f"[{tag}] --overwrite: removed {', '.join(removed)} from {out}")
-    if state.changes:
-        print(f"[{tag}] --resume under a changed config: {'; '.join(state.changes)}")
-    out.mkdir(parents=True, exist_ok=True)
-    save_run_config(config, out / CONFIG_FILE)
+    if is_main():  # the run directory is the main process's (align/core/distributed.py)
+        if run.existing == "overwrite" and (removed := clear_run(out)):
+            print(f"[{tag}] --overwrite: removed {', '.join(removed)} from {out}")
+        if state.changes:
+            print(f"[{tag}] --resume under a changed config: {'; '.join(state.changes)}")
+        out.mkdir(parents=True, exist_ok=True)
+        save_run_config(config, out / CONFIG_FILE)
+    barrier()
     set_seed(run.seed)
     return None
 
@@ -214,12 +229,14 @@ def train_and_save(
         result = whole_run_loss(trainer.train(resume_from_checkpoint=str(last) if last else None), before)
     final = Path(run.output_dir) / "final"
     if save is not None:
-        save(final)
-    else:
-        model = trainer.model.merge_and_unload() if merge and isinstance(trainer.model, PeftModel) else trainer.model
+        save(final)  # Trainer.save_model: the main process writes
+    elif is_main():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model = model.merge_and_unload() if merge and isinstance(model, PeftModel) else model
         save_policy(model, processor, final)
-    if cfg is not None:
+    if cfg is not None and is_main():
         save_run_config(cfg if isinstance(cfg, dict) else to_dict(cfg), final / CONFIG_FILE)
+    barrier()
     return result, final
 
 
@@ -261,6 +278,8 @@ def logged_loss(state: dict) -> tuple[float, int]:
 
 
 def write_summary(run: RunConfig, summary: dict) -> dict:
-    """train_summary.json: with final/ it marks the run finished (align/core/run_dir.py), so it is written last."""
-    (Path(run.output_dir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    """train_summary.json: with final/ it marks the run finished (align/core/run_dir.py), so it is written last, by
+    the main process."""
+    if is_main():
+        (Path(run.output_dir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary

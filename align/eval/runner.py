@@ -24,6 +24,7 @@ import yaml
 
 from align.config.loading import from_dict
 from align.config.sections import DataConfig, EvalConfig
+from align.core.distributed import is_main
 from align.core.models import load_policy
 from align.core.run_dir import has_model, weights_fingerprint
 from align.core.switch import switch_value
@@ -145,6 +146,8 @@ def evaluate_checkpoint(
     settings on the same weight files is reused unless `force`, others are scored, and the file keeps every
     benchmark ever scored there. The return value holds the requested ones.
     """
+    if not is_main():  # one process of several: the main one scores and writes; the others have nothing to return
+        return {}
     checkpoint = Path(checkpoint)
     out = checkpoint / RESULTS_FILE
     stored = _read_results(out)

@@ -35,6 +35,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 
 from align.config.switch import HalleSwitchConfig
 from align.core.data import RowsDataset, VisionSFTCollator, encode_dataset, image_seq_length
+from align.core.distributed import is_main
 from align.core.models import build_model, lora_config
 from align.core.switch import (
     ControlTokens,
@@ -230,7 +231,7 @@ def main(cfg: HalleSwitchConfig) -> dict:
         "loss_history": [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h],
         "seconds": round(time.time() - t0, 1),
     }
-    if run.eval_at_end:
+    if run.eval_at_end and is_main():  # the eval is the main process's (the others have finished)
         rows = sweep(cfg, final, trainer.model, processor)
         write_sweep(Path(run.output_dir), cfg.variant, rows)
         summary["sweep"] = [{k: v for k, v in r.items() if k != "results"} for r in rows]

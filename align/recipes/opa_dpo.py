@@ -267,6 +267,7 @@ def build_trainer(cfg: OPADPOConfig, dataset, start: Path) -> tuple[OPADPOTraine
         opa_cfg=cfg,
         views=views,
     )
+    trainer.data_collator.epoch_of = lambda: int(trainer.state.epoch or 0)  # masks drawn afresh each epoch
     if cfg.precompute_ref_logps:  # the views whose images are not masked per batch
         ref_cache.attach_reference_logps(
             trainer, records, processor, [v for v in views if not v.endswith("_masked")], dataset, cfg.dataset,

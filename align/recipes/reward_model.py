@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from align.config.loading import to_dict
 from align.config.recipes import RewardModelConfig
 from align.core.data import DataError, PreferenceCollator, RowsDataset, encode_row, image_seq_length, to_pil
+from align.core.distributed import barrier, is_main
 from align.core.models import build_model
 from align.core.preference import skip_reason
 from align.core.run_dir import CONFIG_FILE, last_checkpoint, save_run_config
@@ -159,8 +160,11 @@ def main(cfg: RewardModelConfig) -> dict:
     if last:
         print(f"[reward_model] resuming from {last}")
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
-    final = save_reward_model(rm, processor, Path(run.output_dir) / "final", cfg.model.name_or_path, cfg.facts)
-    save_run_config(to_dict(cfg), final / CONFIG_FILE)
+    final = Path(run.output_dir) / "final"
+    if is_main():  # one process of several: the main one writes (align/core/distributed.py)
+        save_reward_model(rm, processor, final, cfg.model.name_or_path, cfg.facts)
+        save_run_config(to_dict(cfg), final / CONFIG_FILE)
+    barrier()
     summary = {
         "final": str(final),
         "start": cfg.model.name_or_path,

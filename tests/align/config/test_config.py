@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from align.config.loading import ConfigError, apply_overrides, from_dict
 from align.config.recipes import SFTConfig
@@ -66,11 +67,18 @@ def test_dotted_overrides_and_float_strings():
 
 
 def test_every_shipped_config_is_valid_and_starts_with_its_command():
-    files = sorted((REPO / "configs").rglob("*.yaml"))
+    from align.cli.configs import config_files
+
+    files = config_files([REPO / "configs"])
     assert files
     for f in files:
         assert f.read_text().startswith("# align "), f
         load_config(f)
+    launches = sorted((REPO / "configs" / "accelerate").glob("*.yaml"))  # accelerate's own, not ours to load
+    assert launches and not set(launches) & set(files)
+    for f in launches:
+        assert f.read_text().startswith(f"# accelerate launch --config_file configs/accelerate/{f.name} -m align"), f
+        assert yaml.safe_load(f.read_text())["distributed_type"]
 
 
 def test_demo_runs_exactly_the_shipped_sft_base_config(tmp_path):

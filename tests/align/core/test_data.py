@@ -88,3 +88,23 @@ def test_pil_images_are_accepted(processor):
 
     img = Image.open(io.BytesIO(png_bytes()))
     assert encode_row(processor, row(image=img), 200, N_IMG)["image"].size == (48, 48)
+
+
+def test_masked_views_draw_each_records_mask_from_its_row_and_epoch():
+    """OPA-DPO's masked images: a record's mask depends on (seed, epoch, its row) only, so it is the same in any batch,
+    on any process, after a resume; a new epoch draws a new one."""
+    import torch
+    from PIL import Image
+
+    from align.core.data import PreferenceCollator, RowsDataset
+
+    processor = build_tiny_processor(MICRO_SPEC)
+    seq = {"input_ids": [1, 2, 3], "labels": [-100, 2, 3], "weights": [1.0, 1.0]}
+    rows = RowsDataset([{"image": Image.new("RGB", (48, 48), (40 * i, 90, 160)), "x": seq} for i in range(3)])
+    epoch = {"now": 0}
+    collate = PreferenceCollator(processor, ("x", "x_masked"), seed=5, epoch_of=lambda: epoch["now"])
+    together = collate([rows[0], rows[1], rows[2]])["pixel_values"][3:]  # the masked view's rows
+    apart = torch.cat([collate([rows[i]])["pixel_values"][1:] for i in (2, 0, 1)])[[1, 2, 0]]
+    assert torch.equal(together, apart)
+    epoch["now"] = 1
+    assert not torch.equal(collate([rows[0]])["pixel_values"][1], together[0])

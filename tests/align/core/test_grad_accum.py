@@ -40,7 +40,7 @@ def test_opa_dpo_accumulation_two_equals_the_double_batch(micro_opa_data, tmp_pa
     policy, dataset = micro_opa_data
     runs = {}
     for name, batch, accum in (("whole", 4, 1), ("accumulated", 2, 2)):
-        cfg = opa_config(tmp_path, policy, dataset, name, baseline="offpolicy")  # no per-batch masks to differ
+        cfg = opa_config(tmp_path, policy, dataset, name)  # masked views too: masks are drawn per record
         cfg.optim = OptimConfig(lr=1e-2, warmup_steps=0, max_steps=3, batch_size=batch, grad_accum=accum)
         runs[name] = opa_dpo.main(cfg)
     for key in ("loss", "grad_norm"):

@@ -1,0 +1,137 @@
+"""Two processes (gloo on the CPU, `accelerate launch --multi_gpu --num_processes 2 -m align train`) train what one
+process with 2 accumulation steps trains: the same losses, gradient norms, logged rewards and final weights, for DPO
+and OPA-DPO (whose masked-image views draw their masks per record, not per process). A 2-process run killed with
+`kill -9` after a checkpoint resumes to the weights of an uninterrupted one. Only the main process writes the run
+directory. Slow (each launch starts two Python processes): `make test-slow`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from align.config.loading import to_dict
+from align.config.sections import OptimConfig
+from align.core.preference import train_dpo
+from tests.align.core.test_ref_cache import config, opa_config, pairs  # noqa: F401  (the module's fixture)
+
+pytestmark = pytest.mark.slow
+ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+LOGGED = ("loss", "grad_norm")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_args(cfg_file: Path) -> list[str]:
+    flags = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    flags += ["--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    return [ACCELERATE, "launch", *flags, "-m", "align", "train", str(cfg_file)]
+
+
+def write_config(cfg, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
+
+
+def launch(cfg, path: Path) -> dict:
+    """Train `cfg` as two processes; its train_summary.json."""
+    out = subprocess.run(launch_args(write_config(cfg, path)), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return json.loads((Path(cfg.run.output_dir) / "train_summary.json").read_text())
+
+
+def kill_all(marker: str) -> None:
+    """kill -9 every process whose command line holds `marker` (Linux /proc)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker in cmdline.read_bytes().decode(errors="replace"):
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue  # gone already
+
+
+def history(summary: dict, key: str) -> list[float]:
+    return [h[key] for h in summary["log_history"] if key in h]
+
+
+def assert_same_training(one: dict, two: dict, keys) -> None:
+    for key in keys:
+        a, b = history(one, key), history(two, key)
+        assert len(a) == len(b) >= 3 and b == pytest.approx(a, rel=1e-5, abs=1e-5), key
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    x, y = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert x.keys() == y.keys()
+    for k in x:
+        assert (x[k] - y[k]).abs().max() <= 1e-5, k
+
+
+def test_dpo_two_processes_equal_one_with_two_accumulation_steps(pairs, tmp_path):  # noqa: F811
+    policy, dataset = pairs
+    one = config(tmp_path, policy, dataset, "one")
+    one.optim = OptimConfig(lr=1e-2, warmup_steps=0, max_steps=3, batch_size=2, grad_accum=2)
+    single = train_dpo(one)
+    two = config(tmp_path, policy, dataset, "two")
+    two.optim = OptimConfig(lr=1e-2, warmup_steps=0, max_steps=3, batch_size=2, grad_accum=1)
+    double = launch(two, tmp_path / "two.yaml")
+    assert_same_training(single, double, (*LOGGED, "rewards/margin", "rewards/accuracy"))
+    assert_same_weights(Path(single["final"]), Path(double["final"]))
+    # the run directory is the main process's: one config, one final/, no second writer's leftovers
+    names = sorted(p.name for p in Path(two.run.output_dir).iterdir())
+    assert names == ["align_config.yaml", "checkpoint-3", "final", "train.log", "train_summary.json"]
+
+
+def test_opa_dpo_two_processes_equal_one_with_two_accumulation_steps(micro_opa_data, tmp_path):
+    from align.recipes import opa_dpo
+
+    policy, dataset = micro_opa_data
+    one = opa_config(tmp_path, policy, dataset, "one")  # all five views: masked images included
+    one.opa.batch_size, one.opa.grad_accum = 4, 2
+    one.optim = OptimConfig(lr=1e-2, warmup_steps=0, max_steps=3, batch_size=2, grad_accum=2)
+    single = opa_dpo.main(one)
+    two = opa_config(tmp_path, policy, dataset, "two")
+    two.opa.batch_size, two.opa.grad_accum = 4, 1
+    two.optim = OptimConfig(lr=1e-2, warmup_steps=0, max_steps=3, batch_size=2, grad_accum=1)
+    double = launch(two, tmp_path / "two.yaml")
+    assert_same_training(single, double, (*LOGGED, "rewards/margin"))
+    assert_same_weights(Path(single["final"]), Path(double["final"]))
+
+
+def test_two_processes_killed_after_a_checkpoint_resume_to_the_same_weights(pairs, tmp_path):  # noqa: F811
+    policy, dataset = pairs
+    steps = 40
+
+    def cfg(name):
+        c = config(tmp_path, policy, dataset, name, save_steps=4, logging_steps=4)
+        c.optim = OptimConfig(lr=1e-3, warmup_steps=0, max_steps=steps, batch_size=2)
+        return c
+
+    whole = launch(cfg("whole"), tmp_path / "whole.yaml")
+    killed = cfg("killed")
+    args = launch_args(write_config(killed, tmp_path / "killed.yaml"))
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = Path(killed.run.output_dir) / "checkpoint-4" / "trainer_state.json"
+    deadline = time.time() + 240
+    while not first.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    kill_all(str(tmp_path / "killed.yaml"))  # the launcher and both workers (torchrun starts them in new sessions)
+    proc.wait()
+    time.sleep(1)  # had any worker lived on, it would write final/ and the summary by now
+    assert first.is_file() and not (Path(killed.run.output_dir) / "train_summary.json").is_file()
+    resumed = launch(killed, tmp_path / "killed.yaml")
+    assert "train_loss_resumed_steps" in resumed["train"]
+    assert_same_weights(Path(whole["final"]), Path(resumed["final"]))
