@@ -9,7 +9,7 @@ import typing
 from typing import Literal
 
 from data_builders import toyworld as tw
-from data_builders.endpoint import OpenAIExpertConfig
+from data_builders.endpoint import OpenAIExpertConfig, ServedPolicyConfig
 
 Format = Literal["rlhf_v", "rlaif_v", "llava_human_pref"]  # the public preference sets preference_import reads
 
@@ -90,6 +90,13 @@ class OPADataConfig:
     limit: int | None = dataclasses.field(default=None, metadata={"help": "Prompts to use (null = the whole split)."})
     seed: int = dataclasses.field(default=0, metadata={"help": "Seed of prompt choice and sampling."})
     rollout: RolloutSettings = dataclasses.field(default_factory=RolloutSettings, metadata={"help": "Sampling."})
+    served: ServedPolicyConfig | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Sample from a policy served by vLLM (an OpenAI-compatible server) instead of loading `policy`: "
+            "{base_url, model, concurrency}; the rollout settings still apply. null = load `policy` here."
+        },
+    )
     expert: typing.Literal["oracle", "openai"] = dataclasses.field(
         default="oracle", metadata={"help": "oracle (ground truth) or openai (any OpenAI-compatible VLM)."}
     )
@@ -138,6 +145,13 @@ class RLAIFVDataConfig:
         default_factory=lambda: RolloutSettings(temperature=0.7, top_p=1.0),
         metadata={"help": "Sampling (RLAIF-V: T=0.7)."},
     )
+    served: ServedPolicyConfig | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Sample from a policy served by vLLM (an OpenAI-compatible server) instead of loading `policy`: "
+            "{base_url, model, concurrency}; the rollout settings still apply. null = load `policy` here."
+        },
+    )
     divider: typing.Literal["toyworld", "sentences", "openai"] = dataclasses.field(
         default="toyworld",
         metadata={"help": "toyworld: rules for ToyWorld captions; sentences: a claim per sentence; openai: an LLM."},
@@ -169,6 +183,8 @@ class RLAIFVDataConfig:
             )
         if self.labeler == "oracle" and self.divider != "toyworld":
             raise ValueError("labeler: oracle checks structured ToyWorld claims only; set divider: toyworld")
+        if self.served is not None and self.labeler == "policy":
+            raise ValueError("labeler: policy reads the policy's own P(yes), which needs it loaded; unset served")
 
 
 @dataclasses.dataclass

@@ -103,6 +103,22 @@ class JudgeConfig(EndpointConfig):
         super().__post_init__()
 
 
+@dataclass
+class ServedPolicyConfig(EndpointConfig):
+    """A policy served by vLLM (or any OpenAI-compatible server that takes images) that rolls out for a build
+    (data_builders/served_rollout.py)."""
+
+    base_url: str | None = field(default="http://127.0.0.1:8000/v1", metadata={"help": "The server's API root."})
+    model: str = field(default="policy", metadata={"help": "The served model name (vllm serve --served-model-name)."})
+    api_key_env: str | None = field(default=None, metadata={"help": "Env variable with the key; null = no key."})
+    concurrency: int = field(default=16, metadata={"help": "Requests in flight."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+
+
 class EndpointFatalError(ValueError):
     """Every request to this endpoint would fail the same way (bad key, no permission, unknown model or route)."""
 

@@ -16,7 +16,8 @@ Behaviours, consumed one per request from `server.script` (then `server.default`
     ("error", (code, message))  error `code` whose body's message is `message` (e.g. one that echoes the key)
     callable(body)      called with the request JSON; returns one of the above
 
-Every request body (parsed JSON) is appended to `server.requests`, its headers to `server.headers`. Use the
+Every request body (parsed JSON) is appended to `server.requests`, its headers to `server.headers`. POSTs to vLLM's
+`/v1/load_lora_adapter` go to `server.adapter_requests` and get `server.adapter_reply` (status, body). Use the
 `openai_server` fixture (import `openai_server_fixture` into the test module) for a started server.
 """
 
@@ -66,6 +67,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path.rstrip("/") == "/v1/load_lora_adapter":  # vLLM's runtime LoRA loading
+            self.server.adapter_requests.append(json.loads(raw))
+            status, text = self.server.adapter_reply
+            return self._send_bytes(status, text.encode())
         if self.path.rstrip("/") != "/v1/chat/completions":
             return self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
         body = json.loads(raw)
@@ -127,6 +132,8 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         self.default: tuple | Callable[[dict], tuple] = ("status", 500)  # unscripted requests fail loudly
         self.requests: list[dict] = []  # every request body received, in arrival order
         self.headers: list[dict] = []  # their HTTP headers, names lower-cased
+        self.adapter_requests: list[dict] = []  # bodies POSTed to /v1/load_lora_adapter
+        self.adapter_reply: tuple[int, str] = (200, "Success: LoRA adapter loaded")  # its status and body
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

@@ -9,16 +9,25 @@ from data_builders import opa_dpo, reward_pairs, rlaif_v
 from data_builders.claims import OracleLabeler
 from data_builders.configs import OPADataConfig, RewardPairsConfig, RLAIFVDataConfig
 from data_builders.openai_feedback import OpenAILabeler
+from data_builders.served_rollout import ServedRolloutEngine
+
+
+def policy_engine(cfg: OPADataConfig | RLAIFVDataConfig):
+    """The policy that samples: served (vLLM, `cfg.served`; its replies cached in the build's folder, so a killed
+    build asks nothing twice) or `cfg.policy` loaded here."""
+    if cfg.served is not None:
+        return ServedRolloutEngine(cfg.served, cfg.rollout, cache_dir=f"{cfg.output_dir}/policy_cache")
+    return HFRolloutEngine(cfg.policy, cfg.rollout)
 
 
 def build_opa_data(cfg: OPADataConfig) -> dict:
     """`align build-data` for the OPA-DPO recipe: roll out `cfg.policy`, correct, filter, save."""
-    return opa_dpo.build(cfg, HFRolloutEngine(cfg.policy, cfg.rollout))
+    return opa_dpo.build(cfg, policy_engine(cfg))
 
 
 def build_rlaif_v_data(cfg: RLAIFVDataConfig) -> dict:
     """`align build-data` for one RLAIF-V round: `cfg.policy` samples, the configured labeler checks its claims."""
-    engine = HFRolloutEngine(cfg.policy, cfg.rollout)
+    engine = policy_engine(cfg)
     if cfg.labeler == "oracle":
         labeler = OracleLabeler()
     elif cfg.labeler == "policy":
