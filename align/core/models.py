@@ -201,11 +201,15 @@ def build_model(cfg: ModelConfig, seed: int = 0):
 
 
 def load_policy(
-    path: str | Path, device: str | None = None, trust_remote_code: bool = False, switch: float | None = None
+    path: str | Path,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    switch: float | None = None,
+    dtype: str = "float32",
 ):
     """Load a saved policy (full model dir, LoRA adapter dir or HallE switch dir) for inference, in eval mode.
     `switch`: the HallE switch value ε the model then runs at (align/core/switch.py; None leaves it at 0)."""
-    cfg = ModelConfig(name_or_path=str(path), finetune="full", trust_remote_code=trust_remote_code)
+    cfg = ModelConfig(name_or_path=str(path), finetune="full", trust_remote_code=trust_remote_code, dtype=dtype)
     if not Path(path).expanduser().exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     model, processor = _load_pretrained(cfg)

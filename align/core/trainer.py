@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ from align.core.console import TRAIN_LOG
 from align.core.console_callback import use_console_callback
 from align.core.distributed import barrier, is_main
 from align.core.logprobs import response_logps
-from align.core.models import multimodal_projector, save_policy
+from align.core.models import DTYPES, load_policy, multimodal_projector, save_policy
 from align.core.run_dir import (
     CONFIG_FILE,
     FINISHED,
@@ -230,14 +231,36 @@ def train_and_save(
     final = Path(run.output_dir) / "final"
     if save is not None:
         save(final)  # Trainer.save_model: the main process writes
-    elif is_main():
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        model = model.merge_and_unload() if merge and isinstance(model, PeftModel) else model
+    elif trainer.args.world_size > 1 or trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        save_gathered(trainer, processor, final, merge)
+    else:
+        model = trainer.model.merge_and_unload() if merge and isinstance(trainer.model, PeftModel) else trainer.model
         save_policy(model, processor, final)
     if cfg is not None and is_main():
         save_run_config(cfg if isinstance(cfg, dict) else to_dict(cfg), final / CONFIG_FILE)
     barrier()
     return result, final
+
+
+def save_gathered(trainer: Trainer, processor, final: Path, merge: bool) -> None:
+    """`final/` of a model spread over processes (DDP, and ZeRO-3 or FSDP, which shard its weights): Trainer's
+    `save_model` gathers the weights (or the adapter) onto the main process and writes them; a LoRA to merge is then
+    merged there from the saved adapter, read back over its base, rather than in the sharded model in memory."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not (merge and isinstance(model, PeftModel)):
+        trainer.save_model(str(final))
+        if is_main():
+            processor.save_pretrained(final)
+        return
+    adapter = final.with_name(final.name + ".adapter")
+    trainer.save_model(str(adapter))
+    barrier()
+    if is_main():
+        dtype = next(n for n, d in DTYPES.items() if d == next(model.parameters()).dtype)
+        with torch.random.fork_rng(devices=[]):  # loading draws initial weights: the main process's draws that follow
+            merged, _ = load_policy(adapter, device="cpu", dtype=dtype)  # (a next stage's LoRA) stay a 1-process run's
+        save_policy(merged, processor, final)
+        shutil.rmtree(adapter)
 
 
 def restore_last_step(trainer: Trainer, last: Path, state: dict) -> TrainOutput:
