@@ -135,3 +135,22 @@ def test_two_processes_killed_after_a_checkpoint_resume_to_the_same_weights(pair
     resumed = launch(killed, tmp_path / "killed.yaml")
     assert "train_loss_resumed_steps" in resumed["train"]
     assert_same_weights(Path(whole["final"]), Path(resumed["final"]))
+
+
+def test_sft_two_processes_equal_one_with_two_accumulation_steps(tmp_path, cache_dir):
+    """The token-mean loss over both processes' tokens (Trainer's average_tokens_across_devices), a full fine-tune
+    saved through the gathering path."""
+    from align.recipes.sft import main as sft_main
+    from tests.conftest import micro_sft_config
+
+    def cfg(name, accum):
+        c = micro_sft_config(tmp_path / name, cache_dir, steps=3, vision_pretrain_steps=0, eval_at_end=False)
+        c.run.logging_steps = 1
+        c.optim.batch_size, c.optim.grad_accum = 4, accum
+        return c
+
+    single = sft_main(cfg("one", 2))
+    double = launch(cfg("two", 1), tmp_path / "two.yaml")
+    a, b = ([loss for _, loss in r["loss_history"]] for r in (single, double))
+    assert len(a) == 3 and b == pytest.approx(a, rel=1e-5, abs=1e-5)
+    assert_same_weights(Path(single["final"]), Path(double["final"]))
