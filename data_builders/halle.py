@@ -27,7 +27,7 @@ from datasets import Image
 
 from data_builders import toyworld as tw
 from data_builders.preference_import import SkipRow
-from data_builders.sft_import import SKIP_REASONS, _checked_path, _item_id, _items, llava_item_rows, skipped_line
+from data_builders.sft_import import SKIP_REASONS, _checked_path, _item_id, llava_item_rows, read_items
 from data_builders.toyworld_text import SYNONYMS, caption_mentions
 
 SWITCH_SKIP_REASONS = (
@@ -191,33 +191,6 @@ def _object_lists(path: Path) -> tuple[dict[str, set[str]], set[str]]:
     return lists, names
 
 
-def _read_items(path: Path, limit: int | None, item_rows, reasons: tuple[str, ...]) -> tuple[list[dict], dict]:
-    """Rows of every item of a LLaVA-format file through `item_rows(item, index)`; a SkipRow skips the item and is
-    counted by reason. Report: path, items_read, items_kept, rows, skipped {reason: count}, examples (the first 20
-    skips). No row at all is a ValueError naming the file and the skip counts."""
-    skipped: Counter = Counter()
-    rows: list[dict] = []
-    examples, read, kept = [], 0, 0
-    for index, (where, item) in enumerate(_items(path, (), "image")):
-        if limit is not None and read >= limit:
-            break
-        read += 1
-        try:
-            if isinstance(item, SkipRow):
-                raise item
-            rows += item_rows(item, index)
-            kept += 1
-        except SkipRow as skip:
-            skipped[skip.reason] += 1
-            if len(examples) < 20:
-                examples.append({"where": where, "reason": skip.reason, "detail": str(skip)})
-    report = {"path": str(path), "items_read": read, "items_kept": kept, "rows": len(rows)}
-    report.update(skipped={reason: skipped[reason] for reason in reasons}, examples=examples)
-    if not rows:
-        raise ValueError(f"{path}: no usable item in {read} read ({skipped_line(report)})")
-    return rows, report
-
-
 def switch_rows_from_annotations(
     llava_json: str | Path,
     objects_file: str | Path,
@@ -228,7 +201,7 @@ def switch_rows_from_annotations(
     """Switch rows from real captions: per LLaVA item, its first human→gpt turn becomes an ε = −1 row without the
     sentences (split on .!?) that name a parametric object (a vocabulary word absent from the image's object list)
     and an ε = +1 row with the caption as written. Items whose image has no list, no reply, or a missing image are
-    skipped by reason (SWITCH_SKIP_REASONS). Report as `_read_items`'s, plus parametric_mentions: every mention
+    skipped by reason (SWITCH_SKIP_REASONS). Report as read_items's, plus parametric_mentions: every mention
     of an object absent from its image. Images are matched by the item's path or its base name."""
     path, image_dir = _checked_path(llava_json, "llava_json", image_root)
     lists, names = _object_lists(Path(objects_file))
@@ -254,7 +227,7 @@ def switch_rows_from_annotations(
             _row(f"{base}/parametric", image, prompt, first["response"], 1.0, "parametric"),
         ]
 
-    rows, report = _read_items(path, limit, item_rows, SWITCH_SKIP_REASONS)
+    rows, report = read_items(path, limit, item_rows, SWITCH_SKIP_REASONS)
     return rows, {**report, "parametric_mentions": counts["parametric"]}
 
 
@@ -279,7 +252,7 @@ def import_hall_factor(
 ) -> tuple[list[dict], dict]:
     """Rows of HallE's own `detail_switch_23k.json` (LLaVA-format items with a `hall_factor`): per item its first
     human→gpt turn with epsilon = hall_factor, kind "hall_factor". Items without a ±1 hall_factor, or bad as LLaVA
-    items, are skipped by reason (HALL_FACTOR_SKIP_REASONS); the report is `_read_items`'s."""
+    items, are skipped by reason (HALL_FACTOR_SKIP_REASONS); the report is `sft_import.read_items`'s."""
     path, image_dir = _checked_path(path, "llava_json", image_root)
 
     def item_rows(item, index: int) -> list[dict]:
@@ -288,4 +261,4 @@ def import_hall_factor(
         row_id = f"{_item_id(item, index, path)}/{index}"  # the index: a file may tell one image both ways
         return [_row(row_id, first["image"], first["prompt"], first["response"], epsilon, "hall_factor")]
 
-    return _read_items(path, limit, item_rows, HALL_FACTOR_SKIP_REASONS)
+    return read_items(path, limit, item_rows, HALL_FACTOR_SKIP_REASONS)

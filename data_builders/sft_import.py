@@ -209,38 +209,45 @@ def import_sft(
     (prompt, response, image) columns. `limit` caps the items read (a skipped item counts). No usable item is a
     ValueError naming the file and the skip counts."""
     path, image_dir = _checked_path(path, source, image_root)
+
+    def item_rows(item, index: int) -> list[dict]:
+        if source == "llava_json":
+            return llava_item_rows(item, index, path, image_dir)
+        return hf_item_rows(item, index, path, image_dir, fields)
+
+    columns = () if source == "llava_json" else fields
+    rows, report = read_items(path, limit, item_rows, SKIP_REASONS, columns, fields[2])
+    return Dataset.from_list(rows, features=SFT_FEATURES), {"source": source, **report}
+
+
+def read_items(
+    path: Path, limit: int | None, item_rows, reasons: tuple[str, ...], columns=(), image_field: str = "image"
+) -> tuple[list[dict], dict]:
+    """The rows of every item of `path` through `item_rows(item, index)` (a SkipRow skips the item, counted by
+    reason) and the report: path, items_read, items_kept, rows, skipped {reason: count over `reasons`}, examples.
+    No row at all is a ValueError naming the file, the skip counts and the first skip."""
     skipped: Counter = Counter()
     examples: list[dict] = []
     rows, items_read, items_kept = [], 0, 0
-    for index, (where, item) in enumerate(_items(path, () if source == "llava_json" else fields, fields[2])):
+    for index, (where, item) in enumerate(_items(path, columns, image_field)):
         if limit is not None and items_read >= limit:
             break
         items_read += 1
         try:
             if isinstance(item, SkipRow):
                 raise item
-            if source == "llava_json":
-                rows += llava_item_rows(item, index, path, image_dir)
-            else:
-                rows += hf_item_rows(item, index, path, image_dir, fields)
+            rows += item_rows(item, index)
             items_kept += 1
         except SkipRow as skip:
             skipped[skip.reason] += 1
             if len(examples) < MAX_SKIP_EXAMPLES:
                 examples.append({"where": where, "reason": skip.reason, "detail": str(skip)})
-    report = {
-        "source": source,
-        "path": str(path),
-        "items_read": items_read,
-        "items_kept": items_kept,
-        "rows": len(rows),
-        "skipped": {reason: skipped[reason] for reason in SKIP_REASONS},
-        "examples": examples,
-    }
+    report = {"path": str(path), "items_read": items_read, "items_kept": items_kept, "rows": len(rows)}
+    report.update(skipped={reason: skipped[reason] for reason in reasons}, examples=examples)
     if not rows:
         first = f"; first: {examples[0]['where']}: {examples[0]['detail']}" if examples else ""
         raise ValueError(f"{path}: no usable item in {items_read} read ({skipped_line(report)}){first}")
-    return Dataset.from_list(rows, features=SFT_FEATURES), report
+    return rows, report
 
 
 def skipped_line(report: dict) -> str:
