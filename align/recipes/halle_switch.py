@@ -219,7 +219,9 @@ def main(cfg: HalleSwitchConfig) -> dict:
         processing_class=processor,
         base_model=cfg.model.name_or_path,
     )
-    attach_checkpoint_eval(trainer, cfg)
+    # checkpoint evals at ε = -1 unless eval.switch says otherwise: at 0 a controller is the base model at every step
+    at = cfg.eval.switch if cfg.eval.switch is not None or cfg.variant == "indication" else -1.0
+    attach_checkpoint_eval(trainer, dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, switch=at)))
     result, final = train_and_save(trainer, run, processor, cfg, tag="halle_switch", save=trainer.save_model)
     summary = {
         "final": str(final),

@@ -40,7 +40,8 @@ def test_controller_trains_w_alone_and_saves_only_what_it_trained(micro_opa_data
     cfg = _cfg(policy, cache_dir, tmp_path / "run", eval_at_end=True, sweep=[-1.0, 0.0, 1.0])
     cfg.eval = dataclasses.replace(cfg.eval, at_checkpoints=True)
     summary = halle_switch.main(cfg)
-    assert (tmp_path / "run" / "eval" / "step-2.json").is_file()  # the eval callback scored the W-only checkpoint
+    step = json.loads((tmp_path / "run" / "eval" / "step-2.json").read_text())  # the callback scored W-only ckpts
+    assert step["results"]["meta"]["eval_settings"]["switch"] == -1.0  # at 0 it would score the base every time
     final = tmp_path / "run" / "final"
     assert json.loads((final / SWITCH_CONFIG).read_text())["base_model"] == policy
     assert not list(final.glob("model*.safetensors")) and not (final / "adapter_config.json").exists()
