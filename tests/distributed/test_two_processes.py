@@ -154,3 +154,23 @@ def test_sft_two_processes_equal_one_with_two_accumulation_steps(tmp_path, cache
     a, b = ([loss for _, loss in r["loss_history"]] for r in (single, double))
     assert len(a) == 3 and b == pytest.approx(a, rel=1e-5, abs=1e-5)
     assert_same_weights(Path(single["final"]), Path(double["final"]))
+
+
+def test_halle_controller_two_processes_equal_one_with_two_accumulation_steps(micro_opa_data, cache_dir, tmp_path):
+    """One ε per row across processes, and a checkpoint that holds W alone, written by the main process."""
+    from align.recipes import halle_switch
+    from tests.align.recipes.test_halle_switch import _cfg
+
+    policy, _ = micro_opa_data
+
+    def cfg(name, accum):
+        c = _cfg(policy, cache_dir, tmp_path / name, steps=3, save_steps=100)
+        c.optim = OptimConfig(lr=1e-2, warmup_steps=0, max_steps=3, batch_size=4, grad_accum=accum)
+        return c
+
+    single = halle_switch.main(cfg("one", 2))
+    double = launch(cfg("two", 1), tmp_path / "two.yaml")
+    a, b = ([loss for _, loss in r["loss_history"]] for r in (single, double))
+    assert len(a) == 3 and b == pytest.approx(a, rel=1e-5, abs=1e-5)
+    w1, w2 = (load_file(str(Path(r["final"]) / "switch.safetensors"))["weight"] for r in (single, double))
+    assert (w1 - w2).abs().max() <= 1e-6 and w1.abs().sum() > 0
