@@ -138,7 +138,7 @@ def _load_pretrained(cfg: ModelConfig):
     _check_source(name)
     path = Path(name).expanduser()
     adapter = path / "adapter_config.json"
-    switch = read_switch_config(path) if path.is_dir() else None
+    switch = read_switch_config(path)
     kwargs = dict(
         dtype=DTYPES[cfg.dtype], attn_implementation=attn_implementation(cfg), trust_remote_code=cfg.trust_remote_code
     )

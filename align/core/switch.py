@@ -112,16 +112,20 @@ def attach_switch(model, switch: HalleSwitch | ControlTokens | None = None) -> H
     return switch
 
 
+def _switch_for(model, epsilon: float | torch.Tensor) -> HalleSwitch | ControlTokens | None:
+    """The model's switch, or None for a model without one asked for ε = 0 (the model itself); any other ε on a
+    model without a switch is an error."""
+    switch = find_switch(model)
+    if switch is None and (torch.is_tensor(epsilon) or epsilon != 0):
+        raise ValueError(f"switch {epsilon}: the model has no HallE switch (train one with recipe: halle_switch)")
+    return switch
+
+
 @contextlib.contextmanager
 def switch_value(model, epsilon: float | torch.Tensor | None) -> Iterator[None]:
     """Run the block at switch value `epsilon` (None: leave it as it is), then restore the previous one."""
-    switch = find_switch(model)
-    if epsilon is None:
-        yield
-        return
+    switch = None if epsilon is None else _switch_for(model, epsilon)
     if switch is None:
-        if torch.is_tensor(epsilon) or epsilon != 0:
-            raise ValueError(f"switch {epsilon}: the model has no HallE switch (train one with recipe: halle_switch)")
         yield
         return
     before = switch.epsilon
@@ -134,9 +138,7 @@ def switch_value(model, epsilon: float | torch.Tensor | None) -> Iterator[None]:
 
 def set_switch(model, epsilon: float) -> None:
     """Set the model's switch value for what follows (`switch_value` for a block)."""
-    switch = find_switch(model)
-    if switch is None and epsilon != 0:
-        raise ValueError(f"switch {epsilon}: the model has no HallE switch (train one with recipe: halle_switch)")
+    switch = _switch_for(model, epsilon)
     if not -1.0 <= epsilon <= 1.0:
         raise ValueError(f"switch must be in [-1, 1], got {epsilon}")
     if switch is not None:
