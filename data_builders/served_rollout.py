@@ -123,7 +123,8 @@ class ServedRolloutEngine:
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Ask the server to load the LoRA adapter at `path` (a folder the server can read) as `name` (vLLM's
         /v1/load_lora_adapter; a new name per round, since vLLM keeps a loaded name's weights), and sample it from
-        now on. The server must run with --enable-lora (and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)."""
+        now on. A name the server already holds is taken as loaded: give each adapter a name that changes with its
+        weights. The server must run with --enable-lora (and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)."""
         url = f"{self.cfg.base_url.rstrip('/')}/load_lora_adapter"
         body = json.dumps({"lora_name": name, "lora_path": str(path)}).encode()
         request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
@@ -132,6 +133,9 @@ class ServedRolloutEngine:
                 reply.read()
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace")[:300]
+            if e.code == 400 and "already been" in detail:  # vLLM: "... has already been loaded." (a resumed round)
+                self.model = name  # it keeps the name's first weights: names that carry their content agree
+                return
             raise EndpointFatalError(
                 f"policy server {self.cfg.base_url}: loading adapter {name!r} from {path} failed ({e.code}: "
                 f"{detail}); is it started with --enable-lora, a --max-lora-rank at least the adapter's, and "

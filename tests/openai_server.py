@@ -17,7 +17,8 @@ Behaviours, consumed one per request from `server.script` (then `server.default`
     callable(body)      called with the request JSON; returns one of the above
 
 Every request body (parsed JSON) is appended to `server.requests`, its headers to `server.headers`. POSTs to vLLM's
-`/v1/load_lora_adapter` go to `server.adapter_requests` and get `server.adapter_reply` (status, body). Use the
+`/v1/load_lora_adapter` go to `server.adapter_requests` and get `server.adapter_reply` (status, body), or vLLM's 400
+"has already been loaded" for a name asked before. Use the
 `openai_server` fixture (import `openai_server_fixture` into the test module) for a started server.
 """
 
@@ -68,8 +69,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if self.path.rstrip("/") == "/v1/load_lora_adapter":  # vLLM's runtime LoRA loading
-            self.server.adapter_requests.append(json.loads(raw))
+            body = json.loads(raw)
+            self.server.adapter_requests.append(body)
+            if body["lora_name"] in self.server.loaded_adapters:  # as vLLM: a name is loaded once
+                message = f"The lora adapter '{body['lora_name']}' has already been loaded."
+                return self._send(400, {"error": {"message": message, "type": "BadRequestError", "code": 400}})
             status, text = self.server.adapter_reply
+            if status == 200:
+                self.server.loaded_adapters[body["lora_name"]] = body["lora_path"]
             return self._send_bytes(status, text.encode())
         if self.path.rstrip("/") != "/v1/chat/completions":
             return self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
@@ -133,6 +140,7 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         self.requests: list[dict] = []  # every request body received, in arrival order
         self.headers: list[dict] = []  # their HTTP headers, names lower-cased
         self.adapter_requests: list[dict] = []  # bodies POSTed to /v1/load_lora_adapter
+        self.loaded_adapters: dict[str, str] = {}  # name -> path of those that loaded
         self.adapter_reply: tuple[int, str] = (200, "Success: LoRA adapter loaded")  # its status and body
         self.stopping = threading.Event()
         self._lock = threading.Lock()

@@ -292,6 +292,11 @@ class RLAIFVConfig:
     def __post_init__(self):
         if self.rounds < 1:
             raise ValueError("rounds must be >= 1")
+        if self.data.served is not None and self.rounds > 1 and self.train.model.finetune != "lora":
+            raise ValueError(
+                "data.served with rounds > 1 needs train.model.finetune: lora: each round's policy is pushed to the "
+                "server as a LoRA adapter over its base (a fully fine-tuned policy would need a server restart)"
+            )
 
 
 @dataclasses.dataclass

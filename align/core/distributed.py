@@ -14,13 +14,22 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from datetime import timedelta
 
 import torch
 from accelerate import PartialState
 
 
+def timeout_s() -> int:
+    """How long a process waits at a barrier for the others: the main process alone may be building a round's data
+    or evaluating a checkpoint meanwhile, which on a 7B model outlasts torch's 30 minutes. ALIGN_DIST_TIMEOUT
+    seconds, 4 h by default."""
+    return int(os.environ.get("ALIGN_DIST_TIMEOUT", 4 * 3600))
+
+
 def state() -> PartialState:
-    return PartialState(cpu=not torch.cuda.is_available())
+    """The process group (created on first use; TrainingArguments makes the same one, with the same timeout)."""
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=timeout_s()))
 
 
 def launched() -> bool:
@@ -53,3 +62,55 @@ def quiet_other_processes() -> None:
     errors still reach stderr. ALIGN_DEBUG=1 keeps it all."""
     if launched() and os.environ.get("RANK", "0") != "0" and not os.environ.get("ALIGN_DEBUG"):
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the life of the process)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(this process's rank, how many processes), (0, 1) when not launched."""
+    return (state().process_index, state().num_processes) if launched() else (0, 1)
+
+
+def device() -> torch.device:
+    """This process's device: its own GPU under a launcher, else the GPU or the CPU."""
+    if launched():
+        return state().device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def all_sum(x: torch.Tensor) -> torch.Tensor:
+    """The sum of `x` over every process (x itself in one process); differentiable only in one process."""
+    if not launched():
+        return x
+    out = x.detach().clone()
+    torch.distributed.all_reduce(out)
+    return out
+
+
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Each parameter's gradient replaced by its mean over the processes (what DDP does in backward), for a loop
+    that calls backward on its own models; a parameter without a gradient counts as zero."""
+    _, world = rank_and_world()
+    if world == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad)
+        p.grad /= world
+
+
+def broadcast_parameters(params: list[torch.nn.Parameter]) -> None:
+    """The main process's values of `params` on every process (the start DDP makes from rank 0)."""
+    if launched():
+        with torch.no_grad():
+            for p in params:
+                torch.distributed.broadcast(p.data, src=0)
+
+
+def mean_over_processes(values: dict[str, float]) -> dict[str, float]:
+    """Each value's mean over the processes (the same keys on each)."""
+    _, world = rank_and_world()
+    if world == 1:
+        return values
+    keys = sorted(values)
+    total = all_sum(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device()))
+    return {k: float(v) / world for k, v in zip(keys, total.tolist(), strict=True)}

@@ -174,10 +174,11 @@ def build_dpo_trainer(cfg: DPORecipeConfig) -> tuple[DDPOTrainer, object, dict]:
     return trainer, processor, counts
 
 
-def train_dpo(cfg: DPORecipeConfig, prepare: Callable | None = None) -> dict:
+def train_dpo(cfg: DPORecipeConfig, prepare: Callable | None = None, keep_adapter: bool = False) -> dict:
     """A whole DPO run up to its saved `final/`: `prepare(trainer, cfg)` runs before training (the recipes attach the
-    checkpoint evals with it). Returns the run summary; evaluating the result is the caller's. A run already
-    finished with this config returns its stored summary with `"finished": True` and trains nothing."""
+    checkpoint evals with it); a LoRA's adapter is also kept in `adapter/` beside `final/` with `keep_adapter`.
+    Returns the run summary; evaluating the result is the caller's. A run already finished with this config returns
+    its stored summary with `"finished": True` and trains nothing."""
     run = cfg.run
     t0 = time.time()
     finished = begin_run(cfg, tag=cfg.loss)
@@ -186,7 +187,7 @@ def train_dpo(cfg: DPORecipeConfig, prepare: Callable | None = None) -> dict:
     trainer, processor, counts = build_dpo_trainer(cfg)
     if prepare is not None:
         prepare(trainer, cfg)
-    result, final = train_and_save(trainer, run, processor, cfg, tag=cfg.loss)
+    result, final = train_and_save(trainer, run, processor, cfg, tag=cfg.loss, keep_adapter=keep_adapter)
     return {
         "final": str(final),
         "start": cfg.model.name_or_path,

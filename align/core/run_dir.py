@@ -31,6 +31,7 @@ MODES = ("auto", "resume", "overwrite")
 FRESH, RESUME, FINISHED = "fresh", "resume", "finished"
 CONFIG_FILE = "align_config.yaml"
 SUMMARY_FILE = "train_summary.json"
+ADAPTER_DIR = "adapter"  # a merged LoRA run's adapter, kept beside final/ where a recipe asks (RLAIF-V's rounds)
 SWITCH_CONFIG = "switch_config.json"  # a HallE switch saved beside the base it names (align/core/switch.py)
 MODEL_MARKERS = ("config.json", "adapter_config.json", SWITCH_CONFIG)  # a folder holding one of these is a model
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
@@ -157,7 +158,14 @@ def clear_run(output_dir: str | Path) -> list[str]:
     sub-runs (OPA-DPO's opa/, which its own start clears), are kept. Returns the names removed."""
     out = Path(output_dir)
     removed = []
-    for path in [*checkpoints(out), out / "final", out / "eval", out / SUMMARY_FILE, out / CONFIG_FILE]:
+    for path in [
+        *checkpoints(out),
+        out / "final",
+        out / ADAPTER_DIR,
+        out / "eval",
+        out / SUMMARY_FILE,
+        out / CONFIG_FILE,
+    ]:
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():

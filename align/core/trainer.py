@@ -33,10 +33,11 @@ from align.config.sections import OptimConfig, RunConfig
 from align.core import console
 from align.core.console import TRAIN_LOG
 from align.core.console_callback import use_console_callback
-from align.core.distributed import barrier, is_main
+from align.core.distributed import barrier, is_main, timeout_s
 from align.core.logprobs import response_logps
 from align.core.models import DTYPES, load_policy, multimodal_projector, save_policy
 from align.core.run_dir import (
+    ADAPTER_DIR,
     CONFIG_FILE,
     FINISHED,
     SUMMARY_FILE,
@@ -205,6 +206,7 @@ def training_arguments(
         remove_unused_columns=False,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
+        ddp_timeout=timeout_s(),  # the others wait while the main process evaluates (align/core/distributed.py)
         bf16=dtype == "bfloat16",
         disable_tqdm=not console.verbose(),  # ConsoleMixin's lines instead (Trainer's bar under --verbose)
     )
@@ -212,12 +214,20 @@ def training_arguments(
 
 
 def train_and_save(
-    trainer: Trainer, run: RunConfig, processor, cfg=None, tag: str = "train", merge: bool = True, save=None
+    trainer: Trainer,
+    run: RunConfig,
+    processor,
+    cfg=None,
+    tag: str = "train",
+    merge: bool = True,
+    save=None,
+    keep_adapter: bool = False,
 ):
     """Train (from the last checkpoint in the run directory, if any: `start_run` has cleared it unless the run is
     to be resumed), then save the policy to `output_dir/final` with `cfg` (a config dataclass or dict) beside it: a
-    LoRA model merged into its base (`merge`), or as its adapter alone, or by `save(final_dir)` when given (a
-    recipe that saves only what it trained). Returns (TrainOutput, final)."""
+    LoRA model merged into its base (`merge`; with `keep_adapter` its adapter is also kept in `output_dir/adapter`),
+    or as its adapter alone, or by `save(final_dir)` when given (a recipe that saves only what it trained).
+    Returns (TrainOutput, final)."""
     last = last_checkpoint(run.output_dir)
     trainer.log_tag = tag  # the run's name in its console lines (ConsoleMixin)
     if last:
@@ -232,8 +242,10 @@ def train_and_save(
     if save is not None:
         save(final)  # Trainer.save_model: the main process writes
     elif trainer.args.world_size > 1 or trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
-        save_gathered(trainer, processor, final, merge)
+        save_gathered(trainer, processor, final, merge, keep_adapter)
     else:
+        if keep_adapter and merge and isinstance(trainer.model, PeftModel):
+            trainer.model.save_pretrained(final.with_name(ADAPTER_DIR))
         model = trainer.model.merge_and_unload() if merge and isinstance(trainer.model, PeftModel) else trainer.model
         save_policy(model, processor, final)
     if cfg is not None and is_main():
@@ -242,10 +254,11 @@ def train_and_save(
     return result, final
 
 
-def save_gathered(trainer: Trainer, processor, final: Path, merge: bool) -> None:
+def save_gathered(trainer: Trainer, processor, final: Path, merge: bool, keep_adapter: bool = False) -> None:
     """`final/` of a model spread over processes (DDP, and ZeRO-3 or FSDP, which shard its weights): Trainer's
     `save_model` gathers the weights (or the adapter) onto the main process and writes them; a LoRA to merge is then
-    merged there from the saved adapter, read back over its base, rather than in the sharded model in memory."""
+    merged there from the saved adapter, read back over its base, rather than in the sharded model in memory (and
+    the adapter is kept as `adapter/` beside `final/` when `keep_adapter`)."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     if not (merge and isinstance(model, PeftModel)):
         trainer.save_model(str(final))
@@ -260,7 +273,11 @@ def save_gathered(trainer: Trainer, processor, final: Path, merge: bool) -> None
         with torch.random.fork_rng(devices=[]):  # loading draws initial weights: the main process's draws that follow
             merged, _ = load_policy(adapter, device="cpu", dtype=dtype)  # (a next stage's LoRA) stay a 1-process run's
         save_policy(merged, processor, final)
-        shutil.rmtree(adapter)
+        if keep_adapter:
+            shutil.rmtree(final.with_name(ADAPTER_DIR), ignore_errors=True)
+            adapter.rename(final.with_name(ADAPTER_DIR))
+        else:
+            shutil.rmtree(adapter)
 
 
 def restore_last_step(trainer: Trainer, last: Path, state: dict) -> TrainOutput:

@@ -112,6 +112,9 @@ def test_adapters_load_by_path_and_are_sampled_by_name(openai_server):
     with pytest.raises(EndpointFatalError, match="enable-lora"):
         engine.load_adapter("round-2", "/elsewhere")
     assert engine.model == "round-1"  # still the last adapter that loaded
+    fresh = _engine(openai_server)  # a resumed build asks for a name the server holds: vLLM's 400 means loaded
+    fresh.load_adapter("round-1", "/shared/runs/round-1/final")
+    assert fresh.model == "round-1"
 
 
 def test_faults_follow_the_endpoint_policy(openai_server):
