@@ -17,6 +17,10 @@ One step:
  4. `ppo_epochs` passes over the batch in minibatches of optim.batch_size: clipped policy loss + vf_coef · clipped
     value loss, one AdamW over the policy's LoRA and the value model; the schedule moves once per step.
 
+Under `accelerate launch` each of the N processes rolls out, scores and values its 1/N of the step's prompts (its
+samples seeded by (seed, step, rank)), advantages are whitened over the whole batch, gradients are averaged over
+the processes before each optimiser step (as DDP does), and the main process writes the run directory.
+
 Every step's sampling and minibatch order are seeded by (seed, step), and checkpoints (`checkpoint-N/`: trainable
 weights, optimiser, schedule, log) are written whole or not at all, so a run killed at any point resumes from its
 last checkpoint and ends with the weights of an uninterrupted run. `eval.at_checkpoints` scores each checkpoint
@@ -42,6 +46,16 @@ from align.config.online import PPORecipeConfig
 from align.core import console
 from align.core.console import TRAIN_LOG
 from align.core.data import DataError, VisionSFTCollator, encode_row, image_seq_length
+from align.core.distributed import (
+    all_sum,
+    average_gradients,
+    barrier,
+    broadcast_parameters,
+    device,
+    is_main,
+    mean_over_processes,
+    rank_and_world,
+)
 from align.core.logprobs import IGNORE, left_align, response_logps
 from align.core.losses.ppo import gae, masked_mean, policy_loss, shaped_rewards, value_loss, whiten
 from align.core.models import build_model, save_policy
@@ -131,7 +145,10 @@ class PPORun:
     """The models, optimiser and log of one PPO run, and its step."""
 
     def __init__(self, cfg: PPORecipeConfig):
-        self.cfg, self.device = cfg, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.cfg, self.device = cfg, device()
+        self.rank, self.world = rank_and_world()
+        if cfg.rollout_batch_size % self.world:
+            raise ValueError(f"rollout_batch_size {cfg.rollout_batch_size} does not split over {self.world} processes")
         self.policy, self.processor = build_model(cfg.model, cfg.run.seed)
         self.policy.to(self.device).train()
         self.value = value_model(cfg, self.device)
@@ -141,6 +158,7 @@ class PPORun:
         self.prompts, self.cache = rl_prompts(cfg.data, cfg.prompts, cfg.limit, cfg.run.seed), {}
         self.n_image_tokens = image_seq_length(self.policy.config)
         params = [p for m in (self.policy, self.value) for p in m.parameters() if p.requires_grad]
+        broadcast_parameters(params)  # every process starts from the main one's initial weights
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.scheduler = get_scheduler(
             cfg.optim.scheduler, self.optimizer, cfg.optim.warmup_steps, cfg.optim.max_steps
@@ -155,13 +173,15 @@ class PPORun:
         """Sample, score and value one batch: (the batch with old log-probs, values, advantages, returns; stats)."""
         cfg = self.cfg
         idx = step_indices(len(self.prompts), cfg.rollout_batch_size, self.state.global_step, cfg.run.seed)
-        prompts = [self.prompts[i] for i in idx]
+        share = len(idx) // self.world  # this process's slice of the step's prompts
+        prompts = [self.prompts[i] for i in idx[self.rank * share : (self.rank + 1) * share]]
         with eval_mode(self.policy), eval_mode(self.value):  # dropout (if any) off for the rollout's numbers
             return self._score_and_value(prompts)
 
     def _score_and_value(self, prompts: list[dict]) -> tuple[dict, dict]:
         cfg = self.cfg
-        replies = self.engine.sample([p["image"] for p in prompts], [p["prompt"] for p in prompts], self.seed(0))
+        seed = self.seed(0, *([self.rank] if self.rank else []))  # rank 0 draws what one process draws
+        replies = self.engine.sample([p["image"] for p in prompts], [p["prompt"] for p in prompts], seed)
         rows = encode_replies(self.processor, prompts, replies, cfg.data.max_length, self.n_image_tokens, self.cache)
         texts = [text for text, _ in replies]
         response_ids = [[t for t in r["labels"] if t != IGNORE] for r in rows]
@@ -176,7 +196,7 @@ class PPORun:
         rewards, kl = shaped_rewards((scores + cut).to(self.device), old_logps, ref_logps, mask, cfg.kl_coef)
         advantages, returns = gae(rewards * cfg.reward_scale, old_values, mask, cfg.gamma, cfg.lam)
         batch.update(old_logps=old_logps, mask=mask, old_values=old_values, returns=returns,
-                     advantages=whiten(advantages, mask))  # fmt: skip
+                     advantages=whiten(advantages, mask, total=all_sum))  # fmt: skip
         stats = {"reward/score": float(scores.mean()), "reward/truncated": float((cut < 0).float().mean()),
                  "kl": float(kl.sum(1).mean()), "response_length": float(mask.sum(1).float().mean()),
                  "values/mean": float(masked_mean(old_values, mask)), **oracle_stats(texts, prompts)}  # fmt: skip
@@ -208,6 +228,7 @@ class PPORun:
                     terms = self.losses({k: v[micro.to(self.device)] for k, v in batch.items()})
                     (terms[0] / cfg.optim.grad_accum).backward()
                     logs.append([float(t.detach()) for t in terms])
+                average_gradients(params)
                 torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
                 self.optimizer.step()
         self.scheduler.step()
@@ -275,7 +296,7 @@ def train(run: PPORun) -> None:
     while run.state.global_step < cfg.optim.max_steps:
         lr = run.scheduler.get_last_lr()[0]
         batch, stats = run.rollout()
-        stats.update(run.update(batch), learning_rate=lr)
+        stats = {**mean_over_processes({**stats, **run.update(batch)}), "learning_rate": lr}
         run.state.global_step += 1
         step = run.state.global_step
         run.state.log_history.append({**{k: round(v, 6) for k, v in stats.items()}, "step": step})
@@ -287,8 +308,10 @@ def train(run: PPORun) -> None:
             print(f"[ppo] step {step}/{cfg.optim.max_steps}  score {stats['reward/score']:.3f}{oracle}  "
                   f"kl {stats['kl']:.3f}  loss {stats['loss']:.3f}  {rate}", flush=True)  # fmt: skip
         if step % cfg.run.save_steps == 0 or step == cfg.optim.max_steps:
-            run.save(callback)
-    if callback is not None:
+            if is_main():  # the run directory is the main process's; the others hold the same weights
+                run.save(callback)
+            barrier()
+    if callback is not None and is_main():
         callback.on_train_end(types.SimpleNamespace(output_dir=cfg.run.output_dir), run.state, None)
 
 
@@ -304,9 +327,12 @@ def main(cfg: PPORecipeConfig) -> dict:
             print(f"[ppo] resuming from {last}")
             run.resume(last)
         train(run)
-        policy = run.policy.merge_and_unload() if isinstance(run.policy, PeftModel) else run.policy
-        final = save_policy(policy, run.processor, out / "final")
-        save_run_config(to_dict(cfg), final / CONFIG_FILE)
+        final = out / "final"
+        if is_main():
+            policy = run.policy.merge_and_unload() if isinstance(run.policy, PeftModel) else run.policy
+            save_policy(policy, run.processor, final)
+            save_run_config(to_dict(cfg), final / CONFIG_FILE)
+        barrier()
     history = run.state.log_history
     steps = [e for e in history if "reward/score" in e]
     summary = {

@@ -174,3 +174,54 @@ def test_halle_controller_two_processes_equal_one_with_two_accumulation_steps(mi
     assert len(a) == 3 and b == pytest.approx(a, rel=1e-5, abs=1e-5)
     w1, w2 = (load_file(str(Path(r["final"]) / "switch.safetensors"))["weight"] for r in (single, double))
     assert (w1 - w2).abs().max() <= 1e-6 and w1.abs().sum() > 0
+
+
+def test_rlaif_v_rounds_two_processes_equal_one_with_two_accumulation_steps(micro_opa_data, cache_dir, tmp_path):
+    """The main process samples and labels each round's data (the others wait for it), every process trains, and
+    round 1 samples from round 0's policy: both rounds end with a 1-process run's weights."""
+    from align.recipes import rlaif_v
+    from tests.align.recipes.test_rlaif_v_loop import loop_config
+
+    policy, _ = micro_opa_data
+
+    def cfg(name, accum):
+        c = loop_config(tmp_path / name, policy, cache_dir)
+        c.train.model.lora_dropout = 0.0  # dropout draws per process: no layout could match another's masks
+        c.train.optim = OptimConfig(lr=1e-2, warmup_steps=0, max_steps=2, batch_size=2, grad_accum=accum)
+        return c
+
+    single = rlaif_v.main(cfg("one", 2))
+    two = cfg("two", 1)
+    out = subprocess.run(launch_args(write_config(two, tmp_path / "two.yaml")), capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    double = json.loads((Path(two.output_dir) / "rounds.json").read_text())
+    for a, b in zip(single["rounds"], double["rounds"], strict=True):
+        assert a["data"]["pairs"] == b["data"]["pairs"] and b["eval"]["meta"]["images"] == 2
+        assert_same_weights(Path(a["final"]), Path(b["final"]))
+    assert sorted(p.name for p in (Path(two.output_dir) / "round-1" / "train").iterdir()) == [
+        "adapter", "align_config.yaml", "checkpoint-2", "final", "train.log", "train_summary.json"
+    ]  # fmt: skip
+
+
+def test_ppo_two_processes_equal_one_with_two_accumulation_steps(micro_opa_data, cache_dir, tmp_path):
+    """PPO's own loop: each process rolls out half of the step's prompts, advantages are whitened over both halves
+    and gradients averaged, so with greedy sampling (the same captions however the prompts are split) and one row
+    per micro-batch 2 processes x 2 micro-batches train what 1 process x 4 does."""
+    from align.recipes import ppo
+    from data_builders.configs import RolloutSettings
+    from tests.align.recipes.test_ppo import _cfg
+
+    policy, _ = micro_opa_data
+
+    def cfg(name, accum):
+        c = _cfg(policy, None, cache_dir, tmp_path / name, steps=3, reward="oracle")
+        c.rollout = RolloutSettings(temperature=1.0, top_k=1, max_new_tokens=8, batch_size=8)
+        c.optim = OptimConfig(lr=5e-3, warmup_steps=0, max_steps=3, batch_size=1, grad_accum=accum)
+        return c
+
+    single = ppo.main(cfg("one", 4))
+    double = launch(cfg("two", 2), tmp_path / "two.yaml")
+    assert_same_training(single, double, ("loss", "policy_loss", "value_loss", "reward/score", "kl"))
+    assert_same_weights(Path(single["final"]), Path(double["final"]))
+    names = sorted(p.name for p in Path(double["final"]).parent.iterdir())
+    assert names == ["align_config.yaml", "checkpoint-2", "checkpoint-3", "final", "train.log", "train_summary.json"]

@@ -14,10 +14,15 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x − mean) / std over the masked positions (the mean added back when not `shift_mean`); 0 outside them."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, total=None) -> torch.Tensor:
+    """(x − mean) / std over the masked positions (the mean added back when not `shift_mean`); 0 outside them.
+    `total` sums a tensor over the processes that share the batch (align/core/distributed.all_sum), so the mean
+    and std are the whole batch's; None: this process's rows are the batch."""
+    total = total or (lambda t: t)
+    m = mask.to(x.dtype)
+    count = total(m.sum()).clamp(min=1)
+    mean = total((x * m).sum()) / count
+    var = total(((x - mean) ** 2 * m).sum()) / count
     out = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         out = out + mean
