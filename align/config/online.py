@@ -10,6 +10,7 @@ from typing import Literal
 from align.config.recipes import preference_policy
 from align.config.sections import DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig
 from data_builders.configs import RolloutSettings
+from data_builders.endpoint import ServedPolicyConfig
 
 
 @dataclasses.dataclass
@@ -115,6 +116,13 @@ class PPORecipeConfig:
         metadata={"help": "Sampling of the rollouts (LLaVA-RLHF: T = 1.0)."},
     )
     rollout_batch_size: int = field(default=32, metadata={"help": "Prompts sampled per step (one caption each)."})
+    served: ServedPolicyConfig | None = field(
+        default=None,
+        metadata={
+            "help": "Sample the rollouts from a vLLM server ({base_url, model, concurrency}) serving the start "
+            "policy as `model`: each step's LoRA is saved and loaded into it by path. null = sample here."
+        },
+    )
     ppo_epochs: int = field(default=2, metadata={"help": "Passes over each rollout batch (LLaVA-RLHF: 2)."})
     reward: Literal["reward_model", "oracle"] = field(
         default="reward_model",

@@ -6,7 +6,9 @@
 One step:
  1. Rollout: the policy (a LoRA on the start model) samples one caption for each of `rollout_batch_size` training
     images through the rollout engine (align/rollout/engine.py). The replies come back as text with their finish
-    reason and are tokenised as every recipe encodes rows, so a served engine (vLLM) can stand in.
+    reason and are tokenised as every recipe encodes rows, so a served engine can stand in: with `served`, the
+    step's LoRA is saved and loaded into a vLLM server by path, and the server samples (its own log-probs unused:
+    step 3 computes them here, so the ratio's two sides come from one implementation).
  2. Score: the reward model reads (image, prompt, caption[, the image's facts]); a caption cut before its end token
     gets `truncation_penalty` on top. The ToyWorld oracle's CHAIR_i and recall of the same captions are logged
     beside the score, so reward hacking shows as a rising score over a CHAIR_i that does not fall.
@@ -29,6 +31,7 @@ with the eval callback; `final/` holds the merged policy.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -66,6 +69,8 @@ from align.eval.runner import evaluate_checkpoint
 from align.rollout.engine import PolicyRolloutEngine
 from align.rollout.prompts import rl_prompts
 from data_builders.reward_pairs import caption_quality
+from data_builders.served_rollout import ServedRolloutEngine
+from data_builders.toyworld import image_to_png
 from data_builders.toyworld_text import caption_mentions
 from rewards.functions import FiniteRewards, RewardModelReward, ToyWorldOracleReward
 from rewards.model import RewardModel, load_reward_model
@@ -75,6 +80,7 @@ POLICY_FILE, VALUE_FILE, OPTIMIZER_FILE, STATE_FILE = (
 )  # fmt: skip
 
 
+SERVED_DIR = "served_adapter"  # the LoRA a vLLM server samples (`served`), rewritten every step
 FIRST_LAST = ("reward/score", "oracle/chair_i", "oracle/recall", "kl")  # the summary's first and last step values
 
 
@@ -86,6 +92,13 @@ def step_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
         epoch, i = divmod(position, n)
         out.append(int(np.random.default_rng([seed, epoch]).permutation(n)[i]))
     return out
+
+
+def rollout_engine(cfg: PPORecipeConfig, policy, processor):
+    """The live policy sampled here, or a vLLM server (`cfg.served`) whose replies are cached in the run folder."""
+    if cfg.served is None:
+        return PolicyRolloutEngine(policy, processor, cfg.rollout, name="hf:ppo-policy")
+    return ServedRolloutEngine(cfg.served, cfg.rollout, cache_dir=Path(cfg.run.output_dir) / "rollout_cache")
 
 
 def value_model(cfg: PPORecipeConfig, device) -> RewardModel:
@@ -147,13 +160,17 @@ class PPORun:
     def __init__(self, cfg: PPORecipeConfig):
         self.cfg, self.device = cfg, device()
         self.rank, self.world = rank_and_world()
-        if cfg.rollout_batch_size % self.world:
-            raise ValueError(f"rollout_batch_size {cfg.rollout_batch_size} does not split over {self.world} processes")
+        minibatch = cfg.optim.batch_size * cfg.optim.grad_accum
+        if cfg.rollout_batch_size % (self.world * minibatch):
+            raise ValueError(
+                f"rollout_batch_size {cfg.rollout_batch_size} does not split over {self.world} processes into whole "
+                f"minibatches of optim.batch_size x optim.grad_accum = {minibatch}"
+            )
         self.policy, self.processor = build_model(cfg.model, cfg.run.seed)
         self.policy.to(self.device).train()
         self.value = value_model(cfg, self.device)
         self.reward = task_reward(cfg, self.device)
-        self.engine = PolicyRolloutEngine(self.policy, self.processor, cfg.rollout, name="hf:ppo-policy")
+        self.engine = rollout_engine(cfg, self.policy, self.processor)
         self.collator = VisionSFTCollator(self.processor)
         self.prompts, self.cache = rl_prompts(cfg.data, cfg.prompts, cfg.limit, cfg.run.seed), {}
         self.n_image_tokens = image_seq_length(self.policy.config)
@@ -181,7 +198,7 @@ class PPORun:
     def _score_and_value(self, prompts: list[dict]) -> tuple[dict, dict]:
         cfg = self.cfg
         seed = self.seed(0, *([self.rank] if self.rank else []))  # rank 0 draws what one process draws
-        replies = self.engine.sample([p["image"] for p in prompts], [p["prompt"] for p in prompts], seed)
+        replies = self.sample(prompts, seed)
         rows = encode_replies(self.processor, prompts, replies, cfg.data.max_length, self.n_image_tokens, self.cache)
         texts = [text for text, _ in replies]
         response_ids = [[t for t in r["labels"] if t != IGNORE] for r in rows]
@@ -201,6 +218,29 @@ class PPORun:
                  "kl": float(kl.sum(1).mean()), "response_length": float(mask.sum(1).float().mean()),
                  "values/mean": float(masked_mean(old_values, mask)), **oracle_stats(texts, prompts)}  # fmt: skip
         return batch, stats
+
+    def sample(self, prompts: list[dict], seed: int) -> list[tuple[str, bool]]:
+        """(text, finished) per prompt from the current policy: sampled here, or by the server once this step's LoRA
+        is loaded into it."""
+        images, texts = [p["image"] for p in prompts], [p["prompt"] for p in prompts]
+        if self.cfg.served is None:
+            return self.engine.sample(images, texts, seed)
+        self.engine.load_adapter(*self.push_policy())
+        return self.engine.generate_with_finish([image_to_png(im) for im in images], texts, seed)
+
+    def push_policy(self) -> tuple[str, Path]:
+        """(name, folder) of this step's LoRA, saved by the main process to served_adapter/step-N/ (the step
+        before's folder removed) and named by its content, so a resumed step asks the server for what it had."""
+        root = Path(self.cfg.run.output_dir) / SERVED_DIR
+        folder = root / f"step-{self.state.global_step}"
+        if is_main():
+            self.policy.save_pretrained(folder)
+            for old in root.glob("step-*"):
+                if old != folder:
+                    shutil.rmtree(old)
+        barrier()
+        digest = hashlib.sha256((folder / "adapter_model.safetensors").read_bytes()).hexdigest()[:12]
+        return f"ppo-{digest}", folder.resolve()
 
     def forward_in_chunks(self, batch: dict, width: int) -> tuple[torch.Tensor, ...]:
         """(log-probs, response mask, reference log-probs, values) [B, width] of a rollout batch, optim.batch_size

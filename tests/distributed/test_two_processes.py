@@ -225,3 +225,51 @@ def test_ppo_two_processes_equal_one_with_two_accumulation_steps(micro_opa_data,
     assert_same_weights(Path(single["final"]), Path(double["final"]))
     names = sorted(p.name for p in Path(double["final"]).parent.iterdir())
     assert names == ["align_config.yaml", "checkpoint-2", "checkpoint-3", "final", "train.log", "train_summary.json"]
+
+
+@pytest.fixture(scope="module")
+def reward_pairs(micro_opa_data, tmp_path_factory, cache_dir):
+    """(the micro policy, reward-model pairs ranked by ToyWorld's truth), as tests/align/recipes/test_reward_model."""
+    from data_builders.configs import RewardPairsConfig, RolloutSettings
+    from data_builders.reward_pairs import build
+    from data_builders.toyworld_data import toyworld_prompts
+    from tests.conftest import SMALL_WORLD
+    from tests.data_builders.test_reward_pairs import TruthEngine
+
+    out = tmp_path_factory.mktemp("reward_pairs")
+    cfg = RewardPairsConfig(output_dir=str(out), world=SMALL_WORLD, cache_dir=str(cache_dir), limit=16, samples=3,
+                            rollout=RolloutSettings(batch_size=16))  # fmt: skip
+    return micro_opa_data[0], build(cfg, TruthEngine(toyworld_prompts(cfg)))["dataset"]
+
+
+def test_reward_model_two_processes_equal_one_with_two_accumulation_steps(reward_pairs, tmp_path):
+    from align.recipes import reward_model
+    from tests.align.recipes.test_reward_model import _cfg
+
+    policy, dataset = reward_pairs
+
+    def cfg(name, accum):
+        c = _cfg(policy, dataset, tmp_path / name, steps=3)
+        c.run.logging_steps = 1
+        c.optim = OptimConfig(lr=5e-3, warmup_steps=0, max_steps=3, batch_size=2, grad_accum=accum)
+        return c
+
+    single = reward_model.main(cfg("one", 2))
+    double = launch(cfg("two", 1), tmp_path / "two.yaml")
+    assert_same_training(single, double, LOGGED)
+    assert double["held_out"] == pytest.approx(single["held_out"], abs=1e-5)
+    a, b = (load_file(str(Path(r["final"]) / "reward_head.safetensors")) for r in (single, double))
+    assert all((a[k] - b[k]).abs().max() <= 1e-5 for k in a)
+
+
+def test_grpo_runs_as_two_processes_and_the_main_one_writes_the_run(micro_opa_data, cache_dir, tmp_path):
+    """TRL's GRPOTrainer spreads the groups over the processes itself; the run directory is the main process's."""
+    from tests.align.recipes.test_grpo import _cfg
+
+    cfg = _cfg(micro_opa_data[0], cache_dir, tmp_path / "grpo", reward="oracle")
+    summary = launch(cfg, tmp_path / "grpo.yaml")
+    assert len(history(summary, "loss")) == 2 and Path(summary["final"], "model.safetensors").is_file()
+    names = sorted(p.name for p in (tmp_path / "grpo").iterdir())
+    assert names == ["README.md", "align_config.yaml", "checkpoint-2", "final", "train.log", "train_summary.json"], (
+        names
+    )  # README: TRL's model card
