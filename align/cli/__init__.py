@@ -83,9 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)  # errors print one line; ALIGN_DEBUG=1 shows the traceback
     libraries = getattr(args, "command", None) not in ("validate", "show", "configs", "help")  # no ML library
     if libraries:  # one process of several (`accelerate launch -m align ...`): the main one speaks for all
-        from align.core.distributed import quiet_other_processes
+        from align.core.distributed import quiet_other_processes, warn_unsharded_launch
 
         quiet_other_processes()
+        warn_unsharded_launch()
     try:
         with console.session(verbose=verbose, libraries=libraries):  # the short console (align/core/console.py)
             try:

@@ -114,3 +114,10 @@ def mean_over_processes(values: dict[str, float]) -> dict[str, float]:
     keys = sorted(values)
     total = all_sum(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device()))
     return {k: float(v) / world for k, v in zip(keys, total.tolist(), strict=True)}
+
+
+def warn_unsharded_launch() -> None:
+    """Say so when the launcher asked for FSDP on a machine without a GPU: the Trainer then runs on the CPU and the
+    processes run plain DDP over gloo, each holding every weight."""
+    if launched() and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not torch.cuda.is_available():
+        print("[align] FSDP was asked for, but there is no GPU: the processes run DDP over gloo, unsharded")
