@@ -125,12 +125,8 @@ class ServedRolloutEngine:
         /v1/load_lora_adapter; a new name per round, since vLLM keeps a loaded name's weights), and sample it from
         now on. A name the server already holds is taken as loaded: give each adapter a name that changes with its
         weights. The server must run with --enable-lora (and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)."""
-        url = f"{self.cfg.base_url.rstrip('/')}/load_lora_adapter"
-        body = json.dumps({"lora_name": name, "lora_path": str(path)}).encode()
-        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=self.cfg.timeout) as reply:
-                reply.read()
+            self._post("load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace")[:300]
             if e.code == 400 and "already been" in detail:  # vLLM: "... has already been loaded." (a resumed round)
@@ -144,6 +140,28 @@ class ServedRolloutEngine:
         except urllib.error.URLError as e:
             raise EndpointFatalError(f"policy server {self.cfg.base_url} unreachable: {e.reason}") from None
         self.model = name
+
+    def unload_adapter(self, name: str) -> None:
+        """Ask the server to drop adapter `name` (vLLM's /v1/unload_lora_adapter), so a loop that loads one a step
+        does not grow the server's table of names. A name the server does not hold (another process dropped it)
+        is fine; any other refusal is only printed: sampling goes on with the adapters that are loaded."""
+        try:
+            self._post("unload_lora_adapter", {"lora_name": name})
+        except urllib.error.HTTPError as e:
+            if e.code not in (400, 404):
+                print(
+                    f"[served] the server kept adapter {name!r} ({e.code}: {e.read().decode(errors='replace')[:200]})"
+                )
+        except urllib.error.URLError as e:
+            raise EndpointFatalError(f"policy server {self.cfg.base_url} unreachable: {e.reason}") from None
+
+    def _post(self, route: str, body: dict) -> None:
+        url = f"{self.cfg.base_url.rstrip('/')}/{route}"
+        request = urllib.request.Request(
+            url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=self.cfg.timeout) as reply:
+            reply.read()
 
 
 def read_choice(choice, logprobs: bool) -> dict:

@@ -18,7 +18,8 @@ Behaviours, consumed one per request from `server.script` (then `server.default`
 
 Every request body (parsed JSON) is appended to `server.requests`, its headers to `server.headers`. POSTs to vLLM's
 `/v1/load_lora_adapter` go to `server.adapter_requests` and get `server.adapter_reply` (status, body), or vLLM's 400
-"has already been loaded" for a name asked before. Use the
+"has already been loaded" for a name asked before; `/v1/unload_lora_adapter` drops a name (404 for one it lacks)
+and records it in `server.adapter_unloads`. Use the
 `openai_server` fixture (import `openai_server_fixture` into the test module) for a started server.
 """
 
@@ -78,6 +79,13 @@ class _Handler(BaseHTTPRequestHandler):
             if status == 200:
                 self.server.loaded_adapters[body["lora_name"]] = body["lora_path"]
             return self._send_bytes(status, text.encode())
+        if self.path.rstrip("/") == "/v1/unload_lora_adapter":
+            name = json.loads(raw)["lora_name"]
+            self.server.adapter_unloads.append(name)
+            if self.server.loaded_adapters.pop(name, None) is None:  # as vLLM: NotFound for a name it lacks
+                message = f"The lora adapter '{name}' cannot be found."
+                return self._send(404, {"error": {"message": message, "type": "NotFoundError", "code": 404}})
+            return self._send_bytes(200, b"Success: LoRA adapter unloaded")
         if self.path.rstrip("/") != "/v1/chat/completions":
             return self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
         body = json.loads(raw)
@@ -141,6 +149,7 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         self.headers: list[dict] = []  # their HTTP headers, names lower-cased
         self.adapter_requests: list[dict] = []  # bodies POSTed to /v1/load_lora_adapter
         self.loaded_adapters: dict[str, str] = {}  # name -> path of those that loaded
+        self.adapter_unloads: list[str] = []  # names POSTed to /v1/unload_lora_adapter
         self.adapter_reply: tuple[int, str] = (200, "Success: LoRA adapter loaded")  # its status and body
         self.stopping = threading.Event()
         self._lock = threading.Lock()

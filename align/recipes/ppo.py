@@ -225,7 +225,10 @@ class PPORun:
         images, texts = [p["image"] for p in prompts], [p["prompt"] for p in prompts]
         if self.cfg.served is None:
             return self.engine.sample(images, texts, seed)
+        before = self.engine.model
         self.engine.load_adapter(*self.push_policy())
+        if before not in (self.cfg.served.model, self.engine.model):  # the step before's adapter: no longer asked
+            self.engine.unload_adapter(before)
         return self.engine.generate_with_finish([image_to_png(im) for im in images], texts, seed)
 
     def push_policy(self) -> tuple[str, Path]:

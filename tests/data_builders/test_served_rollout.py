@@ -115,6 +115,9 @@ def test_adapters_load_by_path_and_are_sampled_by_name(openai_server):
     fresh = _engine(openai_server)  # a resumed build asks for a name the server holds: vLLM's 400 means loaded
     fresh.load_adapter("round-1", "/shared/runs/round-1/final")
     assert fresh.model == "round-1"
+    fresh.unload_adapter("round-1")
+    fresh.unload_adapter("round-1")  # gone already (another process dropped it): not an error
+    assert openai_server.adapter_unloads == ["round-1", "round-1"] and "round-1" not in openai_server.loaded_adapters
 
 
 def test_faults_follow_the_endpoint_policy(openai_server):

@@ -1,7 +1,7 @@
 """PPO sampling from a served policy (`served`; the loopback OpenAI-compatible server stands in for vLLM): every
-step saves its LoRA and loads it into the server by path under a name of its content, the step's captions are
-asked of that name, and the run trains on them; a run stopped after a checkpoint resumes without asking the server
-for a caption twice."""
+step saves its LoRA and loads it into the server by path under a name of its content (the step before's name is
+unloaded), the step's captions are asked of that name, and the run trains on them; a run stopped after a checkpoint
+resumes without asking the server for a caption twice."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ def test_each_step_samples_its_own_lora_from_the_server(micro_opa_data, cache_di
     asked = [r["model"] for r in openai_server.requests]
     assert asked == [loads[0]["lora_name"]] * 4 + [loads[1]["lora_name"]] * 4  # rollout_batch_size per step
     assert sorted(p.name for p in (tmp_path / "ppo" / ppo.SERVED_DIR).iterdir()) == ["step-1"]
+    assert openai_server.adapter_unloads == [loads[0]["lora_name"]]  # step 0's, once step 1's was loaded
 
     # step 1's served adapter is the LoRA the run held after step 1 (its checkpoint)
     served_lora = load_file(str(Path(loads[1]["lora_path"]) / "adapter_model.safetensors"))
