@@ -35,6 +35,7 @@ from data_builders.endpoint import (
     fatal_error,
     image_data_url,
     map_requests,
+    redact,
 )
 
 
@@ -128,7 +129,12 @@ class ServedRolloutEngine:
         try:
             self._post("load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
         except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace")[:300]
+            detail = redact(e.read().decode(errors="replace")[:300], self.cfg)
+            if e.code in (401, 403):
+                raise EndpointFatalError(
+                    f"policy server {self.cfg.base_url} refused the key ({e.code}) when loading adapter {name!r}; "
+                    f"check {self.cfg.api_key_env or 'api_key_env (null: no key sent)'}"
+                ) from None
             if e.code == 400 and "already been" in detail:  # vLLM: "... has already been loaded." (a resumed round)
                 self.model = name  # it keeps the name's first weights: names that carry their content agree
                 return
@@ -149,17 +155,16 @@ class ServedRolloutEngine:
             self._post("unload_lora_adapter", {"lora_name": name})
         except urllib.error.HTTPError as e:
             if e.code not in (400, 404):
-                print(
-                    f"[served] the server kept adapter {name!r} ({e.code}: {e.read().decode(errors='replace')[:200]})"
-                )
+                detail = redact(e.read().decode(errors="replace")[:200], self.cfg)
+                print(f"[served] the server kept adapter {name!r} ({e.code}: {detail})")
         except urllib.error.URLError as e:
             raise EndpointFatalError(f"policy server {self.cfg.base_url} unreachable: {e.reason}") from None
 
     def _post(self, route: str, body: dict) -> None:
+        """POST `body` to one of vLLM's routes beside the OpenAI API, with the key the chat requests carry."""
         url = f"{self.cfg.base_url.rstrip('/')}/{route}"
-        request = urllib.request.Request(
-            url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-        )
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.client.api_key}"}
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
         with urllib.request.urlopen(request, timeout=self.cfg.timeout) as reply:
             reply.read()
 

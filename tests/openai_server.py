@@ -72,6 +72,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") == "/v1/load_lora_adapter":  # vLLM's runtime LoRA loading
             body = json.loads(raw)
             self.server.adapter_requests.append(body)
+            self.server.adapter_headers.append({k.lower(): v for k, v in self.headers.items()})
             if body["lora_name"] in self.server.loaded_adapters:  # as vLLM: a name is loaded once
                 message = f"The lora adapter '{body['lora_name']}' has already been loaded."
                 return self._send(400, {"error": {"message": message, "type": "BadRequestError", "code": 400}})
@@ -150,6 +151,7 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         self.adapter_requests: list[dict] = []  # bodies POSTed to /v1/load_lora_adapter
         self.loaded_adapters: dict[str, str] = {}  # name -> path of those that loaded
         self.adapter_unloads: list[str] = []  # names POSTed to /v1/unload_lora_adapter
+        self.adapter_headers: list[dict] = []  # the HTTP headers of each load, names lower-cased
         self.adapter_reply: tuple[int, str] = (200, "Success: LoRA adapter loaded")  # its status and body
         self.stopping = threading.Event()
         self._lock = threading.Lock()

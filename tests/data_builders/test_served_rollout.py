@@ -130,3 +130,14 @@ def test_faults_follow_the_endpoint_policy(openai_server):
     openai_server.script = [("payload", {"choices": []})]
     with pytest.raises(TransientReplyError, match="asked 1 samples"):
         _engine(openai_server).generate([_png(1)], ["q"], 0)
+
+
+def test_adapter_loads_carry_the_key_and_a_refused_key_is_named_not_shown(openai_server, monkeypatch):
+    monkeypatch.setenv("POLICY_KEY", "secret-policy-key-123")
+    engine = _engine(openai_server, api_key_env="POLICY_KEY")
+    engine.load_adapter("round-1", "/a")
+    assert openai_server.adapter_headers[-1]["authorization"] == "Bearer secret-policy-key-123"
+    openai_server.adapter_reply = (401, '{"error": "bad key secret-policy-key-123"}')
+    with pytest.raises(EndpointFatalError, match="POLICY_KEY") as refused:
+        engine.load_adapter("round-2", "/b")
+    assert "secret-policy-key-123" not in str(refused.value)
