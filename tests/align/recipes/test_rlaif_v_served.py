@@ -35,10 +35,10 @@ def served_config(tmp_path, policy, cache_dir, server):
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, served=served), train=train)
 
 
-def logits(path, processor_ids: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+def logits(path, ids: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     model, _ = load_policy(path)
     with torch.no_grad():
-        return model(input_ids=processor_ids, pixel_values=pixels).logits
+        return model(input_ids=ids, pixel_values=pixels).logits
 
 
 def test_rounds_sample_the_pushed_adapter_of_the_previous_rounds(micro_opa_data, tmp_path, cache_dir, openai_server):
@@ -52,7 +52,8 @@ def test_rounds_sample_the_pushed_adapter_of_the_previous_rounds(micro_opa_data,
     [pushed] = openai_server.adapter_requests
     name, folder = pushed["lora_name"], Path(pushed["lora_path"])
     assert name.startswith("rlaif_v-round1-") and folder == (out / "round-1" / "served_adapter").resolve()
-    per_round = len(openai_server.requests) // 2  # 8 prompts x 4 samples in each round, one request each
+    per_round = 8 * 4  # 8 prompts x 4 samples in each round, one request each
+    assert len(openai_server.requests) == 2 * per_round
     assert {r["model"] for r in openai_server.requests[:per_round]} == {"policy"}
     assert {r["model"] for r in openai_server.requests[per_round:]} == {name}
     assert (out / "round-0" / "train" / "adapter" / "adapter_config.json").is_file()
