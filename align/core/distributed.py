@@ -107,13 +107,14 @@ def broadcast_parameters(params: list[torch.nn.Parameter]) -> None:
 
 
 def mean_over_processes(values: dict[str, float]) -> dict[str, float]:
-    """Each value's mean over the processes (the same keys on each)."""
+    """Each value's mean over the processes (the same keys on each), in the order given."""
     _, world = rank_and_world()
     if world == 1:
         return values
-    keys = sorted(values)
+    keys = sorted(values)  # the same order on every process, whatever order each built its dict in
     total = all_sum(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device()))
-    return {k: float(v) / world for k, v in zip(keys, total.tolist(), strict=True)}
+    means = dict(zip(keys, total.tolist(), strict=True))
+    return {k: means[k] / world for k in values}
 
 
 def warn_unsharded_launch() -> None:

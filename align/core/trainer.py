@@ -33,7 +33,7 @@ from align.config.sections import OptimConfig, RunConfig
 from align.core import console
 from align.core.console import TRAIN_LOG
 from align.core.console_callback import use_console_callback
-from align.core.distributed import barrier, is_main, timeout_s
+from align.core.distributed import barrier, is_main, mean_over_processes, timeout_s
 from align.core.logprobs import response_logps
 from align.core.models import DTYPES, load_policy, multimodal_projector, save_policy
 from align.core.run_dir import (
@@ -106,11 +106,7 @@ class StepMetricsMixin:
     def log(self, logs, *args, **kwargs):
         stashed = self.__dict__.pop("_step_logs", {})  # once: not into the end-of-training metrics too
         if stashed:  # every process stashed on this step (compute_loss ran everywhere), so all reach this reduce
-            keys = sorted(stashed)
-            means = torch.tensor([stashed[k][0] / stashed[k][1] for k in keys], device=self.args.device)
-            if self.args.world_size > 1:
-                means = self.accelerator.reduce(means, reduction="mean")
-            logs.update(zip(keys, means.tolist()))
+            logs.update(mean_over_processes({k: stashed[k][0] / stashed[k][1] for k in sorted(stashed)}))
         super().log(logs, *args, **kwargs)
 
 
