@@ -57,13 +57,10 @@ def served_adapter(cfg: RLAIFVConfig, r: int) -> tuple[str, Path] | None:
         return None
     out = Path(cfg.output_dir)
     adapters = [out / f"round-{i}" / "train" / ADAPTER_DIR for i in range(r)]
-    for i, folder in enumerate(adapters):
-        if not (folder / "adapter_config.json").is_file():
-            raise FileNotFoundError(
-                f"round {i} finished without its LoRA adapter in {folder} (trained before adapters were kept), so "
-                f"round {r}'s policy cannot be served; rerun with --overwrite"
-            )
-    folder, digest = write_stacked_adapter(adapters, base=cfg.policy, out=out / f"round-{r}" / "served_adapter")
+    try:
+        folder, digest = write_stacked_adapter(adapters, base=cfg.policy, out=out / f"round-{r}" / "served_adapter")
+    except FileNotFoundError as e:  # a round trained before rounds kept their adapters
+        raise FileNotFoundError(f"{e}, so round {r}'s policy cannot be served; rerun with --overwrite") from None
     rank = json.loads((folder / "adapter_config.json").read_text())["r"]
     print(f"[rlaif_v] round {r}: serving rounds 0-{r - 1} as one rank-{rank} adapter (--max-lora-rank >= {rank})")
     return f"rlaif_v-round{r}-{digest}", folder.resolve()
