@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 _LORA_A, _LORA_B = ".lora_A.weight", ".lora_B.weight"
@@ -85,7 +85,7 @@ def write_stacked_adapter(adapter_dirs: list[str | Path], base: str, out: str | 
     config["base_model_name_or_path"] = str(base)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(stacked, str(out / ADAPTER_WEIGHTS))
+    weights = save(stacked)  # the file's bytes: written, and hashed without reading them back
+    (out / ADAPTER_WEIGHTS).write_bytes(weights)
     (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
-    digest = hashlib.sha256((out / ADAPTER_WEIGHTS).read_bytes()).hexdigest()
-    return out, digest[:12]
+    return out, hashlib.sha256(weights).hexdigest()[:12]
